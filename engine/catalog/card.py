@@ -1,0 +1,72 @@
+"""ModelCard: everything known about a model before it is loaded.
+
+Like spandrel's model descriptors, callers ask the card (task, runtime, attention
+support, memory) instead of guessing from a repo name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+TASKS = ("caption", "detect", "segment", "restore", "features")
+RUNTIMES = ("transformers", "spandrel", "onnx")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+class AttentionSupport(str, Enum):
+    """What attention-map methods a model can offer (the GUI greys out the rest)."""
+
+    FULL = "full"  # global self-attention: raw, rollout, relevance, similarity
+    CROSS = "cross"  # FULL plus per-token cross-attention (captioners, DETR decoders)
+    WINDOWED = "windowed"  # Swin-style windows: per-window maps stitched onto the image
+    GRADCAM = "gradcam"  # no attention (convolutional/MLP): Grad-CAM fallback
+    NONE = "none"
+
+
+class Source(str, Enum):
+    CATALOG = "catalog"  # curated entry in resources/catalog.toml
+    HUB = "hub"  # any hub repo, inferred from its metadata
+    LOCAL = "local"  # imported folder, checkpoint or ONNX file
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    id: str  # stable id used by CLI/GUI, e.g. "rtdetr-r18" or "hub:owner/name"
+    name: str  # display name
+    tasks: tuple[str, ...]  # subset of TASKS; first is the primary task
+    runtime: str  # one of RUNTIMES
+    repo: str | None = None  # hub repo id (None for purely local models)
+    revision: str | None = None  # pinned commit sha / branch
+    files: tuple[str, ...] = ()  # allow-patterns to fetch; empty = whole repo
+    download_bytes: int | None = None
+    params: int | None = None
+    license: str = "unknown"
+    commercial_use: bool | None = None  # None = unknown, check the license
+    memory_mb: dict[str, int] = field(default_factory=dict)  # precision -> estimate
+    attention: AttentionSupport = AttentionSupport.NONE
+    seed: str = ""  # the seed system / paper this model stands for
+    architecture: str | None = None  # transformers class or spandrel arch name
+    variant: str | None = None  # task detail: semantic|panoptic|instance|promptable|matting|open-vocab
+    trust_remote_code: bool = False  # the repo needs it (refused unless allowed)
+    gated: bool = False
+    source: Source = Source.CATALOG
+    local_path: str | None = None  # imported models: file or folder on disk
+    sidecar: dict[str, Any] = field(default_factory=dict)  # ONNX/IO details (size, range, layout, scale, labels)
+    description: str = ""
+
+    @property
+    def primary_task(self) -> str:
+        return self.tasks[0]
+
+    def supports(self, task: str) -> bool:
+        return task in self.tasks
+
+    def memory_estimate_mb(self, precision: str = "fp32") -> int | None:
+        if precision in self.memory_mb:
+            return self.memory_mb[precision]
+        if self.params:
+            bytes_per = {"fp32": 4, "fp16": 2, "bf16": 2}.get(precision, 4)
+            # weights plus ~50% for activations at typical input sizes
+            return int(self.params * bytes_per * 1.5 / 2**20) + 1
+        return None

@@ -1,0 +1,127 @@
+"""One Runner protocol over three backends (transformers, spandrel, onnxruntime).
+
+A Runner is a loaded model on a device. Tasks call `runner.forward(inputs)` with a
+mapping of named arrays (transformers' input names: `pixel_values`, `input_ids`…)
+and get back an `Outputs` mapping with attribute access (`outputs.logits`), whose
+values are torch tensors. transformers' own post-processing functions read those
+attributes, so the same task code serves a torch model and its ONNX export: tasks
+never branch on the backend.
+
+Loading (snapshot on disk -> Runner) lives in the backend modules, registered with
+`register_loader`; `engine.runtimes.load_runner` picks one by `card.runtime`.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+if TYPE_CHECKING:  # heavy imports only for type checkers
+    import torch
+
+    from engine.catalog.card import ModelCard
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What really runs a model: always shown to the user, never guessed."""
+
+    backend: str  # transformers | spandrel | onnx
+    device: str  # "cpu", "cuda:0", "mps"
+    precision: str  # fp32 | fp16 | bf16
+    provider: str | None = None  # ONNX Runtime execution provider actually in use
+    fallback: str | None = None  # why this differs from what was asked (announced, never silent)
+
+    def describe(self) -> str:
+        where = self.provider or self.device
+        text = f"{self.backend} on {where} ({self.precision})"
+        if self.fallback:
+            text += f" — fallback: {self.fallback}"
+        return text
+
+
+class Outputs(dict):
+    """Named model outputs with attribute access, like transformers' ModelOutput."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def to_tuple(self) -> tuple:  # some transformers helpers call this
+        return tuple(self.values())
+
+
+class Runner:
+    """Base class of every loaded model. Subclasses implement `forward`."""
+
+    def __init__(self, card: "ModelCard", placement: Placement, *, processor: Any = None,
+                 memory_bytes: int = 0) -> None:
+        self.card = card
+        self.placement = placement
+        self.processor = processor  # transformers processor / image processor, or None
+        self.memory_bytes = memory_bytes
+        self.lock = threading.Lock()  # one forward at a time per loaded model
+
+    # -- the protocol ------------------------------------------------------------
+    def forward(self, inputs: Mapping[str, Any]) -> Outputs:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Free the model's memory. The runner must not be used afterwards."""
+
+    # -- optional capabilities ---------------------------------------------------------
+    @property
+    def module(self) -> "torch.nn.Module | None":
+        """The torch module, where there is one (explain, export and fp16 need it)."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.card.id}: {self.placement.describe()}>"
+
+
+def torch_dtype(precision: str) -> "torch.dtype":
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def to_outputs(raw: Any) -> Outputs:
+    """Turn a transformers ModelOutput, dict or tuple into Outputs."""
+    if isinstance(raw, Outputs):
+        return raw
+    if isinstance(raw, Mapping):
+        return Outputs({k: v for k, v in raw.items() if v is not None})
+    if isinstance(raw, (tuple, list)):
+        return Outputs({f"output_{i}": v for i, v in enumerate(raw)})
+    return Outputs({"output_0": raw})
+
+
+Loader = Callable[..., Runner]
+_LOADERS: dict[str, Loader] = {}
+
+
+def register_loader(runtime: str) -> Callable[[Loader], Loader]:
+    """Register `fn(card, snapshot_path, placement, **options) -> Runner` for a runtime."""
+
+    def deco(fn: Loader) -> Loader:
+        _LOADERS[runtime] = fn
+        return fn
+
+    return deco
+
+
+def loader_for(runtime: str) -> Loader:
+    from engine.errors import UnsupportedModelError
+
+    try:
+        return _LOADERS[runtime]
+    except KeyError:
+        raise UnsupportedModelError(
+            f"No backend is registered for runtime '{runtime}'. "
+            f"Known runtimes: {', '.join(sorted(_LOADERS)) or 'none'}."
+        ) from None
