@@ -1,0 +1,267 @@
+"""Image input and output on Pillow.
+
+Reading normalises what models need (8-bit RGB, EXIF orientation applied) while
+keeping what outputs need (native 16-bit depth, alpha). Every failure is an
+`InputError` naming the file, so a batch can record it and move on.
+Writing is atomic (temporary file + rename) and never replaces an input.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from engine.errors import InputError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
+DEFAULT_PIXEL_LIMIT = 178_956_970  # Pillow's own default; settable by the user
+
+
+@dataclass
+class LoadedImage:
+    rgb: Image.Image  # 8-bit RGB, EXIF orientation applied: what models consume
+    array: np.ndarray  # (H, W, 3) at native depth (uint8 or uint16), same orientation
+    alpha: np.ndarray | None = None  # (H, W) uint8/uint16, or None
+    path: Path | None = None
+    bit_depth: int = 8
+    source_mode: str = "RGB"  # Pillow mode of the file as stored
+    exif_transposed: bool = False
+    notes: list[str] = field(default_factory=list)  # e.g. "animated GIF: first frame used"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rgb.size
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path else "<image>"
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def read_image(path: str | os.PathLike, *, pixel_limit: int | None = None) -> LoadedImage:
+    """Read an image file; raise InputError with a clear message on any failure."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found.")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not an image.")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror}).") from exc
+    if size == 0:
+        raise InputError(f"{path}: empty file (0 bytes).")
+    limit = pixel_limit or DEFAULT_PIXEL_LIMIT
+    try:
+        with Image.open(path) as img:
+            _check_pixels(path, img.size, limit)
+            loaded = from_pil(img, path=path, pixel_limit=limit)
+    except InputError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise InputError(f"{path}: not an image Ocula can read (unknown or corrupt format).") from exc
+    except Image.DecompressionBombError as exc:
+        raise InputError(_bomb_message(path, None, limit)) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path}: corrupt or truncated image ({exc}).") from exc
+    return loaded
+
+
+def from_pil(img: Image.Image, *, path: Path | None = None,
+             pixel_limit: int | None = None) -> LoadedImage:
+    """Normalise an open Pillow image (also used for in-memory images and video frames)."""
+    notes: list[str] = []
+    if getattr(img, "is_animated", False):
+        img.seek(0)
+        notes.append(f"animated image with {getattr(img, 'n_frames', '?')} frames: first frame used")
+    source_mode = img.mode
+    img.load()  # decode now so truncation errors surface here
+    transposed = _has_rotation(img)
+    img = ImageOps.exif_transpose(img)
+    _check_pixels(path, img.size, pixel_limit or DEFAULT_PIXEL_LIMIT)
+
+    array, alpha, depth = _to_arrays(img)
+    rgb8 = array if depth == 8 else (array.astype(np.uint32) * 255 // 65535).astype(np.uint8)
+    return LoadedImage(
+        rgb=Image.fromarray(np.ascontiguousarray(rgb8), "RGB"),
+        array=array,
+        alpha=alpha,
+        path=path,
+        bit_depth=depth,
+        source_mode=source_mode,
+        exif_transposed=transposed,
+        notes=notes,
+    )
+
+
+def _has_rotation(img: Image.Image) -> bool:
+    try:
+        return img.getexif().get(0x0112, 1) not in (1, None)
+    except Exception:  # broken EXIF blocks must not stop a read
+        return False
+
+
+def _check_pixels(path: Path | None, size: tuple[int, int], limit: int) -> None:
+    w, h = size
+    if w < 1 or h < 1:
+        raise InputError(f"{path or '<image>'}: image has no pixels ({w}×{h}).")
+    if w * h > limit:
+        raise InputError(_bomb_message(path, size, limit))
+
+
+def _bomb_message(path: Path | None, size: tuple[int, int] | None, limit: int) -> str:
+    dims = f" ({size[0]}×{size[1]} = {size[0] * size[1]:,} pixels)" if size else ""
+    return (f"{path or '<image>'}: image is larger than the pixel limit{dims}; limit is "
+            f"{limit:,} pixels. Raise it in Settings ▸ Images (or --pixel-limit) if you trust "
+            f"this file.")
+
+
+def _to_arrays(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Return (RGB array at native depth, alpha or None, bit depth)."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        gray = np.asarray(img)
+        if mode == "I" and gray.max(initial=0) <= 255:
+            g8 = gray.astype(np.uint8)
+            return np.repeat(g8[..., None], 3, axis=2), None, 8
+        g16 = np.clip(gray, 0, 65535).astype(np.uint16)
+        return np.repeat(g16[..., None], 3, axis=2), None, 16
+    if mode in ("RGB;16", "RGBA;16", "RGB;16B", "RGBA;16B"):  # rare raw 16-bit colour modes
+        arr = np.asarray(img).astype(np.uint16)
+        return arr[..., :3], (arr[..., 3] if arr.shape[-1] == 4 else None), 16
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        arr = np.clip(arr, 0, 1) * 255 if arr.max(initial=0) <= 1.0 else np.clip(arr, 0, 255)
+        g8 = arr.astype(np.uint8)
+        return np.repeat(g8[..., None], 3, axis=2), None, 8
+    has_alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info)
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        arr = np.asarray(rgba)
+        return np.ascontiguousarray(arr[..., :3]), np.ascontiguousarray(arr[..., 3]), 8
+    # CMYK, YCbCr, L, 1, P, LAB… → Pillow's own conversion to RGB
+    return np.asarray(img.convert("RGB")), None, 8
+
+
+# -- writing --------------------------------------------------------------------------
+
+_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP",
+            ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
+
+
+def ensure_not_input(path: Path, inputs: Iterable[Path]) -> None:
+    """Refuse to write over any input file (inputs are never overwritten)."""
+    target = Path(path).resolve()
+    for src in inputs:
+        if src is not None and Path(src).resolve() == target:
+            raise InputError(f"{path}: refusing to overwrite an input file; choose another "
+                             f"output folder or name.")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray | Image.Image, *,
+                quality: int | None = None, alpha: np.ndarray | None = None) -> Path:
+    """Write atomically; format from the suffix; 16-bit kept where the format allows.
+
+    `image` is (H, W, C) uint8/uint16 (C = 1, 3 or 4) or a Pillow image; `alpha`
+    (H, W) is merged in when given.
+    """
+    path = Path(path)
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise InputError(f"{path}: unsupported output format '{path.suffix}'. "
+                         f"Use one of {', '.join(sorted(_FORMATS))}.")
+    pil = image if isinstance(image, Image.Image) else _array_to_pil(image, alpha, fmt)
+    if isinstance(image, Image.Image) and alpha is not None:
+        pil = pil.convert("RGB")
+        pil.putalpha(Image.fromarray(_to8(alpha)))
+    if fmt == "JPEG" and pil.mode not in ("RGB", "L"):
+        pil = pil.convert("RGB")  # JPEG has no alpha
+    params: dict = {}
+    if quality is not None and fmt in ("JPEG", "WEBP"):
+        params["quality"] = int(quality)
+    if fmt == "PNG" and quality is not None:
+        params["compress_level"] = max(0, min(9, 9 - int(quality) // 11))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        if isinstance(pil, _Png16):
+            pil.save(tmp)
+        else:
+            pil.save(tmp, format=fmt, **params)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _to8(arr: np.ndarray) -> np.ndarray:
+    return arr if arr.dtype == np.uint8 else (arr.astype(np.uint32) * 255 // 65535).astype(np.uint8)
+
+
+class _Png16:
+    """16-bit RGB(A) PNG/TIFF through OpenCV: Pillow cannot write 16-bit colour."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+        self.mode = "RGB;16"
+
+    def save(self, target: str) -> None:
+        import cv2
+
+        arr = self.array
+        if arr.ndim == 3 and arr.shape[2] == 3:
+            arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+        elif arr.ndim == 3 and arr.shape[2] == 4:
+            arr = cv2.cvtColor(arr, cv2.COLOR_RGBA2BGRA)
+        ext = Path(target).suffix
+        ok, buf = cv2.imencode(ext, arr)
+        if not ok:
+            raise InputError(f"{target}: OpenCV could not encode a 16-bit image.")
+        Path(target).write_bytes(buf.tobytes())
+
+
+def _array_to_pil(array: np.ndarray, alpha: np.ndarray | None, fmt: str):
+    arr = np.asarray(array)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if alpha is not None:
+        if arr.dtype == np.uint16:
+            a = alpha.astype(np.uint16) * 257 if alpha.dtype == np.uint8 else alpha.astype(np.uint16)
+        else:
+            a = _to8(alpha)
+        arr = np.concatenate([arr[..., :3], a[..., None]], axis=2)
+    if arr.dtype == np.uint16:
+        if fmt in ("PNG", "TIFF"):
+            if arr.shape[2] == 1:
+                return Image.fromarray(np.ascontiguousarray(arr[..., 0]))  # mode I;16
+            return _Png16(np.ascontiguousarray(arr))
+        arr = _to8(arr)  # JPEG/WebP/BMP are 8-bit formats
+    arr = arr.astype(np.uint8, copy=False)
+    channels = arr.shape[2]
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels)
+    if mode is None:
+        raise InputError(f"cannot write an image with {channels} channels.")
+    return Image.fromarray(np.ascontiguousarray(arr if channels > 1 else arr[..., 0]), mode)
