@@ -1,0 +1,85 @@
+"""Load a model card into a Runner, whatever its backend.
+
+    runner = load_runner(card, device="auto", precision="auto")
+    outputs = runner.forward({"pixel_values": pixel_values})
+
+Backends register themselves with `register_loader(runtime)` (see base.py) when their
+module is imported; `load_runner` imports the module for `card.runtime` on demand, so
+importing `engine.runtimes` stays free of torch, transformers and onnxruntime.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.errors import OculaError
+from engine.events import CancelToken, ProgressCallback
+from engine.runtimes.base import Outputs, Placement, Runner, loader_for, register_loader
+from engine.runtimes.cache import RunnerCache
+
+if TYPE_CHECKING:
+    from engine.catalog.card import ModelCard
+    from engine.settings import Settings
+
+__all__ = ["load_runner", "resolve_snapshot", "RunnerCache", "Runner", "Outputs", "Placement",
+           "register_loader", "loader_for", "BACKEND_MODULES"]
+
+log = logging.getLogger("ocula.runtimes")
+
+# runtime -> module whose import registers its loader (a registry, not an if/elif chain)
+BACKEND_MODULES: dict[str, str] = {
+    "transformers": "engine.runtimes.transformers_backend",
+    "onnx": "engine.runtimes.onnx_backend",
+    "spandrel": "engine.runtimes.spandrel_backend",
+}
+
+
+def resolve_snapshot(card: "ModelCard", *, settings: "Settings | None" = None,
+                     progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                     snapshot: Path | None = None) -> Path:
+    """The model's files on disk: `snapshot`, else `card.local_path`, else a hub download."""
+    if snapshot is not None:
+        path = Path(snapshot)
+    elif card.local_path:
+        path = Path(card.local_path).expanduser()
+    else:
+        from engine.hub import fetch
+
+        path = Path(fetch(card, progress=progress, cancel=cancel, settings=settings))
+    if not path.exists():
+        raise OculaError(f"Model '{card.id}': its files are not at {path}. Re-import the model "
+                         f"or download it again.")
+    return path
+
+
+def load_runner(card: "ModelCard", *, device: str = "auto", precision: str = "auto",
+                attention: bool = False, settings: "Settings | None" = None,
+                progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                snapshot: Path | None = None) -> Runner:
+    """Fetch (if needed) and load `card` on the device/precision `engine.devices.plan` picks.
+
+    "auto" device/precision defer to `settings.device` / `settings.precision`. Whatever
+    differs from the request is in `runner.placement.fallback` (and logged), never silent.
+    """
+    from engine import devices
+    from engine.settings import Settings
+
+    settings = settings if settings is not None else Settings.load()
+    if device == "auto":
+        device = settings.device or "auto"
+    if precision == "auto":
+        precision = settings.precision or "auto"
+    path = resolve_snapshot(card, settings=settings, progress=progress, cancel=cancel,
+                            snapshot=snapshot)
+    placement = devices.plan(card, device=device, precision=precision)
+    module = BACKEND_MODULES.get(card.runtime)
+    if module is not None:
+        importlib.import_module(module)
+    loader = loader_for(card.runtime)
+    runner = loader(card, path, placement, attention=attention, settings=settings,
+                    progress=progress, cancel=cancel)
+    if runner.placement.fallback:
+        log.warning("%s: %s", card.id, runner.placement.describe())
+    return runner

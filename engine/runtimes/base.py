@@ -65,6 +65,9 @@ class Runner:
         self.placement = placement
         self.processor = processor  # transformers processor / image processor, or None
         self.memory_bytes = memory_bytes
+        # Things the user should know about how this model was loaded (e.g. eager attention
+        # for maps, a precision fallback). Shown next to the placement; never silent.
+        self.notes: list[str] = []
         self.lock = threading.Lock()  # one forward at a time per loaded model
 
     # -- the protocol ------------------------------------------------------------

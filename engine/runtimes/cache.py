@@ -1,0 +1,96 @@
+"""Loaded runners kept in memory between jobs, least recently used evicted by size.
+
+Key: (card id, revision, device, precision, attention) after planning, so "auto" and the
+device it resolves to share one entry. Budget: `settings.runner_cache_mb`, measured with
+each runner's `memory_bytes`. A runner larger than the whole budget is still returned
+(the job needs it) but is the first to go when anything else loads.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from engine.runtimes.base import Runner
+
+if TYPE_CHECKING:
+    from engine.catalog.card import ModelCard
+    from engine.settings import Settings
+
+CacheKey = tuple[str, "str | None", str, str, bool]
+
+
+class RunnerCache:
+    def __init__(self, budget_mb: int | None = None, *, settings: "Settings | None" = None) -> None:
+        if budget_mb is None:
+            budget_mb = settings.runner_cache_mb if settings is not None else 4096
+        self.budget_bytes = int(budget_mb) * 2**20
+        self.settings = settings
+        self._runners: OrderedDict[CacheKey, Runner] = OrderedDict()
+        self._lock = threading.RLock()
+        self.evictions: list[CacheKey] = []  # keys evicted so far, oldest first (for the UI log)
+
+    # -- queries -------------------------------------------------------------------
+    @property
+    def total_bytes(self) -> int:
+        with self._lock:
+            return sum(r.memory_bytes for r in self._runners.values())
+
+    def __len__(self) -> int:
+        return len(self._runners)
+
+    def keys(self) -> list[CacheKey]:
+        with self._lock:
+            return list(self._runners)
+
+    def key_for(self, card: "ModelCard", *, device: str = "auto", precision: str = "auto",
+                attention: bool = False) -> CacheKey:
+        from engine import devices
+
+        settings = self.settings
+        if device == "auto" and settings is not None:
+            device = settings.device or "auto"
+        if precision == "auto" and settings is not None:
+            precision = settings.precision or "auto"
+        placement = devices.plan(card, device=device, precision=precision)
+        return (card.id, card.revision, placement.device, placement.precision, bool(attention))
+
+    # -- loading and eviction ------------------------------------------------------------
+    def get_or_load(self, card: "ModelCard", **load_kwargs: Any) -> Runner:
+        """The cached runner for this card/device/precision/attention, loading it if needed."""
+        from engine.runtimes import load_runner
+
+        key = self.key_for(card, device=load_kwargs.get("device", "auto"),
+                           precision=load_kwargs.get("precision", "auto"),
+                           attention=load_kwargs.get("attention", False))
+        with self._lock:
+            runner = self._runners.get(key)
+            if runner is not None:
+                self._runners.move_to_end(key)
+                return runner
+            # Make room for the card's estimate first, so two big models never coexist.
+            estimate_mb = card.memory_estimate_mb(key[3]) or 0
+            self._evict_until(self.budget_bytes - estimate_mb * 2**20, keep=None)
+            if self.settings is not None:
+                load_kwargs.setdefault("settings", self.settings)
+            runner = load_runner(card, **load_kwargs)
+            self._runners[key] = runner
+            self._evict_until(self.budget_bytes, keep=key)
+            return runner
+
+    def _evict_until(self, budget_bytes: int, keep: CacheKey | None) -> None:
+        for key in list(self._runners):
+            if self.total_bytes <= budget_bytes:
+                return
+            if key == keep:
+                continue
+            self._runners.pop(key).release()
+            self.evictions.append(key)
+
+    def release(self, card_id: str | None = None) -> int:
+        """Release every runner (or those of `card_id`); returns how many were released."""
+        with self._lock:
+            keys = [k for k in self._runners if card_id is None or k[0] == card_id]
+            for key in keys:
+                self._runners.pop(key).release()
+            return len(keys)
