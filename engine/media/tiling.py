@@ -1,0 +1,363 @@
+"""Tiled image-to-image inference with feathered seams and bounded memory.
+
+Any image size runs through a model by cutting it into overlapping tiles, running
+each tile (padded to the model's size requirement, then cropped back) and blending
+the outputs with linear ramps across the overlaps. Memory stays bounded: the output
+is accumulated one band of tile rows at a time in float32 and each finished band is
+converted straight into the preallocated output array (uint8/uint16), so the float
+accumulators never exceed one band.
+
+Seam exactness. Inside an overlap of `overlap` input pixels, each tile's weight is
+zero over the outer quarter next to its own edge (where zero padding inside the
+model corrupts it), ramps linearly over the middle half and is one beyond. So when
+the model's receptive-field radius is at most `overlap // 4` input pixels, the
+tiled output equals the whole-image output up to float rounding. Image borders get
+no ramp: there the tile edge *is* the image edge, exactly as in one whole pass.
+
+Out of memory: a tile that fails with an out-of-memory error is split into
+sub-tiles of half the size (recursively), and every later tile uses the smaller
+size, like chaiNNer — the run degrades instead of failing.
+
+Pure numpy; torch is imported only to recognise its out-of-memory error.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from engine.events import CancelToken, Progress, ProgressCallback
+
+MIN_TILE = 16  # below this, a model sees too little context to be useful
+
+
+@dataclass(frozen=True)
+class SizeRequirement:
+    """What input sizes a model accepts (spandrel's SizeRequirements, plus fixed shapes)."""
+
+    multiple_of: int = 1
+    minimum: int = 0
+    square: bool = False
+    fixed: tuple[int, int] | None = None  # (height, width) of a fixed-shape export
+
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The smallest accepted (height, width) that contains (height, width)."""
+        if self.fixed is not None:
+            fh, fw = self.fixed
+            if height > fh or width > fw:
+                raise ValueError(f"a {width}×{height} tile does not fit the model's fixed "
+                                 f"{fw}×{fh} input")
+            return fh, fw
+        m = max(1, self.multiple_of)
+        h = _ceil_to(max(height, self.minimum), m)
+        w = _ceil_to(max(width, self.minimum), m)
+        if self.square:
+            h = w = max(h, w)
+        return h, w
+
+    def fit_tile(self, tile_size: int) -> int:
+        """Largest tile edge <= tile_size that needs no padding (at least one multiple)."""
+        if self.fixed is not None:
+            return min(self.fixed)
+        m = max(1, self.multiple_of)
+        return max(m, max(self.minimum, tile_size) // m * m)
+
+
+def _ceil_to(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def pad_tile(tile: np.ndarray, requirement: SizeRequirement) -> np.ndarray:
+    """Pad a (C, H, W) tile at the bottom/right to the requirement: reflect, then edge.
+
+    Reflect padding keeps local statistics (no dark border for the model to
+    "restore"); numpy's reflect cannot exceed size-1, the rest is edge-replicated
+    (the same rule spandrel uses).
+    """
+    _, h, w = tile.shape
+    ph, pw = requirement.padded_size(h, w)
+    pad_h, pad_w = ph - h, pw - w
+    if not pad_h and not pad_w:
+        return tile
+    rh, rw = min(pad_h, h - 1), min(pad_w, w - 1)
+    if rh or rw:
+        tile = np.pad(tile, ((0, 0), (0, rh), (0, rw)), mode="reflect")
+    if pad_h - rh or pad_w - rw:
+        tile = np.pad(tile, ((0, 0), (0, pad_h - rh), (0, pad_w - rw)), mode="edge")
+    return tile
+
+
+# -- planning -------------------------------------------------------------------------
+
+
+def axis_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
+    """Start offsets of tiles of edge `tile` covering [0, length) with >= `overlap` overlap.
+
+    Tiles are spread evenly (the last one ends at `length`), which wastes less
+    than a fixed stride with a clamped last tile. Starts are aligned to `align`
+    (window grids of Swin-like models) when the overlap still holds.
+    """
+    if tile >= length:
+        return [0]
+    overlap = min(overlap, tile - 1)
+    count = max(2, math.ceil((length - overlap) / (tile - overlap)))
+    span = length - tile
+    even = [round(i * span / (count - 1)) for i in range(count)]
+    if align > 1:
+        # one extra tile is a fair price for window-aligned tiles (no shifted-window drift)
+        for n in (count, count + 1):
+            aligned = [round(i * span / (n - 1)) // align * align for i in range(n - 1)] + [span]
+            if all(b - a <= tile - overlap for a, b in zip(aligned, aligned[1:])):
+                return aligned
+    return even
+
+
+def even_tile_size(length: int, tile: int, overlap: int, multiple_of: int = 1) -> int:
+    """Shrink `tile` to the smallest size giving the same tile count (less wasted overlap)."""
+    if tile >= length:
+        return _ceil_to(length, multiple_of)
+    count = math.ceil((length - overlap) / (tile - overlap))
+    even = math.ceil((length + (count - 1) * overlap) / count)
+    return min(tile, _ceil_to(even, multiple_of))
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    height: int
+    width: int
+    tile_h: int
+    tile_w: int
+    overlap: int
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+
+def plan_tiles(height: int, width: int, tile_size: int, overlap: int,
+               requirement: SizeRequirement = SizeRequirement()) -> TilePlan:
+    tile = requirement.fit_tile(tile_size)
+    m = 1 if requirement.fixed else max(1, requirement.multiple_of)
+    overlap = max(0, min(overlap, tile // 2))
+    # square models get square-padded tiles in pad_tile; the plan itself may be oblong
+    th = min(even_tile_size(height, tile, overlap, m), height)
+    tw = min(even_tile_size(width, tile, overlap, m), width)
+    overlap = max(0, min(overlap, th // 2 if th < height else overlap,
+                         tw // 2 if tw < width else overlap))
+    ys = axis_starts(height, th, overlap, m)
+    xs = axis_starts(width, tw, overlap, m)
+    return TilePlan(height, width, th, tw, overlap, tuple(ys), tuple(xs))
+
+
+def ramp(length: int, start_edge: bool, end_edge: bool, overlap: int, scale: int) -> np.ndarray:
+    """1-D blending weights over one tile axis (in output pixels).
+
+    `start_edge`/`end_edge` say whether that side touches a neighbouring tile
+    (True) or the image border (False: full weight up to the border).
+    """
+    n = length * scale
+    weights = np.ones(n, dtype=np.float32)
+    if overlap <= 0:
+        return weights
+    guard = overlap // 4 * scale
+    width = max(1, overlap * scale - 2 * guard)
+    # pixel centres: distance from the edge in output pixels, +0.5
+    dist = np.arange(n, dtype=np.float32) + 0.5
+    up = np.clip((dist - guard) / width, 0.0, 1.0)
+    if start_edge:
+        weights = np.minimum(weights, up)
+    if end_edge:
+        weights = np.minimum(weights, up[::-1])
+    return weights
+
+
+# -- running --------------------------------------------------------------------------
+
+
+TileFn = Callable[[np.ndarray], np.ndarray]  # (C, h, w) float32 -> (C, h*s, w*s) float32
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for torch/CUDA/onnxruntime/numpy allocation failures."""
+    if isinstance(exc, MemoryError):
+        return True
+    try:
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    text = str(exc).lower()
+    return any(marker in text for marker in (
+        "out of memory", "failed to allocate", "bad_alloc", "bad allocation",
+        "cudaerrormemoryallocation", "cudnn_status_alloc_failed", "allocation failed",
+    ))
+
+
+def _free_cached_memory() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # best effort only
+        pass
+
+
+@dataclass
+class TileStats:
+    tile_size: int  # the largest tile edge that has worked (after any halving)
+    halvings: int = 0
+    tiles_run: int = 0
+    planned: int = 0
+    history: list[int] = field(default_factory=list)  # tile sizes tried, in order
+
+
+class TiledRunner:
+    """Runs `tile_fn` over an image tile by tile; see the module docstring."""
+
+    def __init__(self, tile_fn: TileFn, *, scale: int, channels_out: int,
+                 requirement: SizeRequirement = SizeRequirement(), tile_size: int,
+                 overlap: int = 32, min_tile: int = MIN_TILE,
+                 progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                 item: str = "") -> None:
+        self.tile_fn = tile_fn
+        self.scale = scale
+        self.channels_out = channels_out
+        self.requirement = requirement
+        self.overlap = overlap
+        self.min_tile = max(min_tile, requirement.fit_tile(min_tile))
+        self.progress = progress
+        self.cancel = cancel
+        self.item = item
+        self.stats = TileStats(tile_size=requirement.fit_tile(tile_size))
+        self.stats.history.append(self.stats.tile_size)
+
+    # -- public --------------------------------------------------------------------
+    def run(self, image: np.ndarray, out: np.ndarray, *, max_value: float) -> np.ndarray:
+        """Restore `image` (H, W, C) uint8/uint16/float into `out` (H*s, W*s, C_out).
+
+        `max_value` is the input's white level (255, 65535 or 1.0); `out`'s dtype
+        decides the output encoding (integers are rounded from [0, 1]).
+        """
+        h, w = image.shape[:2]
+        plan = plan_tiles(h, w, self.stats.tile_size, self.overlap, self.requirement)
+        self.stats.planned = plan.count
+        s = self.scale
+        done = 0
+        band_rows = plan.tile_h * s
+        # one band buffer, reused: rows [band_y0, band_y0 + band_rows) of the output
+        acc = np.zeros((band_rows, w * s, self.channels_out), np.float32)
+        wsum = np.zeros((band_rows, w * s), np.float32)
+        band_y0 = 0
+        for row, y0 in enumerate(plan.ys):
+            shift = y0 * s - band_y0
+            if shift:  # slide the unfinished rows to the top, clear the rest
+                keep = band_rows - shift
+                acc[:keep] = acc[shift:]
+                wsum[:keep] = wsum[shift:]
+                acc[keep:] = 0.0
+                wsum[keep:] = 0.0
+                band_y0 = y0 * s
+            wy = ramp(plan.tile_h, row > 0, row < len(plan.ys) - 1, plan.overlap, s)
+            for col, x0 in enumerate(plan.xs):
+                if self.cancel is not None:
+                    self.cancel.raise_if_cancelled()
+                x1 = x0 + plan.tile_w
+                result = self._process(_to_float_chw(image[y0:y0 + plan.tile_h, x0:x1], max_value))
+                wx = ramp(plan.tile_w, col > 0, col < len(plan.xs) - 1, plan.overlap, s)
+                weight = wy[:, None] * wx[None, :]
+                acc[:, x0 * s:x1 * s] += result.transpose(1, 2, 0) * weight[..., None]
+                wsum[:, x0 * s:x1 * s] += weight
+                done += 1
+                if self.progress is not None:
+                    self.progress(Progress("infer", done, plan.count, unit="tiles", item=self.item))
+            # output rows above the next tile row's start receive nothing more: finalise them
+            final_end = (plan.ys[row + 1] if row + 1 < len(plan.ys) else h) * s
+            _finalise(acc[:final_end - band_y0], wsum[:final_end - band_y0],
+                      out[band_y0:final_end])
+        return out
+
+    # -- internals -------------------------------------------------------------------
+    def _process(self, tile: np.ndarray) -> np.ndarray:
+        """Run one (C, h, w) tile, splitting it on out-of-memory errors."""
+        _, h, w = tile.shape
+        if max(h, w) > self.stats.tile_size:
+            return self._split(tile)
+        try:
+            out = self._call(tile)
+        except Exception as exc:  # noqa: BLE001 - filtered just below
+            if not is_out_of_memory(exc):
+                raise
+            _free_cached_memory()
+            smaller = self.requirement.fit_tile(max(h, w) // 2)
+            if smaller < self.min_tile or smaller >= max(h, w) or self.requirement.fixed:
+                raise MemoryError(
+                    f"out of memory even with {max(h, w)}-pixel tiles ({exc}). Close other "
+                    f"programs using the GPU, or run on the CPU.") from exc
+            self.stats.tile_size = smaller
+            self.stats.halvings += 1
+            self.stats.history.append(smaller)
+            return self._split(tile)
+        return out
+
+    def _split(self, tile: np.ndarray) -> np.ndarray:
+        """Tile a too-large tile with the current (smaller) tile size; region-sized buffers."""
+        c, h, w = tile.shape
+        s = self.scale
+        plan = plan_tiles(h, w, self.stats.tile_size, self.overlap, self.requirement)
+        acc = np.zeros((self.channels_out, h * s, w * s), np.float32)
+        wsum = np.zeros((h * s, w * s), np.float32)
+        for row, y0 in enumerate(plan.ys):
+            wy = ramp(plan.tile_h, row > 0, row < len(plan.ys) - 1, plan.overlap, s)
+            for col, x0 in enumerate(plan.xs):
+                if self.cancel is not None:
+                    self.cancel.raise_if_cancelled()
+                sub = tile[:, y0:y0 + plan.tile_h, x0:x0 + plan.tile_w]
+                result = self._process(sub)
+                wx = ramp(plan.tile_w, col > 0, col < len(plan.xs) - 1, plan.overlap, s)
+                weight = wy[:, None] * wx[None, :]
+                ys, xs = slice(y0 * s, (y0 + plan.tile_h) * s), slice(x0 * s, (x0 + plan.tile_w) * s)
+                acc[:, ys, xs] += result * weight
+                wsum[ys, xs] += weight
+        return acc / wsum
+
+    def _call(self, tile: np.ndarray) -> np.ndarray:
+        _, h, w = tile.shape
+        padded = pad_tile(tile, self.requirement)
+        out = np.asarray(self.tile_fn(padded), dtype=np.float32)
+        self.stats.tiles_run += 1
+        expected = (padded.shape[1] * self.scale, padded.shape[2] * self.scale)
+        if out.shape[1:] != expected:
+            raise ValueError(
+                f"the model returned a {out.shape[2]}×{out.shape[1]} tile for a "
+                f"{padded.shape[2]}×{padded.shape[1]} input; expected scale ×{self.scale} "
+                f"({expected[1]}×{expected[0]}). Check the model's scale in its sidecar.")
+        return out[:, : h * self.scale, : w * self.scale]
+
+
+def _to_float_chw(region: np.ndarray, max_value: float) -> np.ndarray:
+    arr = np.asarray(region, dtype=np.float32)
+    if max_value != 1.0:
+        arr = arr * np.float32(1.0 / max_value)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def _finalise(acc: np.ndarray, wsum: np.ndarray, out: np.ndarray) -> None:
+    """Normalise blended rows and encode them into `out` (uint8/uint16/float).
+
+    Works in place on `acc` (those rows are finished) to avoid band-sized temporaries.
+    """
+    if acc.shape[0] == 0:
+        return
+    np.divide(acc, wsum[..., None], out=acc)
+    np.clip(acc, 0.0, 1.0, out=acc)
+    if out.dtype == np.uint8 or out.dtype == np.uint16:
+        np.multiply(acc, 255.0 if out.dtype == np.uint8 else 65535.0, out=acc)
+        np.rint(acc, out=acc)
+    out[...] = acc
