@@ -1,0 +1,304 @@
+"""The sidecar: how to feed an ONNX graph and read its outputs.
+
+An ONNX file says nothing about pixel range, mean/std or what its outputs mean, so a
+sidecar says it. The same keys serve two places:
+
+* a catalog entry's `[models.sidecar]` table (hub-layout ONNX repos), and
+* a `model.toml` written by a user next to `model.onnx` (local import), which adds
+  `task`, `name`, `license`, `description` and `labels_file`.
+
+Normalised keys in `ModelCard.sidecar` (what the ONNX runtime and tasks read):
+
+    graphs       {role: path}  role "model", or encoder/decoder (output "seq2seq"),
+                 or vision_encoder/prompt_decoder (output "sam"); paths relative to the
+                 snapshot folder (hub) or to the .onnx file's folder (local)
+    preprocessor "preprocessor_config.json" when the repo ships one: it is authoritative
+                 (build the transformers image processor from it); the keys below then
+                 summarise it for display and for processor-less runtimes
+    input_size   [width, height] the graph expects; absent = any size (dynamic axes)
+    input_layout "NCHW" | "NHWC" (a user's model.toml may say `layout`)
+    range        [0, 1] or [0, 255]: pixel values before mean/std
+    mean, std    per channel, applied after range scaling: (x - mean) / std
+    output       how to read the outputs (see OUTPUTS)
+    labels       class names (list), or "config.json:id2label"
+    scale        restoration upscale factor (restore only)
+    input_name, output_names   graph I/O names (filled from the graph on local import)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import CatalogError
+
+# output layout -> (task, graph roles, what it means)
+OUTPUTS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "detr": ("detect", ("model",), "logits [B,Q,C+1] (softmax, last = no-object) + pred_boxes [B,Q,4] cx,cy,w,h in 0..1"),
+    "rtdetr": ("detect", ("model",), "logits [B,Q,C] (sigmoid) + pred_boxes [B,Q,4] cx,cy,w,h in 0..1"),
+    "yolov8": ("detect", ("model",), "one tensor [B,4+C,N]: cx,cy,w,h in input pixels, then class scores"),
+    "yolov5": ("detect", ("model",), "one tensor [B,N,5+C]: cx,cy,w,h, objectness, class scores"),
+    "semantic_logits": ("segment", ("model",), "logits [B,C,h,w], one channel per class"),
+    "mask_logits": ("segment", ("model",), "one-channel foreground logits [B,1,H,W] (apply sigmoid)"),
+    "sam": ("segment", ("vision_encoder", "prompt_decoder"), "SAM image encoder + prompt/mask decoder"),
+    "image": ("restore", ("model",), "image [B,C,H*scale,W*scale] in the input range"),
+    "seq2seq": ("caption", ("encoder", "decoder"), "vision encoder + merged text decoder with past"),
+    "hidden_states": ("features", ("model",), "last_hidden_state [B,T,D]"),
+}
+LAYOUTS = ("NCHW", "NHWC")
+RANGES = ([0.0, 1.0], [0.0, 255.0])
+CONFIG_LABELS = "config.json:id2label"
+
+# keys only a user's model.toml may carry (they describe the card, not the graph)
+CARD_KEYS = {"task", "name", "license", "description", "labels_file", "commercial_use"}
+SIDECAR_KEYS = {
+    "graphs", "preprocessor", "input_size", "input_layout", "layout", "range", "mean", "std",
+    "output", "labels", "scale", "input_name", "output_names",
+}
+
+
+def validate_sidecar(data: dict[str, Any], *, where: str, task: str | None = None,
+                     allow_card_keys: bool = False) -> dict[str, Any]:
+    """Check a sidecar table and return it normalised. Errors start with `where`."""
+
+    def fail(field: str, problem: str) -> CatalogError:
+        return CatalogError(f"{where}: field '{field}' {problem}")
+
+    allowed = SIDECAR_KEYS | (CARD_KEYS if allow_card_keys else set())
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise fail(unknown[0], f"is not a sidecar field; known fields: {', '.join(sorted(allowed))}")
+    out: dict[str, Any] = {}
+
+    output = data.get("output")
+    if output is None:
+        raise fail("output", f"is missing; expected one of {', '.join(OUTPUTS)}")
+    if output not in OUTPUTS:
+        raise fail("output", f"is {output!r}; expected one of {', '.join(OUTPUTS)}")
+    out_task, roles, _ = OUTPUTS[output]
+    if task is not None and task != out_task:
+        raise fail("output", f"is {output!r}, an output for task '{out_task}', but the task is '{task}'")
+    out["output"] = output
+
+    if "graphs" in data:
+        graphs = data["graphs"]
+        if not isinstance(graphs, dict) or not all(isinstance(v, str) and v for v in graphs.values()):
+            raise fail("graphs", "must be a table of role = \"path/to/file.onnx\"")
+        if set(graphs) != set(roles):
+            raise fail("graphs", f"has roles {sorted(graphs)}; output {output!r} needs {list(roles)}")
+        for role, rel in graphs.items():
+            if not rel.endswith(".onnx"):
+                raise fail("graphs", f"entry '{role}' is {rel!r}, not an .onnx file")
+        out["graphs"] = dict(graphs)
+
+    if "preprocessor" in data:
+        if not isinstance(data["preprocessor"], str):
+            raise fail("preprocessor", "must be a file name such as \"preprocessor_config.json\"")
+        out["preprocessor"] = data["preprocessor"]
+
+    if "input_size" in data:
+        size = data["input_size"]
+        if isinstance(size, int) and not isinstance(size, bool):
+            size = [size, size]
+        if (not isinstance(size, list) or len(size) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+            raise fail("input_size", f"is {data['input_size']!r}; expected [width, height] in pixels")
+        out["input_size"] = list(size)
+
+    if "layout" in data and "input_layout" in data:
+        raise fail("layout", "and 'input_layout' are the same setting; give one")
+    layout = data.get("input_layout", data.get("layout", "NCHW"))
+    layout_field = "input_layout" if "input_layout" in data else "layout"
+    if not isinstance(layout, str) or layout.upper() not in LAYOUTS:
+        hint = " (the YOLO version goes in output = \"yolov8\" or \"yolov5\")" if str(layout).lower() in (
+            "v5", "v8", "yolov5", "yolov8") else ""
+        raise fail(layout_field, f"is {layout!r}; expected NCHW or NHWC{hint}")
+    out["input_layout"] = layout.upper()
+
+    value_range = data.get("range", [0, 1])
+    if (not isinstance(value_range, list) or len(value_range) != 2
+            or [float(v) for v in value_range if isinstance(v, (int, float))] not in RANGES):
+        raise fail("range", f"is {value_range!r}; expected [0, 1] or [0, 255]")
+    out["range"] = [float(v) for v in value_range]
+
+    channels = None
+    for key, default in (("mean", 0.0), ("std", 1.0)):
+        if key not in data:
+            continue
+        values = data[key]
+        if (not isinstance(values, list) or len(values) not in (1, 3)
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+            raise fail(key, f"is {values!r}; expected a list of 1 or 3 numbers (one per channel)")
+        if channels is not None and len(values) != channels:
+            raise fail(key, f"has {len(values)} values but 'mean' has {channels}")
+        if key == "std" and not all(v > 0 and math.isfinite(v) for v in values):
+            raise fail("std", f"is {values!r}; every value must be > 0")
+        channels = len(values)
+        out[key] = [float(v) for v in values]
+
+    if "labels" in data:
+        labels = data["labels"]
+        if labels != CONFIG_LABELS and (
+                not isinstance(labels, list) or not labels or not all(isinstance(v, str) for v in labels)):
+            raise fail("labels", f"must be a list of class names or {CONFIG_LABELS!r}")
+        out["labels"] = labels if isinstance(labels, str) else list(labels)
+
+    if "scale" in data:
+        scale = data["scale"]
+        if out_task != "restore":
+            raise fail("scale", f"is the restoration upscale factor; output {output!r} is not restoration")
+        if not isinstance(scale, int) or isinstance(scale, bool) or not 1 <= scale <= 16:
+            raise fail("scale", f"is {scale!r}; expected a whole upscale factor from 1 to 16")
+        out["scale"] = scale
+    elif out_task == "restore":
+        raise fail("scale", "is missing; restoration models need their upscale factor (1 for denoisers)")
+
+    for key in ("input_name",):
+        if key in data:
+            if not isinstance(data[key], str):
+                raise fail(key, "must be a string")
+            out[key] = data[key]
+    if "output_names" in data:
+        if not isinstance(data["output_names"], list) or not all(isinstance(v, str) for v in data["output_names"]):
+            raise fail("output_names", "must be a list of strings")
+        out["output_names"] = list(data["output_names"])
+    return out
+
+
+# -- cross-check with the graph itself -------------------------------------------------------
+
+_FLOAT_TYPES = {1: "float32", 10: "float16", 16: "bfloat16", 11: "float64"}
+
+
+def _dims(value_info: Any) -> list[int | str | None]:
+    dims: list[int | str | None] = []
+    for d in value_info.type.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return dims
+
+
+@dataclass(frozen=True)
+class GraphIO:
+    inputs: list[tuple[str, int, list]]  # (name, ONNX element type, dims)
+    outputs: list[tuple[str, list]]  # (name, dims)
+    params: int  # elements in the graph's initializers (weights)
+
+
+def read_graph(onnx_path: Path) -> GraphIO:
+    """A graph's inputs, outputs and weight count; external weight files are not read."""
+    import onnx  # lazy: only local imports of ONNX files need it
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, OSError, ... for a bad file
+        raise CatalogError(f"{onnx_path}: not a readable ONNX model ({exc}).") from exc
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [(vi.name, vi.type.tensor_type.elem_type, _dims(vi))
+              for vi in model.graph.input if vi.name not in initializers]
+    outputs = [(vi.name, _dims(vi)) for vi in model.graph.output]
+    params = sum(math.prod(init.dims) for init in model.graph.initializer)
+    return GraphIO(inputs, outputs, int(params))
+
+
+def check_against_graph(sidecar: dict[str, Any], onnx_path: Path, *,
+                        where: str) -> tuple[dict[str, Any], GraphIO]:
+    """Cross-check a normalised single-graph sidecar with the ONNX graph's inputs/outputs.
+
+    Returns the sidecar completed from the graph (input_size when the graph is static,
+    input_name, output_names) and the graph summary. Raises CatalogError naming the mismatch.
+    """
+    output = sidecar["output"]
+    if OUTPUTS[output][1] != ("model",):
+        raise CatalogError(f"{where}: output {output!r} needs several graphs "
+                           f"({', '.join(OUTPUTS[output][1])}); a local import takes one .onnx file.")
+    graph = read_graph(onnx_path)
+    inputs, outputs = graph.inputs, graph.outputs
+    result = dict(sidecar)
+    if len(inputs) != 1:
+        names = ", ".join(name for name, _, _ in inputs) or "none"
+        raise CatalogError(f"{where}: {onnx_path.name} has {len(inputs)} inputs ({names}); "
+                           f"output {output!r} expects one image input.")
+    name, elem_type, dims = inputs[0]
+    if elem_type not in _FLOAT_TYPES:
+        raise CatalogError(f"{where}: input '{name}' of {onnx_path.name} has ONNX element type "
+                           f"{elem_type}; Ocula feeds float32/float16 images.")
+    if len(dims) != 4:
+        raise CatalogError(f"{where}: input '{name}' of {onnx_path.name} has {len(dims)} dimensions "
+                           f"{dims}; expected 4 (batch, channels, height, width or NHWC).")
+    layout = sidecar["input_layout"]
+    channel_dim, h_dim, w_dim = (dims[1], dims[2], dims[3]) if layout == "NCHW" else (dims[3], dims[1], dims[2])
+    channels = len(sidecar.get("mean", sidecar.get("std", [0, 0, 0])))
+    if isinstance(channel_dim, int) and channel_dim != channels:
+        other = "NHWC" if layout == "NCHW" else "NCHW"
+        raise CatalogError(f"{where}: input '{name}' is {dims} read as {layout}: {channel_dim} channels, "
+                           f"but mean/std give {channels}. Is the layout {other}?")
+    static = isinstance(h_dim, int) and isinstance(w_dim, int)
+    if static:
+        if "input_size" in sidecar and sidecar["input_size"] != [w_dim, h_dim]:
+            raise CatalogError(f"{where}: field 'input_size' is {sidecar['input_size']} (width, height) "
+                               f"but the graph input '{name}' is fixed at {[w_dim, h_dim]}.")
+        result["input_size"] = [w_dim, h_dim]
+    result["input_name"] = name
+    result["output_names"] = [out_name for out_name, _ in outputs]
+    _check_outputs(result, outputs, where=where, file=onnx_path.name, in_hw=(h_dim, w_dim))
+    return result, graph
+
+
+def _check_outputs(sidecar: dict[str, Any], outputs: list[tuple[str, list]], *, where: str,
+                   file: str, in_hw: tuple) -> None:
+    output = sidecar["output"]
+    labels = sidecar.get("labels") if isinstance(sidecar.get("labels"), list) else None
+    described = ", ".join(f"{n} {d}" for n, d in outputs)
+
+    def fail(problem: str) -> CatalogError:
+        return CatalogError(f"{where}: {file} outputs {described}; {problem}")
+
+    if output in ("yolov8", "yolov5"):
+        if len(outputs) < 1 or len(outputs[0][1]) != 3:
+            raise fail(f"output {output!r} expects one [batch, ...] tensor of 3 dimensions first.")
+        dims = outputs[0][1]
+        rows = dims[1] if output == "yolov8" else dims[2]
+        extra = 4 if output == "yolov8" else 5
+        if isinstance(rows, int):
+            if rows <= extra:
+                raise fail(f"{output} rows hold {extra} box values plus class scores, but there are {rows}.")
+            if labels is not None and rows - extra != len(labels):
+                raise fail(f"{output} has {rows - extra} class scores but 'labels' names {len(labels)} classes.")
+    elif output in ("detr", "rtdetr"):
+        if len(outputs) < 2:
+            raise fail(f"output {output!r} expects logits and pred_boxes.")
+        logits = next((d for n, d in outputs if n == "logits"), outputs[0][1])
+        if labels is not None and len(logits) == 3 and isinstance(logits[2], int):
+            expected = len(labels) + (1 if output == "detr" else 0)
+            if logits[2] != expected:
+                raise fail(f"logits have {logits[2]} classes, 'labels' implies {expected}.")
+    elif output in ("semantic_logits", "mask_logits"):
+        dims = outputs[0][1]
+        if len(dims) not in (3, 4):
+            raise fail(f"output {output!r} expects a [B,C,H,W] (or [B,H,W]) tensor.")
+        if output == "semantic_logits" and labels is not None and len(dims) == 4 and isinstance(dims[1], int):
+            if dims[1] != len(labels):
+                raise fail(f"there are {dims[1]} class channels but 'labels' names {len(labels)}.")
+        if output == "mask_logits" and len(dims) == 4 and isinstance(dims[1], int) and dims[1] != 1:
+            raise fail(f"mask_logits expects one channel, found {dims[1]}.")
+    elif output == "image":
+        dims = outputs[0][1]
+        if len(dims) != 4:
+            raise fail("output 'image' expects a 4-dimensional image tensor.")
+        scale = sidecar["scale"]
+        layout = sidecar["input_layout"]
+        out_hw = (dims[2], dims[3]) if layout == "NCHW" else (dims[1], dims[2])
+        for axis, (inp, outp) in enumerate(zip(in_hw, out_hw)):
+            if isinstance(inp, int) and isinstance(outp, int) and outp != inp * scale:
+                side = "height" if axis == 0 else "width"
+                raise fail(f"output {side} {outp} is not input {side} {inp} x scale {scale}; "
+                           f"is 'scale' {outp // max(inp, 1)}?")
+    elif output == "hidden_states":
+        if len(outputs[0][1]) != 3:
+            raise fail("output 'hidden_states' expects [batch, tokens, dim] first.")
