@@ -1,0 +1,182 @@
+"""Pictures of attention maps: colormap overlays, contact sheets, and saving them.
+
+Everything is RGB uint8 numpy (OpenCV works in BGR: converted at the boundary).
+Files are written atomically (temporary file in the same folder + os.replace), so a
+crash never leaves half a PNG where the GUI or a batch expects a whole one.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.explain.maps import AttentionMaps
+
+COLORMAPS = ("jet", "inferno", "viridis", "magma", "turbo", "hot", "gray")
+
+
+def colorize(values: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """float map in [0, 1] (H, W) -> RGB uint8 (H, W, 3)."""
+    import cv2
+
+    scaled = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float32)), 0.0, 1.0)
+    gray = np.round(scaled * 255).astype(np.uint8)
+    if colormap == "gray":
+        return np.repeat(gray[..., None], 3, axis=-1)
+    codes = {
+        "jet": cv2.COLORMAP_JET, "inferno": cv2.COLORMAP_INFERNO, "viridis": cv2.COLORMAP_VIRIDIS,
+        "magma": cv2.COLORMAP_MAGMA, "turbo": cv2.COLORMAP_TURBO, "hot": cv2.COLORMAP_HOT,
+    }
+    if colormap not in codes:
+        raise ValueError(f"unknown colormap '{colormap}'; choose one of {', '.join(COLORMAPS)}")
+    return cv2.cvtColor(cv2.applyColorMap(gray, codes[colormap]), cv2.COLOR_BGR2RGB)
+
+
+def _rgb_array(image: Any) -> np.ndarray:
+    if hasattr(image, "convert"):  # PIL
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    if array.dtype == np.uint16:
+        array = (array >> 8).astype(np.uint8)
+    return array[..., :3].astype(np.uint8)
+
+
+def overlay(image: Any, heatmap: np.ndarray, *, opacity: float = 0.5, colormap: str = "jet",
+            valid: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
+    """Blend a colormapped heatmap over the image: RGB uint8 at the image's size.
+
+    Pixels the model never saw (`valid` False) keep the plain image; a `mask` draws its
+    outline in white.
+    """
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError("opacity must be in [0, 1]")
+    base = _rgb_array(image)
+    if base.shape[:2] != heatmap.shape:
+        raise ValueError(f"heatmap {heatmap.shape} does not match image {base.shape[:2]}")
+    color = colorize(heatmap, colormap).astype(np.float32)
+    blended = base.astype(np.float32) * (1 - opacity) + color * opacity
+    if valid is not None:
+        blended[~valid] = base[~valid]
+    out = np.clip(np.round(blended), 0, 255).astype(np.uint8)
+    if mask is not None and mask.any():
+        import cv2
+
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        out = np.ascontiguousarray(out)
+        thickness = max(1, round(min(out.shape[:2]) / 250))
+        cv2.drawContours(out, contours, -1, (255, 255, 255), thickness)
+    return out
+
+
+def contact_sheet(head_maps: np.ndarray, *, tile: int = 96, gap: int = 4, colormap: str = "jet",
+                  labels: bool = True) -> np.ndarray:
+    """All layers × heads as one RGB image: rows = layers, columns = heads.
+
+    Each tile is normalised on its own (heads differ in scale by orders of magnitude);
+    tiles keep the grid's aspect ratio.
+    """
+    import cv2
+
+    from engine.explain.methods import normalize01
+
+    layers, heads, rows, cols = head_maps.shape
+    tile_h = tile if rows >= cols else max(1, round(tile * rows / cols))
+    tile_w = tile if cols >= rows else max(1, round(tile * cols / rows))
+    label_w = 34 if labels else 0
+    label_h = 16 if labels else 0
+    height = label_h + layers * tile_h + (layers + 1) * gap
+    width = label_w + heads * tile_w + (heads + 1) * gap
+    sheet = np.full((height, width, 3), 24, dtype=np.uint8)
+    for layer in range(layers):
+        y = label_h + gap + layer * (tile_h + gap)
+        if labels:
+            cv2.putText(sheet, f"L{layer}", (2, y + tile_h // 2 + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
+                        (220, 220, 220), 1, cv2.LINE_AA)
+        for head in range(heads):
+            x = label_w + gap + head * (tile_w + gap)
+            values = normalize01(head_maps[layer, head])
+            tile_img = cv2.resize(colorize(values, colormap), (tile_w, tile_h), interpolation=cv2.INTER_NEAREST)
+            sheet[y:y + tile_h, x:x + tile_w] = tile_img
+            if labels and layer == 0:
+                cv2.putText(sheet, f"h{head}", (x + 2, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
+                            (220, 220, 220), 1, cv2.LINE_AA)
+    return sheet
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _png_bytes(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text.strip()).strip("-")[:24] or "tok"
+
+
+def save_maps(maps: AttentionMaps, image: Any, out_dir: str | os.PathLike, stem: str, *,
+              opacity: float = 0.5, colormap: str = "jet") -> list[Path]:
+    """Write overlay PNG, raw .npy arrays, contact sheet and per-token overlays.
+
+    Files (all in out_dir, each written atomically):
+      {stem}.{method}.png            heatmap over the image
+      {stem}.{method}.heatmap.npy    float32 (H, W) at original resolution
+      {stem}.{method}.grid.npy       float32 (rows, cols) on the patch grid
+      {stem}.attentions.npy          float32 (layers, heads, N, N), when captured
+      {stem}.{method}.sheet.png      layers × heads contact sheet, when there are head maps
+      {stem}.{method}.tok{i}-{text}.png   one overlay per generated token / detected object
+    """
+    out = Path(out_dir)
+    written: list[Path] = []
+
+    def put(name: str, data: bytes) -> None:
+        path = out / name
+        _atomic_write(path, data)
+        written.append(path)
+
+    base = f"{stem}.{maps.method}"
+    put(f"{base}.png", _png_bytes(overlay(image, maps.heatmap, opacity=opacity, colormap=colormap,
+                                          valid=maps.valid, mask=maps.mask)))
+    put(f"{base}.heatmap.npy", _npy_bytes(maps.heatmap.astype(np.float32)))
+    put(f"{base}.grid.npy", _npy_bytes(np.asarray(maps.grid_map, dtype=np.float32)))
+    if maps.attentions is not None:
+        put(f"{stem}.attentions.npy", _npy_bytes(maps.attentions.astype(np.float32)))
+    if maps.head_maps is not None and maps.head_maps.size:
+        put(f"{base}.sheet.png", _png_bytes(contact_sheet(maps.head_maps, colormap=colormap)))
+    for index, token in enumerate(maps.per_token):
+        picture = overlay(image, token.heatmap, opacity=opacity, colormap=colormap, valid=maps.valid)
+        if token.box is not None:
+            import cv2
+
+            x0, y0, x1, y1 = (int(round(v)) for v in token.box)
+            picture = np.ascontiguousarray(picture)
+            cv2.rectangle(picture, (x0, y0), (x1, y1), (255, 255, 255), max(1, min(picture.shape[:2]) // 250))
+        put(f"{base}.tok{index:02d}-{_slug(token.label)}.png", _png_bytes(picture))
+    return written

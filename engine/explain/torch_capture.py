@@ -1,0 +1,233 @@
+"""Capture per-layer, per-head attention probabilities from transformers models.
+
+Fused attention kernels (SDPA, flash) return no weights, so capture runs with
+eager attention: a model loaded otherwise is switched for the run, switched back
+afterwards, and the result's notes say so. Weights come from transformers' own
+`output_attentions=True` (no hooks into private attention code, so nothing breaks
+when kernels change).
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+
+from engine.explain.layout import layout_from_config, vision_config
+from engine.explain.maps import TokenLayout
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class Captured:
+    attentions: np.ndarray  # float32 (layers, heads, N, N)
+    layout: TokenLayout
+    features: np.ndarray | None = None  # float32 (N, D): last hidden state (after the final norm)
+    gradients: np.ndarray | None = None  # float32 (layers, heads, N, N): d score / d attention
+    logits: np.ndarray | None = None
+    target: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _attn_implementation(model: Any) -> str | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None)
+
+
+def _sub_implementations(model: Any) -> dict[str, str]:
+    """attn implementation of every sub-model with a config (composite models)."""
+    found: dict[str, str] = {}
+    for name, module in model.named_modules():
+        impl = _attn_implementation(module)
+        if impl is not None:
+            found[name] = impl
+    return found
+
+
+@contextlib.contextmanager
+def eager_attention(model: Any, notes: list[str]) -> Iterator[None]:
+    """Run the block with eager attention; switch back afterwards. Always says so."""
+    before = _sub_implementations(model)
+    non_eager = {name: impl for name, impl in before.items() if impl != "eager"}
+    if not non_eager:
+        yield
+        return
+    name = type(model).__name__
+    kinds = ", ".join(sorted(set(non_eager.values())))
+    switched = False
+    if hasattr(model, "set_attn_implementation"):
+        try:
+            model.set_attn_implementation("eager")
+            switched = True
+        except (ValueError, TypeError, AttributeError) as exc:
+            notes.append(f"set_attn_implementation('eager') failed on {name}: {exc}")
+    if not switched or any(impl != "eager" for impl in _sub_implementations(model).values()):
+        for module in model.modules():  # last resort: the config flag the attention layers read
+            config = getattr(module, "config", None)
+            if config is not None and hasattr(config, "_attn_implementation"):
+                config._attn_implementation = "eager"
+    left = {n: i for n, i in _sub_implementations(model).items() if i != "eager"}
+    if left:
+        raise RuntimeError(
+            f"{name} could not be switched to eager attention ({left}); load it with "
+            f"attn_implementation='eager' (engine.runtimes.load_runner(card, attention=True))."
+        )
+    notes.append(
+        f"{name} was loaded with {kinds} attention, which returns no attention weights; "
+        f"switched to eager attention for this run and back afterwards."
+    )
+    try:
+        yield
+    finally:
+        _restore(model, before)
+
+
+def _restore(model: Any, before: dict[str, str]) -> None:
+    top = before.get("")
+    if top is not None and hasattr(model, "set_attn_implementation"):
+        with contextlib.suppress(ValueError, TypeError, AttributeError, ImportError):
+            model.set_attn_implementation(top)
+    modules = dict(model.named_modules())
+    for name, impl in before.items():
+        config = getattr(modules.get(name), "config", None)
+        if config is not None and getattr(config, "_attn_implementation", impl) != impl:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                config._attn_implementation = impl
+
+
+def vision_tower(model: Any) -> tuple[Any, Any]:
+    """(module, config) of the image encoder whose self-attention we map."""
+    model_type = getattr(model.config, "model_type", "")
+    if model_type in ("clip", "siglip", "siglip2", "blip") and hasattr(model, "vision_model"):
+        return model.vision_model, vision_config(model.config)
+    if model_type == "vision-encoder-decoder":
+        return model.encoder, model.config.encoder
+    if model_type == "git":
+        return model.git.image_encoder, model.config.vision_config
+    return model, model.config
+
+
+def _accepts(module: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _config_image_size(config: Any) -> tuple[int, int] | None:
+    size = getattr(config, "image_size", None)
+    if size is None:
+        return None
+    if isinstance(size, (tuple, list)):
+        return int(size[0]), int(size[1])
+    return int(size), int(size)
+
+
+def forward_kwargs(module: Any, config: Any, pixel_values: "torch.Tensor", notes: list[str]) -> dict[str, Any]:
+    """Extra forward arguments: interpolate position embeddings for other input sizes."""
+    kwargs: dict[str, Any] = {}
+    size = tuple(pixel_values.shape[-2:])
+    native = _config_image_size(config)
+    if native is not None and size != native and _accepts(module, "interpolate_pos_encoding"):
+        kwargs["interpolate_pos_encoding"] = True
+        notes.append(
+            f"input {size[0]}×{size[1]} differs from the trained {native[0]}×{native[1]}: "
+            f"position embeddings interpolated"
+        )
+    return kwargs
+
+
+def _final_features(outputs: Any, tower: Any) -> "torch.Tensor | None":
+    hidden = getattr(outputs, "last_hidden_state", None)
+    if hidden is None:
+        states = getattr(outputs, "hidden_states", None)
+        hidden = states[-1] if states else None
+        if hidden is not None:  # classification heads: apply the tower's final norm if it has one
+            for name in ("layernorm", "post_layernorm", "norm"):
+                base = getattr(tower, getattr(tower, "base_model_prefix", ""), tower)
+                norm = getattr(base, name, None)
+                if norm is not None and callable(norm):
+                    hidden = norm(hidden)
+                    break
+    return hidden
+
+
+def _score(outputs: Any, features: "torch.Tensor | None", layout: TokenLayout, target: int | None,
+           notes: list[str]) -> tuple["torch.Tensor", int | None]:
+    logits = getattr(outputs, "logits", None)
+    if logits is not None and logits.dim() == 2:
+        index = int(logits[0].argmax()) if target is None else int(target)
+        if not 0 <= index < logits.shape[-1]:
+            raise ValueError(f"target class {index} out of range: the model has {logits.shape[-1]} classes")
+        return logits[0, index], index
+    if features is None:
+        raise ValueError("relevance needs logits or features to differentiate; this model gives neither")
+    token = layout.cls_index if layout.cls_index is not None else None
+    vector = features[0, token] if token is not None else features[0, layout.patch_slice].mean(0)
+    if target is not None:
+        notes.append(f"model has no classification head: target {target} read as feature channel {target}")
+        return vector[int(target)], int(target)
+    notes.append("model has no classification head: relevance of the CLS feature's squared norm")
+    return (vector * vector.detach()).sum() / 2, None
+
+
+def capture(
+    model: Any,
+    pixel_values: "torch.Tensor",
+    *,
+    with_gradients: bool = False,
+    target: int | None = None,
+    notes: list[str] | None = None,
+) -> Captured:
+    """Run the vision tower once with attentions (and gradients for relevance)."""
+    import torch
+
+    notes = [] if notes is None else notes
+    tower, config = vision_tower(model)
+    param = next(tower.parameters(), None)
+    if param is not None:
+        pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
+    kwargs = forward_kwargs(tower, vision_config(config), pixel_values, notes)
+    with eager_attention(model, notes):
+        grad_context = torch.enable_grad() if with_gradients else torch.inference_mode()
+        with grad_context:
+            outputs = tower(
+                pixel_values=pixel_values,
+                output_attentions=True,
+                output_hidden_states=True,
+                return_dict=True,
+                **kwargs,
+            )
+            attentions = outputs.attentions
+            if not attentions:
+                raise RuntimeError(
+                    f"{type(tower).__name__} returned no attention weights even with eager attention."
+                )
+            n = attentions[0].shape[-1]
+            layout = layout_from_config(config, tuple(pixel_values.shape[-2:]), num_tokens=n)
+            features = _final_features(outputs, tower)
+            gradients = None
+            chosen = None
+            logits = getattr(outputs, "logits", None)
+            if with_gradients:
+                score, chosen = _score(outputs, features, layout, target, notes)
+                grads = torch.autograd.grad(score, list(attentions), allow_unused=True)
+                gradients = np.stack([
+                    np.zeros(tuple(a.shape[1:]), np.float32) if g is None
+                    else g[0].detach().float().cpu().numpy()
+                    for a, g in zip(attentions, grads)
+                ])
+    stacked = np.stack([a[0].detach().float().cpu().numpy() for a in attentions])
+    return Captured(
+        attentions=stacked,
+        layout=layout,
+        features=None if features is None else features[0].detach().float().cpu().numpy(),
+        gradients=gradients,
+        logits=None if logits is None else logits[0].detach().float().cpu().numpy(),
+        target=chosen,
+        notes=notes,
+    )
