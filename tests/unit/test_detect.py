@@ -1,0 +1,147 @@
+"""detect(): our boxes equal transformers' own post-processing for the same tiny models.
+
+Oracle: the model and processor loaded straight from the saved folder with transformers,
+one image at a time, `post_process_object_detection` with the original size; boxes then
+clipped to the image (what `detect` promises) and sorted by score.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.catalog.card import ModelCard, Source
+from engine.errors import UnsupportedModelError, UsageError
+from engine.media.image import read_image
+from engine.results import Detections
+from engine.tasks.detect import detect, model_info, size_batches
+from tests.fixtures import tiny_detectors as td
+
+MODELS = {
+    # name: (builder, transformers class, threshold splitting its random scores)
+    "detr": (td.build_detr, "DetrForObjectDetection", 0.38),
+    "yolos": (td.build_yolos, "YolosForObjectDetection", 0.7),
+    "rt_detr": (td.build_rt_detr, "RTDetrForObjectDetection", 0.9),
+}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("tiny-detectors")
+    return {name: build(root / name) for name, (build, _, _) in MODELS.items()}
+
+
+def card_for(folder, name: str = "tiny", runtime: str = "transformers", **kw) -> ModelCard:
+    return ModelCard(id=f"tiny-{name}", name=name, tasks=("detect",), runtime=runtime,
+                     local_path=str(folder), source=Source.LOCAL, **kw)
+
+
+@pytest.fixture(scope="module")
+def runners(folders) -> dict:
+    from engine.runtimes import load_runner
+
+    return {name: load_runner(card_for(f, name), device="cpu", precision="fp32")
+            for name, f in folders.items()}
+
+
+def images() -> list[Image.Image]:
+    # two landscape images of one size (batched together), one portrait
+    return [td.noise_image(160, 120, 1), td.noise_image(90, 130, 2), td.noise_image(160, 120, 3)]
+
+
+def oracle(folder, cls_name: str, image: Image.Image, threshold: float) -> list[tuple]:
+    import transformers
+
+    model = getattr(transformers, cls_name).from_pretrained(folder).eval()
+    processor = transformers.AutoImageProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        outputs = model(**processor(images=[image], return_tensors="pt"))
+    (res,) = processor.post_process_object_detection(
+        outputs, threshold=threshold, target_sizes=[(image.height, image.width)])
+    boxes = res["boxes"].numpy().astype(np.float64)
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, image.width)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, image.height)
+    rows = [(int(l), float(s), tuple(b)) for l, s, b in
+            zip(res["labels"].tolist(), res["scores"].tolist(), boxes)]
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def assert_matches(det: Detections, expected: list[tuple], labels: dict[int, str]) -> None:
+    assert [b.label_id for b in det.boxes] == [r[0] for r in expected]
+    assert [b.label for b in det.boxes] == [labels[r[0]] for r in expected]
+    np.testing.assert_allclose([b.score for b in det.boxes], [r[1] for r in expected], atol=1e-6)
+    np.testing.assert_allclose(np.array([b.xyxy for b in det.boxes]).reshape(-1, 4),
+                               np.array([r[2] for r in expected]).reshape(-1, 4), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_boxes_equal_transformers_post_processing(name, folders, runners) -> None:
+    _, cls_name, threshold = MODELS[name]
+    imgs = images()
+    results = detect(runners[name], imgs, threshold=threshold, max_detections=100)
+    assert len(results) == len(imgs)
+    total = 0
+    for det, img in zip(results, imgs):
+        expected = oracle(folders[name], cls_name, img, threshold)
+        assert det.image_size == img.size
+        assert det.labels == td.LABELS
+        assert_matches(det, expected, td.LABELS)
+        total += len(expected)
+    assert 0 < total < sum(len(d.boxes) for d in detect(runners[name], imgs, threshold=0.0))
+    # batching never changes results (images of one size share a batch, others don't)
+    one_by_one = detect(runners[name], imgs, threshold=threshold, batch_size=1)
+    for a, b in zip(results, one_by_one):
+        np.testing.assert_allclose([x.xyxy for x in a.boxes], [x.xyxy for x in b.boxes], atol=1e-4)
+
+
+def test_class_filter_max_detections_and_nms(folders, runners) -> None:
+    from torchvision.ops import batched_nms
+
+    img = images()[0]
+    everything = oracle(folders["detr"], "DetrForObjectDetection", img, 0.0)
+    det = detect(runners["detr"], [img], threshold=0.0, classes=["dog"])[0]
+    assert_matches(det, [r for r in everything if r[0] == 1], td.LABELS)
+    top3 = detect(runners["detr"], [img], threshold=0.0, max_detections=3)[0]
+    assert_matches(top3, everything[:3], td.LABELS)
+    nms = detect(runners["detr"], [img], threshold=0.0, nms_iou=0.5)[0]
+    keep = batched_nms(torch.tensor(np.array([r[2] for r in everything]), dtype=torch.float32),
+                       torch.tensor([r[1] for r in everything], dtype=torch.float32),
+                       torch.tensor([r[0] for r in everything]), 0.5).tolist()
+    assert_matches(nms, [everything[i] for i in sorted(keep)], td.LABELS)
+    assert len(nms.boxes) < len(everything)
+
+
+def test_exif_rotated_jpeg_gives_boxes_in_displayed_orientation(tmp_path, folders, runners) -> None:
+    stored = td.noise_image(160, 96, 7)  # stored landscape, displayed portrait (orientation 6)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    stored.save(path, quality=95, exif=exif)
+    loaded = read_image(path)
+    assert loaded.size == (96, 160)
+    det = detect(runners["detr"], [loaded], threshold=0.0)[0]
+    assert det.image_size == (96, 160)
+    expected = oracle(folders["detr"], "DetrForObjectDetection", loaded.rgb, 0.0)
+    assert_matches(det, expected, td.LABELS)
+    xy = np.array([b.xyxy for b in det.boxes])
+    assert (xy[:, [0, 2]] <= 96).all() and (xy[:, [1, 3]] <= 160).all()
+
+
+def test_unknown_class_and_unknown_model_type_are_clear_errors(folders, runners) -> None:
+    with pytest.raises(UsageError, match="no class 'zebra'"):
+        detect(runners["detr"], images()[:1], classes=["zebra"])
+    assert model_info(runners["detr"]).model_type == "detr"
+
+    class NotADetector:
+        card = card_for(folders["detr"], sidecar={"model_type": "segformer"})
+        module = None
+        processor = None
+
+    with pytest.raises(UnsupportedModelError, match="not a detector"):
+        detect(NotADetector(), images()[:1])
+
+
+def test_size_batches_group_by_size_and_cap() -> None:
+    imgs = [Image.new("RGB", s) for s in [(4, 4), (5, 4), (4, 4), (4, 4), (5, 4)]]
+    assert size_batches(imgs, 2) == [[0, 2], [3], [1, 4]]
