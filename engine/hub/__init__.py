@@ -1,0 +1,48 @@
+"""Downloads on huggingface_hub: progress, cancel, resume, verify, cache, offline, tokens.
+
+Importing this package is cheap: huggingface_hub is imported inside the functions.
+"""
+from engine.hub.auth import clear_token, save_token, stored_token
+from engine.hub.cache import (
+    InstalledRepo,
+    InstalledRevision,
+    cache_dir,
+    delete,
+    disk_usage,
+    endpoint,
+    installed_repos,
+    is_installed,
+)
+from engine.hub.errors import (
+    CacheNotWritableError,
+    DiskFullError,
+    GatedRepoAccessError,
+    HubRepoNotFoundError,
+    HubRevisionNotFoundError,
+    OfflineMissingFilesError,
+    UnsafeFilenameError,
+)
+from engine.hub.fetch import fetch, fetch_repo
+
+__all__ = [
+    "CacheNotWritableError",
+    "DiskFullError",
+    "GatedRepoAccessError",
+    "HubRepoNotFoundError",
+    "HubRevisionNotFoundError",
+    "InstalledRepo",
+    "InstalledRevision",
+    "OfflineMissingFilesError",
+    "UnsafeFilenameError",
+    "cache_dir",
+    "clear_token",
+    "delete",
+    "disk_usage",
+    "endpoint",
+    "fetch",
+    "fetch_repo",
+    "installed_repos",
+    "is_installed",
+    "save_token",
+    "stored_token",
+]
