@@ -1,0 +1,36 @@
+"""Jobs: the one spine the CLI and the GUI share.
+
+    spec = JobSpec(task="detect", model="…", inputs=["photos", "clip.mp4"], output_dir="out")
+    summary = run_job(spec, on_event=print)          # or LocalJobRunner().submit(spec)
+    resume_job(summary.job_id)                         # after a crash, quit or cancel
+
+Task handlers are registered per task with `register_handler` (the built-in ones
+in engine.tasks.handlers). Everything heavy (PyAV, models) loads only when a job runs.
+"""
+from engine.jobs.events import (EVENT_KINDS, Failure, JobEvent, JobSummary, PauseToken)
+from engine.jobs.handlers import (BaseHandler, ItemHandler, ItemResult, get_handler,
+                                  register_handler, registered_tasks, unregister_handler)
+from engine.jobs.outputs import FrameInfo, FrameOutput, OutputPlan
+from engine.jobs.run import resume_job, run_job
+from engine.jobs.runner import JobHandle, JobRunner, LocalJobRunner
+from engine.jobs.spec import JobSpec, RecipeError
+from engine.jobs.store import ItemRecord, JobRecord, JobStore
+
+
+def list_jobs(store: JobStore | None = None) -> list[JobRecord]:
+    return (store or JobStore()).list_jobs()
+
+
+def job_items(job_id: str, state: str | None = None, *,
+              store: JobStore | None = None):
+    """Items of a job (streamed), optionally only those in `state`."""
+    return (store or JobStore()).job_items(job_id, state)
+
+
+__all__ = [
+    "EVENT_KINDS", "BaseHandler", "Failure", "FrameInfo", "FrameOutput", "ItemHandler",
+    "ItemRecord", "ItemResult", "JobEvent", "JobHandle", "JobRecord", "JobRunner", "JobSpec",
+    "JobStore", "JobSummary", "LocalJobRunner", "OutputPlan", "PauseToken", "RecipeError",
+    "get_handler", "job_items", "list_jobs", "register_handler", "registered_tasks",
+    "resume_job", "run_job", "unregister_handler",
+]

@@ -1,0 +1,90 @@
+"""What a running job tells the front ends, how it is paused, and what it returns."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+EVENT_KINDS = ("started", "progress", "item_done", "item_failed", "paused", "resumed",
+               "finished", "cancelled")
+
+
+@dataclass
+class JobEvent:
+    """One job event. `rate` is items/s (frames/s while a video runs); `eta_s` None if unknown.
+
+    `done`/`total` count inputs; during a video, "progress" events count that
+    video's frames (`message` says so) and `item` names the video.
+    """
+
+    kind: str
+    job_id: str
+    item: str = ""
+    done: int = 0
+    total: int = 0
+    rate: float = 0.0
+    eta_s: float | None = None
+    message: str = ""
+    result: Any = None  # ItemResult for item_done; JobSummary for finished/cancelled
+    time: float = field(default_factory=time.monotonic)
+
+
+EventCallback = Callable[[JobEvent], None]
+
+
+class PauseSource(Protocol):
+    def is_set(self) -> bool: ...
+
+
+class PauseToken:
+    """Thread-safe pause flag: set means paused. A threading.Event works the same way
+    wherever a PauseToken is accepted (the GUI passes one)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def pause(self) -> None:
+        self._event.set()
+
+    def resume(self) -> None:
+        self._event.clear()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    @property
+    def paused(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass
+class Failure:
+    path: str
+    reason: str
+
+
+@dataclass
+class JobSummary:
+    job_id: str
+    state: str  # finished | cancelled | failed
+    total: int
+    done: int
+    failed: int
+    elapsed_s: float
+    output_dir: Path
+    failures: list[Failure] = field(default_factory=list)  # the first 1,000; counts are exact
+    files: list[Path] = field(default_factory=list)  # batch-level files (COCO JSON, JSONL…)
+    report_json: Path | None = None
+    report_html: Path | None = None
+    rate: float = 0.0  # items/s over this run
+    message: str = ""
+
+    @property
+    def cancelled(self) -> bool:
+        return self.state == "cancelled"
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "finished" and self.failed == 0

@@ -1,0 +1,129 @@
+"""Task handlers: what a job does to each input, registered per task.
+
+A handler loads its model once (`prepare`), processes images (one by one or in
+batches), writes its per-item files through the `OutputPlan` it is given, writes
+batch-level files in `finish`, and frees the model in `close`.
+
+Video frames go through the same `process_image`/`process_batch`: the pipeline
+hands each frame a `FrameOutput` that keeps writes in memory instead of on disk;
+an image written with kind "overlay", "restored" or "frame" becomes that frame of
+the output video. A handler can instead set `ItemResult.frame`, define
+`render_frame(image, result) -> ndarray` (called after tracking, so overlays can
+show track ids), or take a whole video itself with `process_video`.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from engine.errors import UsageError
+
+if TYPE_CHECKING:
+    from engine.events import CancelToken, ProgressCallback
+    from engine.jobs.outputs import OutputPlan
+    from engine.jobs.spec import JobSpec
+    from engine.media.image import LoadedImage
+
+
+@dataclass
+class ItemResult:
+    result: Any = None  # Caption | Detections | Segmentation | RestoredImage | AttentionMaps…
+    written: list[Path] = field(default_factory=list)  # files this item produced
+    frame: np.ndarray | None = None  # video only: the picture to encode for this frame
+    info: dict[str, Any] = field(default_factory=dict)  # small JSON-able facts for reports
+
+
+@runtime_checkable
+class ItemHandler(Protocol):
+    def prepare(self, spec: "JobSpec", progress: "ProgressCallback",
+                cancel: "CancelToken") -> None: ...
+
+    def process_image(self, image: "LoadedImage", out: "OutputPlan") -> ItemResult: ...
+
+    def process_batch(self, images: list["LoadedImage"],
+                      outs: list["OutputPlan"]) -> list[ItemResult]: ...
+
+    def finish(self, spec: "JobSpec", out_dir: Path) -> list[Path]: ...
+
+    def close(self) -> None: ...
+
+
+class BaseHandler:
+    """Defaults for the optional parts: batch = loop, nothing to finish or close."""
+
+    batch_size: int = 1  # preferred batch; the job option `batch_size` overrides it
+
+    def prepare(self, spec: "JobSpec", progress: "ProgressCallback",
+                cancel: "CancelToken") -> None:
+        return None
+
+    def process_image(self, image: "LoadedImage", out: "OutputPlan") -> ItemResult:
+        raise NotImplementedError
+
+    def process_batch(self, images: list["LoadedImage"],
+                      outs: list["OutputPlan"]) -> list[ItemResult]:
+        return [self.process_image(image, out) for image, out in zip(images, outs)]
+
+    def finish(self, spec: "JobSpec", out_dir: Path) -> list[Path]:
+        return []
+
+    def close(self) -> None:
+        return None
+
+
+_registry: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def register_handler(task: str, handler: Any) -> None:
+    """Register the handler for a task (replaces an earlier one).
+
+    `handler` is an ItemHandler instance (shared by every job of that task), or a
+    class / zero-argument factory (a fresh handler per job, so two jobs of one task
+    can run at once).
+    """
+    with _lock:
+        _registry[task] = handler
+
+
+def unregister_handler(task: str) -> None:
+    with _lock:
+        _registry.pop(task, None)
+
+
+def registered_tasks() -> list[str]:
+    with _lock:
+        return sorted(_registry)
+
+
+def get_handler(task: str) -> ItemHandler:
+    with _lock:
+        entry = _registry.get(task)
+    if entry is None:
+        raise UsageError(f"no handler is registered for task '{task}'. Import "
+                         f"engine.tasks.handlers (it registers the built-in tasks) or call "
+                         f"engine.jobs.register_handler('{task}', handler).")
+    if isinstance(entry, type) or (callable(entry) and not hasattr(entry, "process_image")):
+        entry = entry()
+    for name in ("prepare", "process_image", "finish", "close"):
+        if not hasattr(entry, name):
+            raise UsageError(f"handler for task '{task}' ({type(entry).__name__}) has no "
+                             f"'{name}' method; derive it from engine.jobs.BaseHandler.")
+    return entry
+
+
+def batch_of(handler: Any, images: list["LoadedImage"],
+             outs: list["OutputPlan"]) -> list[ItemResult]:
+    """process_batch when the handler has one, else a loop over process_image."""
+    if hasattr(handler, "process_batch"):
+        results = handler.process_batch(images, outs)
+    else:
+        results = [handler.process_image(image, out) for image, out in zip(images, outs)]
+    if len(results) != len(images):
+        raise RuntimeError(f"handler {type(handler).__name__} returned {len(results)} results "
+                           f"for {len(images)} images.")
+    return [r if isinstance(r, ItemResult) else ItemResult(result=r) for r in results]

@@ -1,0 +1,404 @@
+"""run_job / resume_job: the one loop the CLI and the GUI both drive.
+
+Inputs are expanded into the job store, the task handler loads its model once, a
+reader thread decodes the next images while the handler works on the current
+batch, outcomes are committed with the next batch's "running" mark (one commit
+per batch), and per-input problems are recorded while the rest continue. Videos
+go through engine.jobs.video_job (decode, inference, encode concurrently).
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import Cancelled, InputError
+from engine.events import CancelToken, Progress
+from engine.jobs.events import EventCallback, Failure, JobEvent, JobSummary, PauseSource
+from engine.jobs.handlers import ItemResult, batch_of, get_handler
+from engine.jobs.outputs import OutputPlan, check_output_dir, cleanup_partial
+from engine.jobs.spec import JobSpec
+from engine.jobs.store import ItemRecord, JobStore
+from engine.media.image import LoadedImage, read_image
+from engine.media.inputs import expand_inputs
+
+MAX_FAILURES_IN_SUMMARY = 1000
+_PROGRESS_EVERY_S = 0.2
+
+
+def run_job(spec: JobSpec, *, on_event: EventCallback | None = None,
+            cancel: CancelToken | None = None, pause: PauseSource | None = None,
+            store: JobStore | None = None, job_id: str | None = None) -> JobSummary:
+    """Queue `spec` in the job store and run it to the end (or until cancelled).
+
+    Returns a JobSummary (state "finished" or "cancelled"; `summary.cancelled`).
+    Per-input failures are in the summary and the report; errors that stop the
+    whole job (no handler, the model cannot load) are raised after the job is
+    marked "failed" in the store, so it can be resumed once fixed.
+    """
+    store = store or JobStore()
+    job_id = store.create_job(spec, job_id=job_id)
+    return _JobRun(store, job_id, on_event, cancel, pause).execute()
+
+
+def resume_job(job_id: str, *, on_event: EventCallback | None = None,
+               cancel: CancelToken | None = None, pause: PauseSource | None = None,
+               store: JobStore | None = None) -> JobSummary:
+    """Continue a job that was interrupted, cancelled or failed, where it stopped."""
+    store = store or JobStore()
+    if not store.has_job(job_id):
+        raise InputError(f"no job '{job_id}' in {store.path}; see `ocula jobs list`.")
+    row = store.job_row(job_id)
+    pid = row.get("pid")
+    if row["state"] == "running" and pid and pid != os.getpid() and _alive(pid):
+        raise InputError(f"job '{job_id}' is still running in process {pid}; cancel it "
+                         f"there first.")
+    return _JobRun(store, job_id, on_event, cancel, pause).execute()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    # A killed child stays a zombie until its parent reaps it: it is not running.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
+
+
+@dataclass
+class _Loaded:
+    item: ItemRecord
+    image: LoadedImage | None = None
+    error: str | None = None
+
+
+_END = object()
+
+
+class _JobRun:
+    def __init__(self, store: JobStore, job_id: str, on_event: EventCallback | None,
+                 cancel: CancelToken | None, pause: PauseSource | None) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.on_event = on_event
+        self.cancel = cancel or CancelToken()
+        self.pause = pause
+        self.spec: JobSpec = store.spec(job_id)
+        self.output_dir = Path(self.spec.output_dir)
+        self.total = 0
+        self.done = 0  # done + failed, over the job's whole life
+        self.failed = 0
+        self.processed_now = 0  # inputs finished in this run (for the rate)
+        self.started = time.monotonic()
+        self.paused_s = 0.0
+        self.pending_records: list[tuple] = []
+        self.handler: Any = None
+        self._last_progress = 0.0
+
+    # -- events -------------------------------------------------------------------------
+    def emit(self, kind: str, **fields: Any) -> None:
+        if self.on_event is None:
+            return
+        fields.setdefault("done", self.done)
+        fields.setdefault("total", self.total)
+        self.on_event(JobEvent(kind=kind, job_id=self.job_id, **fields))
+
+    def rate_eta(self) -> tuple[float, float | None]:
+        active = max(1e-9, time.monotonic() - self.started - self.paused_s)
+        rate = self.processed_now / active
+        remaining = max(0, self.total - self.done)
+        return rate, (remaining / rate if rate > 0 else None)
+
+    def wait_if_paused(self) -> None:
+        """Block while paused (checked between batches and between video frames)."""
+        if self.pause is None or not self.pause.is_set():
+            return
+        began = time.monotonic()
+        self.store.set_state(self.job_id, "paused")
+        self.emit("paused", message="paused")
+        while self.pause.is_set() and not self.cancel.cancelled:
+            time.sleep(0.05)
+        self.paused_s += time.monotonic() - began
+        self.cancel.raise_if_cancelled()
+        self.store.set_state(self.job_id, "running")
+        self.emit("resumed", message="resumed")
+
+    def progress(self, item: str, done: float, total: float | None, rate: float,
+                 eta_s: float | None, message: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_progress < _PROGRESS_EVERY_S:
+            return
+        self._last_progress = now
+        self.emit("progress", item=item, done=int(done), total=int(total or 0), rate=rate,
+                  eta_s=eta_s, message=message)
+
+    def _handler_progress(self, p: Progress) -> None:
+        # Model download / load progress while the handler prepares.
+        self.progress(p.item, p.done, p.total, 0.0, None,
+                      p.message or f"{p.stage} {p.unit}", force=p.done == p.total)
+
+    # -- the run --------------------------------------------------------------------------
+    def execute(self) -> JobSummary:
+        store, spec = self.store, self.spec
+        prior_elapsed = float(store.job_row(self.job_id).get("elapsed_s") or 0.0)
+        store.set_state(self.job_id, "running", pid=os.getpid(), message="")
+        try:
+            check_output_dir(self.output_dir)
+            self.emit("started", message=f"{spec.task} with {spec.model}")
+            self._expand()
+            counts = store.counts(self.job_id)
+            self.total = sum(counts.values())
+            self.done = counts["done"] + counts["failed"]
+            self.failed = counts["failed"]
+            self.handler = get_handler(spec.task)
+            self.handler.prepare(spec, self._handler_progress, self.cancel)
+            self._cleanup_interrupted()
+            self._process_all()
+            files = list(self.handler.finish(spec, self.output_dir) or [])
+            state = "finished"
+        except Cancelled:
+            self._flush()
+            files, state = [], "cancelled"
+        except BaseException as exc:
+            self._flush()
+            store.set_state(self.job_id, "failed", message=str(exc),
+                            elapsed_s=prior_elapsed + self._active_s())
+            raise
+        finally:
+            if self.handler is not None:
+                try:
+                    self.handler.close()
+                except Exception:  # noqa: BLE001 — closing must not hide the outcome
+                    pass
+        summary = self._summary(state, files, prior_elapsed)
+        store.set_state(self.job_id, state, elapsed_s=summary.elapsed_s)
+        self.emit("finished" if state == "finished" else "cancelled", result=summary,
+                  message=summary.message)
+        return summary
+
+    def _active_s(self) -> float:
+        return time.monotonic() - self.started - self.paused_s
+
+    def _expand(self) -> None:
+        if self.store.job_row(self.job_id)["expanded"]:
+            return
+        items = expand_inputs(self.spec.inputs, exclude=[self.output_dir])
+        self.store.add_items(self.job_id, items)
+        self.store.mark_expanded(self.job_id)
+        for item in self.store.job_items(self.job_id, "failed"):
+            if item.kind == "error":
+                self.emit("item_failed", item=item.path, message=item.error or "")
+
+    def _cleanup_interrupted(self) -> None:
+        for item in self.store.job_items(self.job_id, "running"):
+            if item.kind != "error":
+                cleanup_partial(self.output_dir, item.out_key)
+
+    def _plan(self, item: ItemRecord) -> OutputPlan:
+        return OutputPlan(self.output_dir, item.out_key, Path(item.path),
+                          is_input=lambda p: self.store.is_input(self.job_id, p))
+
+    # -- images and videos in queue order -----------------------------------------------------
+    def _process_all(self) -> None:
+        batch_size = int(self.spec.options.get("batch_size")
+                         or getattr(self.handler, "batch_size", 1) or 1)
+        loaded: queue.Queue = queue.Queue(maxsize=2 * batch_size + 2)
+        stop = threading.Event()
+        reader = threading.Thread(target=self._read_ahead, args=(loaded, stop),
+                                  name=f"ocula-read-{self.job_id}", daemon=True)
+        reader.start()
+        batch: list[_Loaded] = []
+        try:
+            while True:
+                self.cancel.raise_if_cancelled()
+                entry = self._next(loaded)
+                if entry is _END or entry.item.kind == "video" or entry.error is not None:
+                    self._run_batch(batch)
+                    batch = []
+                    if entry is _END:
+                        break
+                    if entry.error is not None:
+                        self._fail_now(entry.item, entry.error)
+                    else:
+                        self._run_video(entry.item)
+                    continue
+                batch.append(entry)
+                if len(batch) >= batch_size:
+                    self._run_batch(batch)
+                    batch = []
+            self._flush()
+        finally:
+            stop.set()
+            while reader.is_alive():  # unblock a reader waiting on a full queue
+                try:
+                    loaded.get_nowait()
+                except queue.Empty:
+                    pass
+                reader.join(timeout=0.05)
+
+    def _next(self, loaded: queue.Queue) -> Any:
+        while True:
+            try:
+                entry = loaded.get(timeout=0.1)
+            except queue.Empty:
+                self.cancel.raise_if_cancelled()
+                continue
+            if isinstance(entry, BaseException):
+                raise entry
+            return entry
+
+    def _read_ahead(self, loaded: queue.Queue, stop: threading.Event) -> None:
+        """Reader thread: decode the next images while the handler works."""
+        limit = self.spec.options.get("pixel_limit")
+        try:
+            for item in self.store.pending_items(self.job_id):
+                if stop.is_set():
+                    return
+                entry = _Loaded(item)
+                if item.kind == "image":
+                    try:
+                        entry.image = read_image(item.path, pixel_limit=limit)
+                    except InputError as exc:
+                        entry.error = str(exc)
+                    except Exception as exc:  # noqa: BLE001 — a bad file must not stop the job
+                        entry.error = f"{item.path}: cannot be read ({type(exc).__name__}: {exc})"
+                if not self._put(loaded, entry, stop):
+                    return
+            self._put(loaded, _END, stop)
+        except BaseException as exc:  # noqa: BLE001 — hand it to the main thread
+            self._put(loaded, exc, stop)
+
+    @staticmethod
+    def _put(loaded: queue.Queue, entry: Any, stop: threading.Event) -> bool:
+        while not stop.is_set():
+            try:
+                loaded.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run_batch(self, batch: list[_Loaded]) -> None:
+        if not batch:
+            return
+        self.wait_if_paused()
+        seqs = [e.item.seq for e in batch]
+        self._flush(mark_running=seqs)
+        began = time.time()
+        outs = [self._plan(e.item) for e in batch]
+        images = [e.image for e in batch]
+        try:
+            results: list[ItemResult | BaseException] = list(batch_of(self.handler, images, outs))
+        except Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            if len(batch) == 1:
+                results = [exc]
+            else:  # find which input broke the batch; the others still get done
+                results = []
+                for image, out in zip(images, outs):
+                    self.cancel.raise_if_cancelled()
+                    try:
+                        results.append(batch_of(self.handler, [image], [out])[0])
+                    except Cancelled:
+                        raise
+                    except Exception as one:  # noqa: BLE001
+                        results.append(one)
+        finished = time.time()
+        for entry, out, res in zip(batch, outs, results):
+            if isinstance(res, BaseException):
+                self._record_failure(entry.item, _reason(entry.item.path, res), began, finished)
+            else:
+                self._record_success(entry.item, out, res, began, finished)
+
+    def _record_success(self, item: ItemRecord, out: OutputPlan, res: ItemResult,
+                        began: float, finished: float) -> None:
+        written = [str(p) for p in (res.written or out.written)]
+        self.pending_records.append((item.seq, "done", None, written, res.info, finished))
+        self.done += 1
+        self.processed_now += 1
+        rate, eta = self.rate_eta()
+        self.emit("item_done", item=item.path, rate=rate, eta_s=eta, result=res)
+
+    def _record_failure(self, item: ItemRecord, reason: str, began: float,
+                        finished: float) -> None:
+        self.pending_records.append((item.seq, "failed", reason, [], {}, finished))
+        self.done += 1
+        self.failed += 1
+        self.processed_now += 1
+        rate, eta = self.rate_eta()
+        self.emit("item_failed", item=item.path, rate=rate, eta_s=eta, message=reason)
+
+    def _fail_now(self, item: ItemRecord, reason: str) -> None:
+        now = time.time()
+        self._flush(mark_running=[item.seq])
+        self._record_failure(item, reason, now, now)
+
+    def _flush(self, mark_running: list[int] | None = None) -> None:
+        """Commit buffered outcomes together with the next batch's "running" mark."""
+        records, self.pending_records = self.pending_records, []
+        if not records and not mark_running:
+            return
+        self.store.record(self.job_id, records)
+        if mark_running:
+            self.store.mark_running(self.job_id, mark_running)
+
+    def _run_video(self, item: ItemRecord) -> None:
+        from engine.jobs.video_job import run_video_item
+
+        self._flush(mark_running=[item.seq])
+        began = time.time()
+        out = self._plan(item)
+        try:
+            res = run_video_item(self, item, out)
+        except Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 — one broken video must not stop the batch
+            self._record_failure(item, _reason(item.path, exc), began, time.time())
+        else:
+            self._record_success(item, out, res, began, time.time())
+        self._flush()
+
+    # -- the end ----------------------------------------------------------------------------
+    def _summary(self, state: str, files: list[Path], prior_elapsed: float) -> JobSummary:
+        from engine.exporters.reports import write_job_report
+
+        counts = self.store.counts(self.job_id)
+        failures = []
+        for item in self.store.job_items(self.job_id, "failed"):
+            failures.append(Failure(item.path, item.error or ""))
+            if len(failures) >= MAX_FAILURES_IN_SUMMARY:
+                break
+        active = self._active_s()
+        summary = JobSummary(
+            job_id=self.job_id, state=state, total=sum(counts.values()), done=counts["done"],
+            failed=counts["failed"], elapsed_s=prior_elapsed + active,
+            output_dir=self.output_dir, failures=failures, files=files,
+            rate=self.processed_now / max(active, 1e-9))
+        summary.message = (f"{summary.done} done, {summary.failed} failed of {summary.total}"
+                           + (" (cancelled; resume to finish)" if state == "cancelled" else ""))
+        try:
+            summary.report_json, summary.report_html = write_job_report(
+                self.store, self.job_id, summary, self.spec)
+        except OSError as exc:  # a full disk must not turn a finished job into a crash
+            summary.message += f"; the report could not be written ({exc.strerror})"
+        return summary
+
+
+def _reason(path: str, exc: BaseException) -> str:
+    if isinstance(exc, InputError):
+        return str(exc)
+    text = str(exc) or type(exc).__name__
+    return f"{path}: {type(exc).__name__}: {text}"

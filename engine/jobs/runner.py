@@ -1,0 +1,261 @@
+"""Where a job runs: the JobRunner interface and its local implementation.
+
+`JobRunner` is deliberately small — submit a spec or resume a job id, get a handle
+to wait on, pause, resume or cancel — so a later implementation can run the very
+same jobs elsewhere: a `RayJobRunner` would create the job in the store, split
+its pending items into Ray tasks that each call the task handler, and report the
+same JobEvents. (Not implemented: one machine is the target for now.)
+
+`LocalJobRunner` runs jobs on this machine, in one of three ways:
+- "thread": a background thread (the GUI's way: the UI thread never blocks);
+- "inline": in the calling thread (the CLI's way: Ctrl+C cancels);
+- "subprocess": a worker process (`python -m engine.jobs.worker`), so a crash in a
+  native library or a kill takes only the worker; the job resumes from the store.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Protocol, Sequence
+
+from engine.errors import OculaError
+from engine.events import CancelToken
+from engine.jobs.events import EventCallback, Failure, JobEvent, JobSummary, PauseToken
+from engine.jobs.run import resume_job, run_job
+from engine.jobs.spec import JobSpec
+from engine.jobs.store import JobStore
+
+
+class JobHandle(Protocol):
+    job_id: str
+
+    def wait(self, timeout: float | None = None) -> JobSummary | None: ...
+    def cancel(self) -> None: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    @property
+    def done(self) -> bool: ...
+
+
+class JobRunner(Protocol):
+    """Runs jobs described by JobSpec; every implementation reports JobEvents."""
+
+    def submit(self, spec: JobSpec, *, on_event: EventCallback | None = None,
+               job_id: str | None = None) -> JobHandle: ...
+
+    def resume(self, job_id: str, *, on_event: EventCallback | None = None) -> JobHandle: ...
+
+
+class LocalHandle:
+    """A job running in this process (thread or inline)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.cancel_token = CancelToken()
+        self.pause_token = PauseToken()
+        self.summary: JobSummary | None = None
+        self.error: BaseException | None = None
+        self._finished = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> JobSummary | None:
+        """The summary once the job ends (None on timeout); re-raises a job failure."""
+        if not self._finished.wait(timeout):
+            return None
+        if self.error is not None:
+            raise self.error
+        return self.summary
+
+    def cancel(self) -> None:
+        self.pause_token.resume()  # a paused job must wake to see the cancel
+        self.cancel_token.cancel()
+
+    def pause(self) -> None:
+        self.pause_token.pause()
+
+    def resume(self) -> None:
+        self.pause_token.resume()
+
+    @property
+    def done(self) -> bool:
+        return self._finished.is_set()
+
+
+class LocalJobRunner:
+    def __init__(self, store: JobStore | None = None, *, mode: str = "thread",
+                 imports: Sequence[str] = ()) -> None:
+        if mode not in ("thread", "inline", "subprocess"):
+            raise ValueError("mode must be thread, inline or subprocess")
+        self.store = store or JobStore()
+        self.mode = mode
+        self.imports = list(imports)  # modules a worker process imports to register handlers
+
+    def submit(self, spec: JobSpec, *, on_event: EventCallback | None = None,
+               job_id: str | None = None) -> "LocalHandle | WorkerHandle":
+        job_id = self.store.create_job(spec, job_id=job_id)
+        return self._start(job_id, on_event)
+
+    def resume(self, job_id: str, *, on_event: EventCallback | None = None
+               ) -> "LocalHandle | WorkerHandle":
+        return self._start(job_id, on_event)
+
+    def _start(self, job_id: str, on_event: EventCallback | None) -> "LocalHandle | WorkerHandle":
+        if self.mode == "subprocess":
+            return WorkerHandle(job_id, self.store.path, self.imports, on_event)
+        handle = LocalHandle(job_id)
+
+        def work() -> None:
+            try:
+                handle.summary = resume_job(job_id, on_event=on_event,
+                                            cancel=handle.cancel_token,
+                                            pause=handle.pause_token, store=self.store)
+            except BaseException as exc:  # noqa: BLE001 — handed to wait()
+                handle.error = exc
+            finally:
+                handle._finished.set()
+
+        if self.mode == "inline":
+            work()
+        else:
+            threading.Thread(target=work, name=f"ocula-job-{job_id}", daemon=True).start()
+        return handle
+
+
+class WorkerHandle:
+    """A job running in a worker process; events arrive as JSON lines on its stdout,
+    and pause / resume / cancel go to its stdin."""
+
+    def __init__(self, job_id: str, store_path: Path, imports: Sequence[str],
+                 on_event: EventCallback | None) -> None:
+        self.job_id = job_id
+        self.on_event = on_event
+        self.summary: JobSummary | None = None
+        self.error: BaseException | None = None
+        cmd = [sys.executable, "-m", "engine.jobs.worker", "--store", str(store_path),
+               "--job-id", job_id]
+        for module in imports:
+            cmd += ["--import", module]
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, env=env)
+        self._stderr: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        threading.Thread(target=self._read_err, daemon=True).start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            event = event_from_dict(data)
+            if event.kind in ("finished", "cancelled") and isinstance(event.result, JobSummary):
+                self.summary = event.result
+            if data.get("error"):
+                self.error = OculaError(data["error"])
+            if self.on_event is not None and event.kind:
+                self.on_event(event)
+
+    def _read_err(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self._stderr.append(line)
+            del self._stderr[:-50]
+
+    def _send(self, command: str) -> None:
+        try:
+            assert self.process.stdin is not None
+            self.process.stdin.write(command + "\n")
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # the worker has already exited
+
+    def cancel(self) -> None:
+        self._send("cancel")
+
+    def pause(self) -> None:
+        self._send("pause")
+
+    def resume(self) -> None:
+        self._send("resume")
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    @property
+    def done(self) -> bool:
+        return self.process.poll() is not None
+
+    def wait(self, timeout: float | None = None) -> JobSummary | None:
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        self._reader.join(timeout=5)
+        if self.error is not None:
+            raise self.error
+        if code != 0 and self.summary is None:
+            tail = "".join(self._stderr[-10:]).strip()
+            raise OculaError(f"job worker for {self.job_id} exited with code {code}"
+                             + (f": {tail}" if tail else "") + ". Resume the job to continue.")
+        return self.summary
+
+
+# -- events over a pipe --------------------------------------------------------------------------
+
+
+def event_to_dict(event: JobEvent) -> dict:
+    data = {"kind": event.kind, "job_id": event.job_id, "item": event.item, "done": event.done,
+            "total": event.total, "rate": event.rate, "eta_s": event.eta_s,
+            "message": event.message}
+    res = event.result
+    if isinstance(res, JobSummary):
+        data["summary"] = {
+            "job_id": res.job_id, "state": res.state, "total": res.total, "done": res.done,
+            "failed": res.failed, "elapsed_s": res.elapsed_s, "output_dir": str(res.output_dir),
+            "failures": [[f.path, f.reason] for f in res.failures],
+            "files": [str(f) for f in res.files],
+            "report_json": str(res.report_json) if res.report_json else None,
+            "report_html": str(res.report_html) if res.report_html else None,
+            "rate": res.rate, "message": res.message}
+    elif res is not None and hasattr(res, "written"):
+        data["written"] = [str(p) for p in res.written]
+        data["info"] = res.info
+    return data
+
+
+def event_from_dict(data: dict) -> JobEvent:
+    result = None
+    if data.get("summary"):
+        s = data["summary"]
+        result = JobSummary(
+            job_id=s["job_id"], state=s["state"], total=s["total"], done=s["done"],
+            failed=s["failed"], elapsed_s=s["elapsed_s"], output_dir=Path(s["output_dir"]),
+            failures=[Failure(p, r) for p, r in s["failures"]],
+            files=[Path(f) for f in s["files"]],
+            report_json=Path(s["report_json"]) if s["report_json"] else None,
+            report_html=Path(s["report_html"]) if s["report_html"] else None,
+            rate=s["rate"], message=s["message"])
+    elif "written" in data:
+        from engine.jobs.handlers import ItemResult
+
+        result = ItemResult(written=[Path(p) for p in data["written"]], info=data.get("info", {}))
+    return JobEvent(kind=data.get("kind", ""), job_id=data.get("job_id", ""),
+                    item=data.get("item", ""), done=data.get("done", 0),
+                    total=data.get("total", 0), rate=data.get("rate", 0.0),
+                    eta_s=data.get("eta_s"), message=data.get("message", ""), result=result)
+
+
+__all__ = ["JobRunner", "JobHandle", "LocalJobRunner", "LocalHandle", "WorkerHandle",
+           "run_job", "resume_job"]

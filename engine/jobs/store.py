@@ -1,0 +1,415 @@
+"""The job queue on SQLite (stdlib): jobs, each input's state, finished video segments.
+
+A crash or a quit leaves the database consistent, so `resume_job` continues where
+the job stopped: inputs already done are not redone, an interrupted input is redone
+to the same output names (no duplicates), a video restarts after its last finished
+segment. Inputs are inserted in chunks from a generator and read back with a
+cursor, so 100,000 inputs never sit in memory at once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable, Iterator
+
+from engine.jobs.spec import JobSpec
+from engine.media.inputs import InputItem
+
+ITEM_STATES = ("pending", "running", "done", "failed")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    task TEXT NOT NULL,
+    model TEXT NOT NULL,
+    output_dir TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    expanded INTEGER NOT NULL DEFAULT 0,
+    pid INTEGER,
+    elapsed_s REAL NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS items (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    out_key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error TEXT,
+    outputs TEXT,
+    info TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    started REAL,
+    finished REAL,
+    PRIMARY KEY (job_id, seq)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS items_path ON items (job_id, path);
+CREATE UNIQUE INDEX IF NOT EXISTS items_key ON items (job_id, out_key COLLATE NOCASE)
+    WHERE kind != 'error';
+CREATE INDEX IF NOT EXISTS items_state ON items (job_id, state, seq);
+CREATE TABLE IF NOT EXISTS segments (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    first_frame INTEGER NOT NULL,
+    next_frame INTEGER NOT NULL,
+    end_pts INTEGER,
+    frames INTEGER NOT NULL,
+    state TEXT,
+    PRIMARY KEY (job_id, seq, idx)
+);
+"""
+# Names at the top of the output folder kept for the job's own files.
+_RESERVED_PREFIX = "ocula-"
+
+
+@dataclass
+class JobRecord:
+    id: str
+    task: str
+    model: str
+    state: str  # queued | running | paused | finished | cancelled | failed | interrupted
+    output_dir: str
+    created: float
+    updated: float
+    total: int
+    done: int
+    failed: int
+    pending: int
+    elapsed_s: float
+    message: str
+
+    @property
+    def spec_summary(self) -> str:
+        return f"{self.task} · {self.model}"
+
+
+@dataclass
+class ItemRecord:
+    job_id: str
+    seq: int
+    path: str
+    out_key: str
+    kind: str
+    state: str
+    error: str | None
+    outputs: list[str]
+    info: dict[str, Any]
+    attempts: int
+    started: float | None
+    finished: float | None
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started is None or self.finished is None:
+            return None
+        return self.finished - self.started
+
+
+@dataclass
+class SegmentRecord:
+    idx: int
+    path: str
+    first_frame: int
+    next_frame: int  # index of the first frame NOT in this segment
+    end_pts: int | None  # pts of the last frame written, in the input's time base
+    frames: int
+    state: dict[str, Any]  # e.g. the tracker, to continue identities after a resume
+
+
+def default_store_path() -> Path:
+    from engine.paths import app_home
+
+    return app_home() / "jobs.sqlite"
+
+
+class JobStore:
+    """SQLite job queue; safe to use from several threads (one connection per thread)."""
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.path = Path(path) if path is not None else default_store_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._conn() as conn:
+            conn.executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a power cut may lose the last commits but never
+            # corrupts; a lost "done" only means that item is redone to the same names.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- jobs ---------------------------------------------------------------------------
+    def create_job(self, spec: JobSpec, *, job_id: str | None = None) -> str:
+        spec = _absolute(spec.validate())
+        job_id = job_id or new_job_id()
+        now = time.time()
+        with self._conn() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO jobs (id, spec, task, model, output_dir, state, created, updated)"
+                    " VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
+                    (job_id, spec.to_toml(), spec.task, spec.model, spec.output_dir, now, now))
+            except sqlite3.IntegrityError as exc:
+                raise ValueError(f"job id '{job_id}' already exists in {self.path}.") from exc
+        return job_id
+
+    def spec(self, job_id: str) -> JobSpec:
+        row = self._conn().execute("SELECT spec FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise KeyError(job_id)
+        return JobSpec.from_toml(row[0])
+
+    def has_job(self, job_id: str) -> bool:
+        return self._conn().execute("SELECT 1 FROM jobs WHERE id = ?",
+                                    (job_id,)).fetchone() is not None
+
+    def set_state(self, job_id: str, state: str, *, message: str | None = None,
+                  pid: int | None = None, elapsed_s: float | None = None) -> None:
+        sets, args = ["state = ?", "updated = ?"], [state, time.time()]
+        if message is not None:
+            sets.append("message = ?")
+            args.append(message)
+        if pid is not None:
+            sets.append("pid = ?")
+            args.append(pid)
+        if elapsed_s is not None:
+            sets.append("elapsed_s = ?")
+            args.append(elapsed_s)
+        with self._conn() as conn:
+            conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*args, job_id))
+
+    def job_row(self, job_id: str) -> dict[str, Any]:
+        cur = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        row = cur.fetchone()
+        if row is None:
+            raise KeyError(job_id)
+        return dict(zip([c[0] for c in cur.description], row))
+
+    def mark_expanded(self, job_id: str) -> None:
+        with self._conn() as conn:
+            conn.execute("UPDATE jobs SET expanded = 1 WHERE id = ?", (job_id,))
+
+    def list_jobs(self) -> list[JobRecord]:
+        conn = self._conn()
+        counts: dict[str, dict[str, int]] = {}
+        for job_id, state, n in conn.execute(
+                "SELECT job_id, state, COUNT(*) FROM items GROUP BY job_id, state"):
+            counts.setdefault(job_id, {})[state] = n
+        records = []
+        for row in conn.execute("SELECT id, task, model, state, output_dir, created, updated, "
+                                "elapsed_s, message FROM jobs ORDER BY created DESC"):
+            c = counts.get(row[0], {})
+            records.append(JobRecord(
+                id=row[0], task=row[1], model=row[2], state=row[3], output_dir=row[4],
+                created=row[5], updated=row[6], total=sum(c.values()), done=c.get("done", 0),
+                failed=c.get("failed", 0), pending=c.get("pending", 0) + c.get("running", 0),
+                elapsed_s=row[7], message=row[8]))
+        return records
+
+    def delete_job(self, job_id: str) -> None:
+        with self._conn() as conn:
+            for table, col in (("segments", "job_id"), ("items", "job_id"), ("jobs", "id")):
+                conn.execute(f"DELETE FROM {table} WHERE {col} = ?", (job_id,))
+
+    # -- items --------------------------------------------------------------------------
+    def add_items(self, job_id: str, items: Iterable[InputItem], *, chunk: int = 2000) -> int:
+        """Queue inputs (a generator is fine), committing every `chunk`; return how many
+        were added. The same path twice is queued once. Output keys are reserved here."""
+        conn = self._conn()
+        row = conn.execute("SELECT COALESCE(MAX(seq), -1) FROM items WHERE job_id = ?",
+                           (job_id,)).fetchone()
+        seq = row[0] + 1
+        added = 0
+        pending_in_tx = 0
+        conn.execute("BEGIN")
+        try:
+            for item in items:
+                if self._insert_item(conn, job_id, seq, item):
+                    seq += 1
+                    added += 1
+                    pending_in_tx += 1
+                if pending_in_tx >= chunk:
+                    conn.execute("COMMIT")
+                    conn.execute("BEGIN")
+                    pending_in_tx = 0
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return added
+
+    def _insert_item(self, conn: sqlite3.Connection, job_id: str, seq: int,
+                     item: InputItem) -> bool:
+        path = os.path.abspath(item.path)
+        if item.kind == "error":
+            cur = conn.execute(
+                "INSERT INTO items (job_id, seq, path, out_key, kind, state, error, finished) "
+                "VALUES (?, ?, ?, '', 'error', 'failed', ?, ?) "
+                "ON CONFLICT (job_id, path) DO NOTHING",
+                (job_id, seq, path, item.error, time.time()))
+            return cur.rowcount == 1
+        for key in _key_candidates(item.rel):
+            try:
+                cur = conn.execute(
+                    "INSERT INTO items (job_id, seq, path, out_key, kind, state) "
+                    "VALUES (?, ?, ?, ?, ?, 'pending') ON CONFLICT (job_id, path) DO NOTHING",
+                    (job_id, seq, path, key, item.kind))
+            except sqlite3.IntegrityError:
+                continue  # this output name is taken by another input: try the next
+            return cur.rowcount == 1
+        raise RuntimeError(f"no free output name for {path}")  # unreachable in practice
+
+    def pending_items(self, job_id: str, *, batch: int = 256) -> Iterator[ItemRecord]:
+        """Pending and interrupted ("running") items in queue order, read in batches."""
+        last = -1
+        conn = self._conn()
+        while True:
+            rows = conn.execute(
+                f"SELECT {_ITEM_COLS} FROM items WHERE job_id = ? AND seq > ? "
+                "AND state IN ('pending', 'running') ORDER BY seq LIMIT ?",
+                (job_id, last, batch)).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield _item(row)
+            last = rows[-1][1]
+
+    def job_items(self, job_id: str, state: str | None = None, *,
+                  batch: int = 1000) -> Iterator[ItemRecord]:
+        """Every item of a job (or those in `state`) in queue order, streamed."""
+        if state is not None and state not in ITEM_STATES:
+            raise ValueError(f"item state must be one of {', '.join(ITEM_STATES)}.")
+        last = -1
+        conn = self._conn()
+        where = "job_id = ? AND seq > ?" + (" AND state = ?" if state else "")
+        while True:
+            args: tuple = (job_id, last, state, batch) if state else (job_id, last, batch)
+            rows = conn.execute(f"SELECT {_ITEM_COLS} FROM items WHERE {where} "
+                                "ORDER BY seq LIMIT ?", args).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield _item(row)
+            last = rows[-1][1]
+
+    def counts(self, job_id: str) -> dict[str, int]:
+        out = {s: 0 for s in ITEM_STATES}
+        for state, n in self._conn().execute(
+                "SELECT state, COUNT(*) FROM items WHERE job_id = ? GROUP BY state", (job_id,)):
+            out[state] = n
+        return out
+
+    def is_input(self, job_id: str, path: str | os.PathLike) -> bool:
+        return self._conn().execute(
+            "SELECT 1 FROM items WHERE job_id = ? AND path = ?",
+            (job_id, os.path.abspath(path))).fetchone() is not None
+
+    def mark_running(self, job_id: str, seqs: list[int]) -> None:
+        now = time.time()
+        with self._conn() as conn:
+            conn.executemany("UPDATE items SET state = 'running', attempts = attempts + 1, "
+                             "started = ? WHERE job_id = ? AND seq = ?",
+                             [(now, job_id, s) for s in seqs])
+
+    def record(self, job_id: str, results: list[tuple[int, str, str | None, list[str],
+                                                        dict[str, Any], float]]) -> None:
+        """Store outcomes in one transaction: (seq, state, error, outputs, info, finished)."""
+        if not results:
+            return
+        with self._conn() as conn:
+            conn.executemany(
+                "UPDATE items SET state = ?, error = ?, outputs = ?, info = ?, finished = ? "
+                "WHERE job_id = ? AND seq = ?",
+                [(state, error, json.dumps(outputs), json.dumps(info, default=str), finished,
+                  job_id, seq) for seq, state, error, outputs, info, finished in results])
+
+    def durations(self, job_id: str) -> list[float]:
+        return [r[0] for r in self._conn().execute(
+            "SELECT finished - started FROM items WHERE job_id = ? AND state = 'done' "
+            "AND started IS NOT NULL", (job_id,))]
+
+    # -- video segments -----------------------------------------------------------------
+    def add_segment(self, job_id: str, seq: int, segment: SegmentRecord) -> None:
+        with self._conn() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO segments (job_id, seq, idx, path, first_frame, "
+                "next_frame, end_pts, frames, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, seq, segment.idx, segment.path, segment.first_frame,
+                 segment.next_frame, segment.end_pts, segment.frames,
+                 json.dumps(segment.state)))
+
+    def segments(self, job_id: str, seq: int) -> list[SegmentRecord]:
+        rows = self._conn().execute(
+            "SELECT idx, path, first_frame, next_frame, end_pts, frames, state FROM segments "
+            "WHERE job_id = ? AND seq = ? ORDER BY idx", (job_id, seq)).fetchall()
+        return [SegmentRecord(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6] or "{}"))
+                for r in rows]
+
+    def clear_segments(self, job_id: str, seq: int) -> None:
+        with self._conn() as conn:
+            conn.execute("DELETE FROM segments WHERE job_id = ? AND seq = ?", (job_id, seq))
+
+
+_ITEM_COLS = ("job_id, seq, path, out_key, kind, state, error, outputs, info, attempts, "
+              "started, finished")
+
+
+def _item(row: tuple) -> ItemRecord:
+    return ItemRecord(job_id=row[0], seq=row[1], path=row[2], out_key=row[3], kind=row[4],
+                      state=row[5], error=row[6], outputs=json.loads(row[7] or "[]"),
+                      info=json.loads(row[8] or "{}"), attempts=row[9], started=row[10],
+                      finished=row[11])
+
+
+def _key_candidates(rel: Path) -> Iterator[str]:
+    """`a/photo` first, then `a/photo_png`, then `a/photo_png-2`, -3…"""
+    rel = PurePosixPath(Path(rel).as_posix())
+    stem = rel.stem or rel.name or "input"
+    parent = "" if str(rel.parent) in (".", "") else str(rel.parent) + "/"
+    if not parent and stem.startswith(_RESERVED_PREFIX):
+        stem = "_" + stem  # the output root's "ocula-*" names belong to the job itself
+    base = parent + stem
+    yield base
+    ext = rel.suffix.lstrip(".").lower()
+    with_ext = f"{base}_{ext}" if ext else f"{base}_"
+    yield with_ext
+    n = 2
+    while True:
+        yield f"{with_ext}-{n}"
+        n += 1
+
+
+def _absolute(spec: JobSpec) -> JobSpec:
+    """Absolute paths in the stored spec, so resuming from another folder works."""
+    def absolute(p: str) -> str:
+        return os.path.abspath(os.path.expanduser(p))
+
+    return JobSpec(task=spec.task, model=spec.model, inputs=[absolute(p) for p in spec.inputs],
+                   output_dir=absolute(spec.output_dir), options=dict(spec.options),
+                   device=spec.device, precision=spec.precision)
+
+
+def new_job_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)

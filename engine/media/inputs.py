@@ -1,0 +1,124 @@
+"""Input expansion: files, folders (recursive), globs and videos → a stream of items.
+
+`expand_inputs` is a generator so a job over 100,000 files never holds them all in
+memory: the job store inserts the items in chunks as they come. Problems that belong
+to one input (a missing file, a folder that cannot be listed) are yielded as items of
+kind "error" carrying the reason, so the batch records them and goes on.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from engine.media.image import IMAGE_SUFFIXES
+
+VIDEO_SUFFIXES = {
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts",
+    ".m2ts", ".wmv", ".flv", ".3gp", ".ogv", ".mxf", ".y4m",
+}
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class InputItem:
+    path: Path  # the file (or the folder/pattern, for an error item)
+    rel: Path  # where its outputs go under the output folder, without suffix changes
+    kind: str  # "image" | "video" | "error"
+    error: str | None = None
+
+
+def is_video_path(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def media_kind(path: Path) -> str:
+    """"video" by suffix, otherwise "image": an explicitly named file of unknown type is
+    tried as an image and fails with the reader's own message if it is not one."""
+    return "video" if is_video_path(path) else "image"
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike], *,
+                  exclude: Iterable[str | os.PathLike] = (),
+                  recursive: bool = True) -> Iterator[InputItem]:
+    """Yield every input file in a stable order (each folder's entries sorted by name).
+
+    A folder mirrors its structure: `photos/a/b.jpg` given as `photos` has rel
+    `a/b.jpg`. Folders listed in `exclude` (the job's output folder, when it sits
+    inside an input folder) are skipped so outputs are never fed back as inputs.
+    Hidden files and folders (names starting with ".") inside folders are skipped:
+    they include our own temporary `.part` files.
+    """
+    excluded = {_real(p) for p in exclude}
+    for raw in inputs:
+        text = os.fspath(raw)
+        path = Path(text).expanduser()
+        if any(ch in text for ch in _GLOB_CHARS) and not path.exists():
+            yield from _expand_glob(text, excluded, recursive)
+        elif path.is_dir():
+            yield from _walk(path, path, excluded, recursive)
+        elif path.exists():
+            yield InputItem(path, Path(path.name), media_kind(path))
+        else:
+            yield InputItem(path, Path(path.name), "error",
+                            f"{path}: not found (no such file or folder).")
+
+
+def _real(path: str | os.PathLike) -> str:
+    return os.path.realpath(os.fspath(path))
+
+
+def _expand_glob(pattern: str, excluded: set[str], recursive: bool) -> Iterator[InputItem]:
+    matched = False
+    # iglob streams matches directory by directory instead of building the whole list.
+    for hit in glob.iglob(os.path.expanduser(pattern), recursive=recursive):
+        path = Path(hit)
+        if path.is_dir():
+            if _real(path) in excluded:
+                continue
+            matched = True
+            yield from _walk(path, path, excluded, recursive)
+        elif _is_media(path):
+            matched = True
+            yield InputItem(path, Path(path.name), media_kind(path))
+    if not matched:
+        yield InputItem(Path(pattern), Path("glob"), "error",
+                        f"{pattern}: the pattern matched no image or video files.")
+
+
+def _is_media(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    return suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES
+
+
+def _walk(root: Path, folder: Path, excluded: set[str], recursive: bool) -> Iterator[InputItem]:
+    if _real(folder) in excluded:
+        return
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+    except OSError as exc:  # PermissionError, a folder removed meanwhile, I/O errors
+        reason = exc.strerror or type(exc).__name__
+        yield InputItem(folder, folder.relative_to(root) if folder != root else Path("."),
+                        "error", f"{folder}: cannot read this folder ({reason}); its files "
+                        f"were skipped. Check its permissions.")
+        return
+    subfolders: list[Path] = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            is_dir = False
+        path = Path(entry.path)
+        if is_dir:
+            subfolders.append(path)
+        elif _is_media(path):
+            yield InputItem(path, path.relative_to(root), media_kind(path))
+    del entries  # only one folder's listing is held at a time
+    if recursive:
+        for sub in subfolders:
+            yield from _walk(root, sub, excluded, recursive)
