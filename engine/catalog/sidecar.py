@@ -23,6 +23,9 @@ Normalised keys in `ModelCard.sidecar` (what the ONNX runtime and tasks read):
     labels       class names (list), or "config.json:id2label"
     scale        restoration upscale factor (restore only)
     input_name, output_names   graph I/O names (filled from the graph on local import)
+    family, model_type   derived from `output` for the detect task's dispatch: YOLO outputs
+                 get family = "yolo"; detr/rtdetr get model_type "detr"/"rt_detr" (a hub repo's
+                 config.json says it instead). Written by Ocula, not by users.
 """
 from __future__ import annotations
 
@@ -54,7 +57,14 @@ CONFIG_LABELS = "config.json:id2label"
 CARD_KEYS = {"task", "name", "license", "description", "labels_file", "commercial_use"}
 SIDECAR_KEYS = {
     "graphs", "preprocessor", "input_size", "input_layout", "layout", "range", "mean", "std",
-    "output", "labels", "scale", "input_name", "output_names",
+    "output", "labels", "scale", "input_name", "output_names", "family", "model_type",
+}
+# what the detect task dispatches on, derived from `output` (engine.tasks.detect reads these)
+DERIVED_KEYS: dict[str, dict[str, str]] = {
+    "yolov8": {"family": "yolo"},
+    "yolov5": {"family": "yolo"},
+    "detr": {"model_type": "detr"},
+    "rtdetr": {"model_type": "rt_detr"},
 }
 
 
@@ -163,7 +173,18 @@ def validate_sidecar(data: dict[str, Any], *, where: str, task: str | None = Non
         if not isinstance(data["output_names"], list) or not all(isinstance(v, str) for v in data["output_names"]):
             raise fail("output_names", "must be a list of strings")
         out["output_names"] = list(data["output_names"])
+    for key in ("family", "model_type"):
+        if key in data:
+            expected = DERIVED_KEYS.get(output, {}).get(key)
+            if data[key] != expected:
+                raise fail(key, f"is {data[key]!r}; Ocula derives it from output {output!r}"
+                                + (f" as {expected!r}" if expected else " (leave it out)"))
     return out
+
+
+def with_derived_keys(sidecar: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar plus the keys the detect task dispatches on (see DERIVED_KEYS)."""
+    return {**sidecar, **DERIVED_KEYS.get(sidecar["output"], {})}
 
 
 # -- cross-check with the graph itself -------------------------------------------------------
