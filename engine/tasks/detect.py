@@ -333,8 +333,6 @@ def yolo_spec(runner: "Runner"):
 def _run_yolo(runner: "Runner", images: list[Image.Image],
               opts: DetectOptions) -> list[Detections]:
     """Letterbox -> ONNX -> decode v5/v8 -> class-wise NMS -> undo letterbox (original pixels)."""
-    import torch
-
     from engine.tasks import yolo
 
     spec = yolo_spec(runner)
@@ -348,7 +346,7 @@ def _run_yolo(runner: "Runner", images: list[Image.Image],
     # one image per call: most YOLO exports have a fixed batch dimension of 1
     for img in images:
         batch, geos = yolo.preprocess([np.asarray(img)], spec)
-        outputs = runner.forward({spec.input_name or "images": torch.from_numpy(batch)})
+        outputs = runner.forward({spec.input_name or "images": batch})
         raw = outputs[spec.output_name] if spec.output_name else next(iter(outputs.values()))
         (dets,) = yolo.postprocess(_numpy(raw), geos, spec, threshold=opts.threshold,
                                    nms_iou=iou, max_detections=opts.max_detections,

@@ -8,13 +8,14 @@ Boxes are in pixels of the letterboxed network input. The letterbox keeps the
 aspect ratio and pads with grey 114, centred, exactly like Ultralytics, so that
 models trained with it see what they expect.
 
-Everything here is numpy (plus torchvision's NMS when present) so it runs the
+Everything here is numpy (plus torchvision's NMS when already imported) so it runs the
 same whatever backend produced the raw tensor.
 """
 from __future__ import annotations
 
 import ast
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -102,9 +103,10 @@ class YoloSpec:
     def from_sidecar(cls, sidecar: Mapping[str, Any], *, onnx_path: str | None = None) -> "YoloSpec":
         meta = onnx_metadata(onnx_path) if onnx_path else {}
         size = sidecar.get("input_size")
-        if size is None and "imgsz" in meta:  # Ultralytics writes [height, width]
-            hw = _parse_names_text(meta["imgsz"])
-            size = [hw[1], hw[0]] if isinstance(hw, (list, tuple)) else hw
+        for key in ("input_hw", "imgsz"):  # both [height, width]; a fixed graph input wins
+            if size is None and key in meta:
+                hw = _parse_names_text(meta[key])
+                size = [hw[1], hw[0]] if isinstance(hw, (list, tuple)) else hw
         if size is None:
             size = 640
         if isinstance(size, (int, float)):
@@ -148,14 +150,25 @@ def _parse_names_text(text: str) -> Any:
 
 
 def onnx_metadata(path: str | Path) -> dict[str, str]:
-    """An ONNX file's metadata_props (Ultralytics: names, imgsz, stride), weights not loaded."""
+    """An ONNX file's metadata_props (Ultralytics: names, imgsz, stride), weights not loaded.
+
+    A static image input shape [N, 3, H, W] is added as "input_hw" (JSON [H, W]).
+    """
     import onnx
 
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # unreadable metadata just means none; the loader reports bad files
         return {}
-    return {prop.key: prop.value for prop in model.metadata_props}
+    meta = {prop.key: prop.value for prop in model.metadata_props}
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) == 1:
+        dims = [d.dim_value if d.HasField("dim_value") else 0
+                for d in inputs[0].type.tensor_type.shape.dim]
+        if len(dims) == 4 and dims[2] > 0 and dims[3] > 0:
+            meta["input_hw"] = json.dumps([dims[2], dims[3]])
+    return meta
 
 
 def names_from_onnx(path: str | Path) -> tuple[str, ...]:
@@ -257,16 +270,23 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray,
     """Class-wise NMS: boxes of different classes never suppress each other."""
     if len(boxes) == 0:
         return np.zeros(0, dtype=np.int64)
-    try:
+    if "torchvision.ops" in sys.modules:  # already paid for (transformers loads it): use its kernel
         import torch
         from torchvision.ops import batched_nms as tv_batched_nms
-    except ImportError:  # torchvision is a dependency, but the numpy path keeps this usable alone
-        tv_batched_nms = None
-    if tv_batched_nms is not None:
+
         keep = tv_batched_nms(torch.as_tensor(boxes, dtype=torch.float32),
                               torch.as_tensor(scores, dtype=torch.float32),
                               torch.as_tensor(class_ids), iou_threshold)
         return keep.numpy().astype(np.int64)
+    # importing torchvision.ops costs seconds (it pulls in torch._dynamo), so the ONNX path
+    # stays on the numpy NMS, which keeps the same boxes (tested against torchvision)
+    return batched_nms_numpy(boxes, scores, class_ids, iou_threshold)
+
+
+def batched_nms_numpy(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray,
+                      iou_threshold: float) -> np.ndarray:
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
     # offsetting each class far apart is torchvision's own trick for class-wise NMS
     offset = (boxes.max() + 1) * class_ids.astype(np.float64)
     return nms_numpy(boxes + offset[:, None], scores, iou_threshold)
