@@ -162,8 +162,8 @@ def translate(
 
 
 __all__ = [
-    "Cancelled",
     "CacheNotWritableError",
+    "Cancelled",
     "DiskFullError",
     "GatedRepoAccessError",
     "HubRepoNotFoundError",

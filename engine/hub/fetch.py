@@ -13,16 +13,16 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from engine.catalog.card import ModelCard
 from engine.errors import Cancelled, CatalogError, DownloadError, OculaError
 from engine.events import CancelToken, ProgressCallback
 from engine.hub.cache import cache_dir, endpoint, missing_files, repo_folder
 from engine.hub.errors import (
-    CacheNotWritableError,
     NO_SPACE_ERRNOS,
+    CacheNotWritableError,
     OfflineMissingFilesError,
     is_retryable,
     translate,
@@ -85,7 +85,7 @@ def fetch_repo(
     patterns = [allow_patterns] if isinstance(allow_patterns, str) else (
         list(allow_patterns) if allow_patterns else None)
     hub = endpoint()
-    context = dict(repo=repo, revision=revision, endpoint=hub, cache=str(cache))
+    context = {"repo": repo, "revision": revision, "endpoint": hub, "cache": str(cache)}
     if cancel is not None:
         cancel.raise_if_cancelled()
     if settings.effective_offline:
@@ -260,6 +260,6 @@ def _hf_local_error(repo: str, revision: str, patterns: list[str] | None,
     try:
         snapshot_download(repo, revision=revision, cache_dir=cache, allow_patterns=patterns,
                           local_files_only=True, tqdm_class=quiet_tqdm_class())
-    except Exception as exc:  # LocalEntryNotFoundError / IncompleteSnapshotError
+    except Exception as exc:  # noqa: BLE001 - whatever it raises is the verdict we keep
         return exc
     return None

@@ -27,7 +27,7 @@ class Expected:
 
     @classmethod
     def from_hub(cls, *, size: int | None, lfs_sha256: str | None, blob_id: str | None,
-                 etag: str | None) -> "Expected":
+                 etag: str | None) -> Expected:
         if lfs_sha256:
             return cls(size, sha256=lfs_sha256.lower())
         if etag and SHA256_RE.match(etag):

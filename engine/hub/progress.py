@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import Any
+import time
+from typing import Any, Self
 
 from engine.events import CancelToken, Progress, ProgressCallback
 
 STAGE = "download"
+# Chunks arrive every 64 KiB; events are sent at most this often (plus each file's
+# first and last), so a fast download does not flood the CLI or GUI.
+MIN_INTERVAL_S = 0.05
 
 
 class DownloadTracker:
@@ -28,6 +32,7 @@ class DownloadTracker:
         self._cancel = cancel
         self._label = label
         self._lock = threading.Lock()
+        self._last_emit = 0.0
         self.files_done = 0
 
     @property
@@ -53,7 +58,11 @@ class DownloadTracker:
             self._cancel.raise_if_cancelled()
         with self._lock:
             self._done[name] = max(0, self._done.get(name, 0) + int(nbytes))
-        self._emit(name)
+            size = self._sizes.get(name)
+            due = (time.monotonic() - self._last_emit >= MIN_INTERVAL_S
+                   or (size is not None and self._done[name] >= size))
+        if due:
+            self._emit(name)
 
     def finish_file(self, name: str) -> None:
         with self._lock:
@@ -67,6 +76,7 @@ class DownloadTracker:
         if self._callback is None:
             return
         with self._lock:
+            self._last_emit = time.monotonic()
             file_done, file_total = self._done.get(name, 0), self._sizes.get(name)
             done, total = self.done, self.total
             message = f"{self._label} {self.files_done}/{len(self._sizes)} files".strip()
@@ -93,10 +103,10 @@ class _TrackerBar:
         self.n += int(n)
         self._tracker.advance(self._name, n)
 
-    def __enter__(self) -> "_TrackerBar":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         return None
 
     def close(self) -> None:

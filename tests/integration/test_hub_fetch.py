@@ -48,6 +48,7 @@ def test_cache_dir_follows_settings_then_env(hub, tmp_path, monkeypatch):
 def test_download_reports_byte_progress_per_file_and_overall(hub, tmp_path):
     files = _repo_files()
     sha = hub.add_repo("org/progress", write_files(tmp_path / "r", files))
+    hub.throttle("*/model.safetensors", bytes_per_s=1_000_000)  # ~0.3 s: several reports
     events = []
     path = fetch(_card("org/progress"), progress=events.append)
     assert path == hub.cache_dir / "models--org--progress" / "snapshots" / sha
@@ -60,7 +61,7 @@ def test_download_reports_byte_progress_per_file_and_overall(hub, tmp_path):
     total = sum(len(d) for d in files.values())
     assert overall[-1].done == overall[-1].total == total
     assert [e.done for e in overall] == sorted(e.done for e in overall)  # never goes back
-    assert len([e for e in events if e.item == "model.safetensors"]) > 2  # chunked, not one jump
+    assert len([e for e in events if e.item == "model.safetensors"]) >= 4  # gradual, not one jump
     assert is_installed(_card("org/progress"))
     # every file travelled over plain HTTP GET exactly once
     assert hub.count("*/resolve/*", "GET") == 3

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import time
 import urllib.error
@@ -179,7 +180,7 @@ def test_faults_fail_corrupt_drop_throttle_and_reset(hub, tmp_path):
     assert len(bad) == len(data) and bad != data
     assert _raw(url)[2] == data
     hub.drop_after("*/w.bin", offset=50_000, times=1)
-    with pytest.raises(Exception):  # urllib: IncompleteRead
+    with pytest.raises(http.client.IncompleteRead):
         _raw(url)
     hub.throttle("*/w.bin", bytes_per_s=400_000)
     start = time.monotonic()
