@@ -1,0 +1,620 @@
+"""The main window: task and model pickers, workspace, settings + results, job queue.
+
+Wiring only: engine work starts through desktop.workers, views draw what comes back.
+torch/transformers are never imported here; they load inside a worker when a
+model first runs, so the window opens fast.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDockWidget,
+    QLabel,
+    QMainWindow,
+    QSplitter,
+    QToolBar,
+    QWidget,
+)
+
+from desktop.theme import apply_theme, icon
+from desktop.views.attention import ExplainController, supported_methods
+from desktop.views.errors import describe, show_error
+from desktop.views.model_picker import ModelPicker
+from desktop.views.queue import QueueView
+from desktop.views.results import ResultsPanel
+from desktop.views.task_panel import TASK_LABELS, TaskPanel
+from desktop.views.workspace import Workspace
+from desktop.workers import Operation, Pools, call_operation, job_operation
+
+RESULT_CACHE = 200  # results kept for browsing a batch (the newest; older ones are on disk)
+CARD_TASK = {"explain": None}  # explain works with any model that has attention
+
+
+class MainWindow(QMainWindow):
+    jobFinished = Signal(object)  # the Operation, after its results are drawn
+
+    def __init__(self, *, qsettings: QSettings | None = None, settings_path: Path | None = None,
+                 job_store: Any = None, welcome: bool = True,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("mainWindow")
+        self.setWindowTitle("Ocula")
+        self.setWindowIcon(icon("ocula"))
+        self.qsettings = qsettings or QSettings("Ocula", "Ocula")
+        self.settings_path = settings_path
+        self.settings = self._load_settings()
+        self.job_store = job_store
+        self.pools = Pools()
+        self.catalog: Any = None
+        self.installed: set[str] = set()
+        self.results: OrderedDict[Path, Any] = OrderedDict()
+        self.item_info: dict[Path, dict] = {}
+        self.jobs: list[Operation] = []
+        self.catalog_view = None
+        self.placement_text = ""
+        self._welcome = welcome
+
+        self.workspace = Workspace(self)
+        self.viewer = self.workspace.viewer
+        self.setCentralWidget(self.workspace)
+        self.task_panel = TaskPanel()
+        self.results_panel = ResultsPanel()
+        self.explain = ExplainController(self.pools, self)
+        self.queue = QueueView()
+        self._build_toolbar()
+        self._build_docks()
+        self._build_menus()
+        self._build_status_bar()
+        self._connect()
+        self.restore_state()
+        self.load_catalog()
+
+    # -- construction --------------------------------------------------------------------------
+    def _load_settings(self) -> Any:
+        from engine.settings import Settings
+
+        try:
+            return Settings.load(self.settings_path)
+        except Exception as exc:  # noqa: BLE001 — a broken settings file must not stop the app
+            QTimer.singleShot(0, lambda e=exc: show_error(self, e, title=self.tr("Settings")))
+            return Settings()
+
+    def _build_toolbar(self) -> None:
+        tb = QToolBar(self.tr("Main"), self)
+        tb.setObjectName("mainToolbar")
+        tb.setMovable(False)
+        tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.addToolBar(tb)
+        self.task_combo = QComboBox()
+        self.task_combo.setObjectName("taskPicker")
+        for key, label in TASK_LABELS.items():
+            self.task_combo.addItem(self.tr(label), key)
+        self.model_picker = ModelPicker()
+        self.act_open = self._action("open", self.tr("Open…"), QKeySequence.StandardKey.Open,
+                                     self.workspace.open_files_dialog, "open")
+        self.act_open_folder = self._action("open_folder", self.tr("Open folder…"),
+                                            "Ctrl+Shift+O", self.workspace.open_folder_dialog,
+                                            "folder")
+        self.act_run = self._action("run", self.tr("Run"), "Ctrl+R", self.run, "run")
+        self.act_run.setShortcuts([QKeySequence("Ctrl+R"), QKeySequence("F5")])
+        self.act_cancel = self._action("cancel", self.tr("Cancel"), "Esc", self.cancel, "cancel")
+        self.act_cancel.setEnabled(False)
+        self.act_catalog = self._action("catalog", self.tr("Models"), "Ctrl+M",
+                                        self.open_catalog, "catalog")
+        self.act_settings = self._action("settings", self.tr("Settings"),
+                                         QKeySequence.StandardKey.Preferences,
+                                         self.open_settings, "settings")
+        self.act_next = self._action("next", self.tr("Next image"), "PgDown", self.workspace.next)
+        self.act_next.setShortcuts([QKeySequence("PgDown"), QKeySequence("Ctrl+Right")])
+        self.act_prev = self._action("previous", self.tr("Previous image"), "PgUp",
+                                     self.workspace.previous)
+        self.act_prev.setShortcuts([QKeySequence("PgUp"), QKeySequence("Ctrl+Left")])
+        tb.addWidget(QLabel(self.tr(" Task ")))
+        tb.addWidget(self.task_combo)
+        tb.addWidget(QLabel(self.tr("  Model ")))
+        tb.addWidget(self.model_picker)
+        tb.addSeparator()
+        for action in (self.act_open, self.act_open_folder, self.act_run, self.act_cancel):
+            tb.addAction(action)
+        tb.addSeparator()
+        tb.addAction(self.act_catalog)
+        tb.addAction(self.act_settings)
+        self.toolbar = tb
+
+    def _action(self, name: str, text: str, shortcut: Any, slot: Any,
+                icon_name: str | None = None) -> QAction:
+        action = QAction(text, self)
+        action.setObjectName(f"action_{name}")
+        if shortcut:
+            action.setShortcut(QKeySequence(shortcut))
+            action.setToolTip(f"{text} ({action.shortcut().toString()})")
+        if icon_name:
+            action.setIcon(icon(icon_name))
+        action.triggered.connect(slot)
+        self.addAction(action)  # shortcuts work even when the action is in no visible bar
+        return action
+
+    def _build_docks(self) -> None:
+        side = QSplitter(Qt.Orientation.Vertical)
+        side.setObjectName("sideSplitter")
+        side.addWidget(self.task_panel)
+        side.addWidget(self.results_panel)
+        side.setStretchFactor(0, 1)
+        side.setStretchFactor(1, 2)
+        self.side_dock = QDockWidget(self.tr("Settings and results"), self)
+        self.side_dock.setObjectName("sideDock")
+        self.side_dock.setWidget(side)
+        self.side_dock.setMinimumWidth(300)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.side_dock)
+        self.queue_dock = QDockWidget(self.tr("Jobs"), self)
+        self.queue_dock.setObjectName("queueDock")
+        self.queue_dock.setWidget(self.queue)
+        self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.queue_dock)
+        self.resizeDocks([self.queue_dock], [150], Qt.Orientation.Vertical)
+        self.resizeDocks([self.side_dock], [340], Qt.Orientation.Horizontal)
+
+    def _build_menus(self) -> None:
+        bar = self.menuBar()
+        file_menu = bar.addMenu(self.tr("&File"))
+        file_menu.addActions([self.act_open, self.act_open_folder])
+        clear = file_menu.addAction(self.tr("Clear inputs"))
+        clear.triggered.connect(self.workspace.clear)
+        file_menu.addSeparator()
+        quit_action = file_menu.addAction(self.tr("Quit"))
+        quit_action.setShortcut(QKeySequence.StandardKey.Quit)
+        quit_action.triggered.connect(self.close)
+        view_menu = bar.addMenu(self.tr("&View"))
+        view_menu.addActions([self.act_next, self.act_prev])
+        view_menu.addSeparator()
+        view_menu.addActions(list(self.viewer.actions.values()))
+        view_menu.addSeparator()
+        view_menu.addAction(self.side_dock.toggleViewAction())
+        view_menu.addAction(self.queue_dock.toggleViewAction())
+        run_menu = bar.addMenu(self.tr("&Run"))
+        run_menu.addActions([self.act_run, self.act_cancel])
+        models_menu = bar.addMenu(self.tr("&Models"))
+        models_menu.addAction(self.act_catalog)
+        models_menu.addAction(self.act_settings)
+
+    def _build_status_bar(self) -> None:
+        status = self.statusBar()
+        self.placement_label = QLabel(self.tr("No model loaded"))
+        self.placement_label.setObjectName("placementLabel")
+        self.placement_label.setToolTip(self.tr("What really runs the model: backend, device, "
+                                                "precision and any fallback"))
+        self.offline_label = QLabel(self.tr("OFFLINE"))
+        self.offline_label.setObjectName("offlineBadge")
+        self.progress_label = QLabel()
+        self.progress_label.setObjectName("statusProgress")
+        status.addWidget(self.progress_label, 1)
+        status.addPermanentWidget(self.offline_label)
+        status.addPermanentWidget(self.placement_label)
+        self._update_offline()
+
+    def _connect(self) -> None:
+        self.task_combo.currentIndexChanged.connect(lambda _: self.on_task_changed())
+        self.model_picker.modelChanged.connect(self.on_model_changed)
+        self.model_picker.getMoreRequested.connect(self.open_catalog)
+        self.workspace.imageShown.connect(self.on_image_shown)
+        self.workspace.inputsChanged.connect(lambda inputs: self._update_run_enabled())
+        self.viewer.legendChanged.connect(self._on_legend)
+        self.viewer.patchClicked.connect(self.on_patch_clicked)
+        self.viewer.canvas.promptsChanged.connect(self._on_prompts)
+        self.results_panel.tokenClicked.connect(self.on_token_clicked)
+        seg = self.task_panel.segment_form
+        seg.promptModeChanged.connect(self.viewer.canvas.set_mode)
+        seg.clearPrompts.connect(self._clear_prompts)
+        self.task_panel.explain_form.changed.connect(self.request_explain)
+        self.explain.heatmapChanged.connect(self._on_heatmap)
+        self.explain.mapsReady.connect(self._on_maps)
+        self.explain.placementKnown.connect(self.show_placement)
+        self.explain.failed.connect(self._on_explain_failed)
+        self.explain.busyChanged.connect(lambda busy: self.progress_label.setText(
+            self.tr("Computing attention map…") if busy else ""))
+
+    # -- catalog and model picker --------------------------------------------------------------
+    def load_catalog(self) -> None:
+        try:
+            from engine.catalog.catalog import load_catalog
+
+            self.catalog = load_catalog(strict=False)
+        except Exception as exc:  # noqa: BLE001
+            self.catalog = None
+            self.progress_label.setText(describe(exc))
+        self.refresh_models()
+        # the cache scan imports huggingface_hub: start it once the window is up
+        QTimer.singleShot(0, self.refresh_installed)
+
+    def refresh_installed(self) -> None:
+        """Which models are downloaded: a cache scan, off the UI thread."""
+        if self.catalog is None:
+            return
+
+        def scan(catalog: Any, settings: Any) -> set[str]:
+            from engine.hub import is_installed
+
+            found = set()
+            for card in catalog:
+                try:
+                    if is_installed(card, settings=settings):
+                        found.add(card.id)
+                except Exception:  # noqa: BLE001 — one broken entry must not hide the rest
+                    pass
+            return found
+
+        op = call_operation(scan, self.catalog, self.settings, label="scan", parent=self)
+        op.succeeded.connect(self._on_installed)
+        op.start(self.pools.calls)
+        self._scan_op = op
+
+    def _on_installed(self, installed: set[str]) -> None:
+        self.installed = installed
+        self.refresh_models()
+        if self._welcome and not self.qsettings.value("ui/welcomed", False, type=bool):
+            self._welcome = False
+            QTimer.singleShot(0, self.show_welcome)
+
+    @property
+    def task(self) -> str:
+        return self.task_combo.currentData()
+
+    def cards_for_task(self, task: str) -> list[Any]:
+        if self.catalog is None:
+            return []
+        cards = list(self.catalog)
+        if task == "explain":
+            from engine.catalog.card import AttentionSupport
+
+            return [c for c in cards if c.attention != AttentionSupport.NONE]
+        return [c for c in cards if c.supports(task)]
+
+    def refresh_models(self) -> None:
+        prefer = self.qsettings.value(f"models/{self.task}")
+        self.model_picker.populate(self.cards_for_task(self.task), self.installed, prefer=prefer)
+
+    @property
+    def card(self) -> Any | None:
+        return self.model_picker.current_card()
+
+    def on_task_changed(self) -> None:
+        task = self.task
+        self.task_panel.set_task(task)
+        self.refresh_models()
+        self.viewer.canvas.set_mode("pan")
+        if task == "explain":
+            self._configure_explain()
+        self._show_result_for(self.workspace.current_path)
+
+    def on_model_changed(self, card: Any | None) -> None:
+        self.task_panel.configure_for_model(card)
+        if card is not None:
+            self.qsettings.setValue(f"models/{self.task}", card.id)
+        if self.task == "explain":
+            self._configure_explain()
+        self._update_run_enabled()
+
+    def _update_run_enabled(self) -> None:
+        self.act_run.setEnabled(bool(self.workspace.inputs))
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self) -> Operation | None:
+        card, inputs = self.card, list(self.workspace.inputs)
+        if card is None:
+            self.progress_label.setText(self.tr("Choose a model first (or Get more…)."))
+            self.open_catalog()
+            return None
+        if not inputs:
+            self.progress_label.setText(self.tr("Add images first: drop them on the window or "
+                                                "press Ctrl+O."))
+            return None
+        if self.task == "explain":
+            self.request_explain(immediate=True)
+            return None
+        return self.start_job(self.build_spec(card, inputs))
+
+    def build_spec(self, card: Any, inputs: list[Path]) -> Any:
+        from engine.jobs.spec import JobSpec
+
+        options = dict(self.task_panel.options())
+        prompts = self.viewer.canvas.prompts
+        if self.task == "segment" and getattr(card, "variant", None) == "promptable":
+            if prompts.points:
+                options["points"] = [[x, y, label] for x, y, label in prompts.points]
+            if prompts.boxes:
+                options["boxes"] = [list(b) for b in prompts.boxes]
+        out = self.task_panel.output_dir.text().strip() or str(
+            inputs[0].parent / "ocula-out" / self.task)
+        return JobSpec(task=self.task, model=card.id, inputs=[str(p) for p in inputs],
+                       output_dir=out, options=options,
+                       device=self.task_panel.device.currentText(),
+                       precision=self.task_panel.precision.currentText())
+
+    def start_job(self, spec: Any) -> Operation:
+        store = self.job_store
+        if store is None:
+            from engine.jobs.store import JobStore
+
+            store = self.job_store = JobStore()
+        op = job_operation(spec, store=store, parent=self)
+        op.events.connect(lambda batch, o=op: self.on_job_events(o, batch))
+        op.done.connect(lambda o=op: self.on_job_done(o))
+        self.jobs.append(op)
+        self.queue.add(op, spec.output_dir)
+        self.queue_dock.show()
+        self.act_cancel.setEnabled(True)
+        self.progress_label.setText(self.tr("Starting {}…").format(op.label))
+        op.start(self.pools.jobs)
+        return op
+
+    def on_job_events(self, op: Operation, batch: list[Any]) -> None:
+        """One coalesced batch: record results, badge thumbnails, redraw once."""
+        statuses: dict[Path, str] = {}
+        current = self.workspace.current_path
+        redraw = False
+        last = None
+        for event in batch:
+            kind = getattr(event, "kind", "")
+            if kind == "item_done":
+                path = Path(event.item)
+                item_result = event.result
+                result = getattr(item_result, "result", item_result)
+                self.results[path] = result
+                self.results.move_to_end(path)
+                info = getattr(item_result, "info", None) or {}
+                if info.get("placement"):
+                    self.placement_text = str(info["placement"])
+                statuses[path] = "done"
+                redraw = redraw or path == current
+            elif kind == "item_failed":
+                statuses[Path(event.item)] = "failed"
+            last = event
+        while len(self.results) > RESULT_CACHE:
+            self.results.popitem(last=False)
+        if statuses:
+            self.workspace.mark(statuses)
+        if redraw:
+            self._show_result_for(current)
+        if self.placement_text:
+            self.show_placement(self.placement_text)
+        if last is not None and getattr(last, "total", 0):
+            eta = getattr(last, "eta_s", None)
+            text = self.tr("{}: {} / {}").format(op.label, last.done, last.total)
+            if eta is not None:
+                text += self.tr(" · {:.0f} s left").format(eta)
+            self.progress_label.setText(text)
+
+    def on_job_done(self, op: Operation) -> None:
+        self.act_cancel.setEnabled(bool(self.queue.running()))
+        if op.outcome == "succeeded":
+            summary = op.result
+            self.progress_label.setText(getattr(summary, "message", "") or self.tr("Finished."))
+        elif op.outcome == "cancelled":
+            self.progress_label.setText(self.tr("Cancelled. Finished images keep their results."))
+        else:
+            self.progress_label.setText(op.failure.message)
+            show_error(self, op.failure.exception, op.failure.details,
+                       title=self.tr("The job stopped"))
+        self.jobFinished.emit(op)
+
+    def cancel(self) -> None:
+        self.queue.cancel_all()
+        if self.explain.busy:
+            self.explain.pending = None
+            if self.explain.current is not None:
+                self.explain.current.cancel()
+
+    def show_placement(self, text: str) -> None:
+        self.placement_text = text
+        self.placement_label.setText(text)
+
+    # -- results on screen ---------------------------------------------------------------------
+    def on_image_shown(self, path: Path) -> None:
+        self._show_result_for(path)
+        if self.task == "explain" and self.explain.runner is not None:
+            self.request_explain()
+
+    def _show_result_for(self, path: Path | None) -> None:
+        result = self.results.get(path) if path is not None else None
+        if result is None or self.task == "explain":
+            self.results_panel.clear()
+            return
+        if self.viewer.has_image:
+            self.viewer.clear_results()
+            self.viewer.show_result(result)
+        self.results_panel.show_result(result, self.viewer.legend())
+
+    def _on_legend(self, legend: list) -> None:
+        del legend  # the results panel asks the viewer when it draws
+
+    def _on_prompts(self) -> None:
+        prompts = self.viewer.canvas.prompts
+        self.task_panel.segment_form.show_prompt_count(len(prompts.points), len(prompts.boxes))
+
+    def _clear_prompts(self) -> None:
+        self.viewer.canvas.prompts.clear()
+        self._on_prompts()
+
+    # -- explain -------------------------------------------------------------------------------
+    def _configure_explain(self) -> None:
+        card = self.card
+        form = self.task_panel.explain_form
+        if card is None:
+            form.hint.setText(self.tr("Choose a model with attention support."))
+            return
+        try:
+            methods, reason = supported_methods(card)
+        except Exception as exc:  # noqa: BLE001
+            methods, reason = [], describe(exc)
+        form.set_supported(methods)
+        form.hint.setText(reason)
+
+    def request_explain(self, immediate: bool = False) -> None:
+        card, path = self.card, self.workspace.shown_path
+        if self.task != "explain" or card is None or path is None:
+            return
+        options = self.task_panel.explain_form.options()
+        self.explain.request(card, path, options, device=self.task_panel.device.currentText(),
+                             precision="fp32", settings=self.settings, immediate=immediate)
+
+    def on_patch_clicked(self, x: float, y: float) -> None:
+        if self.task != "explain" or self.card is None or self.workspace.shown_path is None:
+            return
+        form = self.task_panel.explain_form
+        index = form.method.findData("patch_similarity")
+        if index >= 0 and form.method.model().item(index).isEnabled():
+            form.method.blockSignals(True)
+            form.method.setCurrentIndex(index)
+            form.method.blockSignals(False)
+            form._update_labels()
+            options = dict(form.options(), patch=(x, y))
+            self.explain.request(self.card, self.workspace.shown_path, options,
+                                 device=self.task_panel.device.currentText(), precision="fp32",
+                                 settings=self.settings, immediate=True)
+
+    def on_token_clicked(self, index: int) -> None:
+        self.explain.select_token(index)
+
+    def _on_heatmap(self, values: Any) -> None:
+        self.viewer.set_heatmap(values)
+
+    def _on_maps(self, maps: Any) -> None:
+        form = self.task_panel.explain_form
+        if maps.layers and maps.heads:
+            form.blockSignals(True)
+            form.set_shape(maps.layers, maps.heads)
+            form.blockSignals(False)
+        text = self.tr("{}: {}").format(maps.method, ", ".join(
+            f"{k}={v}" for k, v in maps.params.items() if v is not None and k != "patch"))
+        if maps.notes:
+            text += "\n" + "\n".join(f"• {n}" for n in maps.notes)
+        self.results_panel.clear()
+        self.results_panel.show_attention(text)
+        if maps.per_token:
+            from engine.results import Caption
+
+            labels = [t.label for t in maps.per_token]
+            self.results_panel.show_caption(Caption(text=" ".join(labels), tokens=labels))
+
+    def _on_explain_failed(self, message: str) -> None:
+        self.progress_label.setText(message)
+        self.results_panel.show_attention(message)
+
+    # -- dialogs -------------------------------------------------------------------------------
+    def open_catalog(self) -> Any:
+        if self.catalog_view is None:
+            from desktop.views.catalog import CatalogView
+
+            self.catalog_view = CatalogView(settings=lambda: self.settings, pools=self.pools,
+                                            on_download=lambda op: self.queue.add(op))
+            self.catalog_view.setWindowFlag(Qt.WindowType.Window, True)
+            self.catalog_view.setParent(self, Qt.WindowType.Window)
+            self.catalog_view.modelChosen.connect(self.use_model)
+            self.catalog_view.installedChanged.connect(self.refresh_installed)
+        task = self.task if self.task != "explain" else ""
+        index = self.catalog_view.task.findData(task)
+        if index >= 0:
+            self.catalog_view.task.setCurrentIndex(index)
+        self.catalog_view.show()
+        self.catalog_view.raise_()
+        return self.catalog_view
+
+    def use_model(self, card: Any) -> None:
+        if self.task != "explain" and not card.supports(self.task):
+            index = self.task_combo.findData(card.primary_task)
+            if index >= 0:
+                self.task_combo.setCurrentIndex(index)
+        self.model_picker.select(card)
+        self.activateWindow()
+
+    def open_settings(self) -> Any:
+        from desktop.views.settings import SettingsDialog
+
+        dialog = SettingsDialog(self.settings, self.qsettings, settings_path=self.settings_path,
+                                parent=self)
+        dialog.applied.connect(self.apply_settings)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
+        return dialog
+
+    def apply_settings(self, settings: Any) -> None:
+        self.settings = settings
+        self._update_offline()
+        from PySide6.QtWidgets import QApplication
+
+        app = QApplication.instance()
+        if app is not None:
+            apply_theme(app, str(self.qsettings.value("ui/theme", "system")))
+        self.refresh_installed()
+        if self.catalog_view is not None:
+            self.catalog_view._update_offline()
+
+    def _update_offline(self) -> None:
+        self.offline_label.setVisible(bool(getattr(self.settings, "effective_offline", False)))
+
+    def show_welcome(self) -> Any:
+        from desktop.views.welcome import WelcomeDialog
+
+        cache = ""
+        try:
+            from engine.hub import cache_dir
+
+            cache = str(cache_dir(self.settings))
+        except Exception:  # noqa: BLE001
+            pass
+        dialog = WelcomeDialog(self.catalog, cache_dir=cache, start_download=self._download_card,
+                               parent=self)
+        dialog.finished.connect(lambda _: self.qsettings.setValue("ui/welcomed", True))
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
+        self.welcome_dialog = dialog
+        return dialog
+
+    def _download_card(self, card: Any) -> None:
+        view = self.open_catalog()
+        view.hide()
+        row = next((r for r in view.all_rows if r.card.id == card.id), None)
+        if row is not None:
+            view.download(row)
+
+    # -- state ---------------------------------------------------------------------------------
+    def restore_state(self) -> None:
+        qs = self.qsettings
+        geometry = qs.value("window/geometry")
+        if isinstance(geometry, QByteArray):
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1360, 860)
+        state = qs.value("window/state")
+        if isinstance(state, QByteArray):
+            self.restoreState(state)
+        task = qs.value("ui/task")
+        index = self.task_combo.findData(task) if task else -1
+        if index >= 0:
+            self.task_combo.setCurrentIndex(index)
+        else:
+            self.on_task_changed()
+        self.task_panel.restore_state(qs)
+
+    def save_state(self) -> None:
+        qs = self.qsettings
+        qs.setValue("window/geometry", self.saveGeometry())
+        qs.setValue("window/state", self.saveState())
+        qs.setValue("ui/task", self.task)
+        self.task_panel.save_state(qs)
+        qs.sync()
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
+        self.save_state()
+        self.queue.cancel_all()
+        if self.catalog_view is not None:
+            self.catalog_view.shutdown()
+        self.workspace.shutdown()
+        self.explain.release()
+        self.pools.wait(15_000)
+        super().closeEvent(event)

@@ -1,0 +1,177 @@
+"""Table model for the catalog: one row per ModelCard, plus its download state."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QRect, Qt
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (
+    QApplication,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionProgressBar,
+    QStyleOptionViewItem,
+)
+
+from desktop.format import human_bytes, human_params
+
+COLUMNS = ("Name", "Task", "Download", "Parameters", "License", "Runtime", "Attention",
+           "Installed")
+STATE_COLUMN = COLUMNS.index("Installed")
+
+
+@dataclass
+class CatalogRow:
+    card: Any  # engine.catalog.card.ModelCard; None for a hub hit not yet looked up
+    hit: Any = None  # a hub search hit (repo_id, downloads, pipeline_tag…)
+    installed: bool = False
+    disk_bytes: int = 0
+    state: str = ""  # "" | downloading | cancelled | failed
+    done: float = 0.0
+    total: float | None = None
+    message: str = ""
+
+    @property
+    def fraction(self) -> float | None:
+        if not self.total:
+            return None
+        return min(1.0, self.done / self.total)
+
+
+def license_text(card: Any) -> str:
+    if card.commercial_use is True:
+        return f"{card.license} · commercial use OK"
+    if card.commercial_use is False:
+        return f"{card.license} · non-commercial"
+    return f"{card.license} · check terms"
+
+
+class CatalogModel(QAbstractTableModel):
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.rows: list[CatalogRow] = []
+
+    def set_rows(self, rows: list[CatalogRow]) -> None:
+        self.beginResetModel()
+        self.rows = rows
+        self.endResetModel()
+
+    def row_of(self, card_id: str) -> int:
+        for i, row in enumerate(self.rows):
+            if row.card is not None and row.card.id == card_id:
+                return i
+        return -1
+
+    def refresh_row(self, index: int) -> None:
+        if 0 <= index < len(self.rows):
+            self.dataChanged.emit(self.index(index, 0), self.index(index, len(COLUMNS) - 1))
+
+    # -- Qt model API -----------------------------------------------------------------------
+    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802
+        return 0 if parent.isValid() else len(self.rows)
+
+    def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def headerData(self, section: int, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return QApplication.translate("CatalogModel", COLUMNS[section])
+        return None
+
+    def data(self, index: QModelIndex, role=Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        row = self.rows[index.row()]
+        card, col = row.card, index.column()
+        if card is None:
+            return self._hit_data(row, col, role)
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._display(row, col)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            if col == 0:
+                return f"{card.id}\n{card.repo or card.local_path or ''}\n{card.seed}"
+            if col == STATE_COLUMN and row.message:
+                return row.message
+            return self._display(row, col)
+        if role == Qt.ItemDataRole.ForegroundRole:
+            if col == 4 and card.commercial_use is False:
+                return QColor(200, 80, 60)
+            if col == STATE_COLUMN and row.state == "failed":
+                return QColor(210, 60, 60)
+        if role == Qt.ItemDataRole.UserRole:
+            return row
+        if role == Qt.ItemDataRole.TextAlignmentRole and col in (2, 3):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+    def _hit_data(self, row: CatalogRow, col: int, role) -> Any:
+        """A hub search hit: only what the search returned; details load on selection."""
+        hit = row.hit
+        if role == Qt.ItemDataRole.UserRole:
+            return row
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return QApplication.translate(
+                "CatalogModel", "From the hub search; select it to read its metadata.")
+        if role != Qt.ItemDataRole.DisplayRole:
+            return None
+        if col == 0:
+            return getattr(hit, "repo_id", str(hit))
+        if col == 1:
+            return getattr(hit, "pipeline_tag", "") or ""
+        if col == 4:
+            lic = getattr(hit, "license", None)
+            return lic or "?"
+        if col == 5:
+            return getattr(hit, "library_name", None) or "?"
+        if col == STATE_COLUMN:
+            downloads = getattr(hit, "downloads", None)
+            return f"hub · {downloads:,} downloads" if downloads is not None else "hub"
+        return "?"
+
+    def _display(self, row: CatalogRow, col: int) -> str:
+        card = row.card
+        if col == 0:
+            return card.name
+        if col == 1:
+            return ", ".join(card.tasks)
+        if col == 2:
+            return human_bytes(card.download_bytes)
+        if col == 3:
+            return human_params(card.params)
+        if col == 4:
+            return license_text(card)
+        if col == 5:
+            return card.runtime
+        if col == 6:
+            return getattr(card.attention, "value", str(card.attention))
+        if row.state == "downloading":
+            frac = row.fraction
+            return f"{frac * 100:.0f} %" if frac is not None else "…"
+        if row.state == "cancelled":
+            return "paused — resume"
+        if row.state == "failed":
+            return "failed"
+        if row.installed:
+            return f"yes · {human_bytes(row.disk_bytes)}"
+        return ""
+
+
+class ProgressDelegate(QStyledItemDelegate):
+    """Draws a progress bar in the Installed column while a model downloads."""
+
+    def paint(self, painter, option: QStyleOptionViewItem, index: QModelIndex) -> None:
+        row: CatalogRow = index.data(Qt.ItemDataRole.UserRole)
+        if index.column() != STATE_COLUMN or row is None or row.state != "downloading":
+            super().paint(painter, option, index)
+            return
+        bar = QStyleOptionProgressBar()
+        bar.rect = QRect(option.rect.adjusted(2, 3, -2, -3))
+        bar.minimum, bar.maximum = 0, 1000
+        frac = row.fraction
+        bar.progress = int(1000 * frac) if frac is not None else 0
+        bar.text = f"{frac * 100:.0f} %" if frac is not None else "…"
+        bar.textVisible = True
+        bar.state = QStyle.StateFlag.State_Enabled | QStyle.StateFlag.State_Horizontal
+        style = option.widget.style() if option.widget else QApplication.style()
+        style.drawControl(QStyle.ControlElement.CE_ProgressBar, bar, painter, option.widget)

@@ -1,0 +1,253 @@
+"""The job queue dock: one row per job or download with progress, ETA and controls.
+
+Each row listens to its own Operation's coalesced `events` (at most ten batches
+a second) and draws only the latest state of the batch.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices
+from PySide6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.format import human_bytes, human_duration
+from desktop.workers import Operation
+
+
+class JobRow(QFrame):
+    """One operation: name, bar, '12/40 · 3.1 img/s · 9 s left', pause, cancel, folder."""
+
+    removeRequested = Signal(object)
+    resumeRequested = Signal(str)  # job id of an interrupted job
+
+    def __init__(self, operation: Operation, output_dir: str | None = None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("jobRow")
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        self.operation = operation
+        self.output_dir = output_dir
+        self.job_id: str | None = None
+        self.done = 0.0
+        self.total: float | None = None
+        self.failed_items = 0
+        self.updates = 0  # how many times this row redrew (tests read it)
+
+        self.name = QLabel(operation.label)
+        self.name.setObjectName("jobName")
+        self.bar = QProgressBar()
+        self.bar.setObjectName("jobProgress")
+        self.bar.setRange(0, 0)  # busy until the first event says how much there is
+        self.bar.setTextVisible(True)
+        self.detail = QLabel(self.tr("starting…"))
+        self.detail.setObjectName("jobDetail")
+        self.pause_button = QToolButton()
+        self.pause_button.setText(self.tr("Pause"))
+        self.pause_button.setObjectName("pauseButton")
+        self.pause_button.setCheckable(True)
+        self.pause_button.toggled.connect(self._on_pause)
+        self.pause_button.setVisible(operation.kind == "job")
+        self.cancel_button = QToolButton()
+        self.cancel_button.setText(self.tr("Cancel"))
+        self.cancel_button.setObjectName("cancelButton")
+        self.cancel_button.clicked.connect(operation.cancel)
+        self.folder_button = QToolButton()
+        self.folder_button.setText(self.tr("Open folder"))
+        self.folder_button.setObjectName("openFolderButton")
+        self.folder_button.clicked.connect(self.open_output_folder)
+        self.folder_button.setVisible(bool(output_dir))
+        self.remove_button = QToolButton()
+        self.remove_button.setText("✕")
+        self.remove_button.setToolTip(self.tr("Remove from the list"))
+        self.remove_button.clicked.connect(lambda: self.removeRequested.emit(self))
+        self.remove_button.setVisible(False)
+
+        top = QHBoxLayout()
+        top.addWidget(self.name, 1)
+        for button in (self.pause_button, self.cancel_button, self.folder_button,
+                       self.remove_button):
+            top.addWidget(button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 4, 6, 4)
+        layout.setSpacing(2)
+        layout.addLayout(top)
+        layout.addWidget(self.bar)
+        layout.addWidget(self.detail)
+
+        operation.events.connect(self.on_events)
+        operation.done.connect(self.on_done)
+
+    def on_events(self, batch: list[Any]) -> None:
+        latest = None
+        for event in batch:
+            kind = getattr(event, "kind", None)
+            if kind == "item_failed":
+                self.failed_items += 1
+            if kind == "started" and getattr(event, "job_id", None):
+                self.job_id = event.job_id
+            if hasattr(event, "stage") and getattr(event, "item", ""):
+                continue  # a download's per-file report; the row shows the whole download
+            if hasattr(event, "done"):
+                latest = event
+        if latest is not None:
+            self._draw(latest)
+
+    def _draw(self, event: Any) -> None:
+        self.updates += 1
+        self.done = float(event.done or 0)
+        self.total = float(event.total) if event.total else None
+        unit = getattr(event, "unit", "items")
+        if self.total:
+            self.bar.setRange(0, 1000)
+            self.bar.setValue(int(1000 * min(1.0, self.done / self.total)))
+        parts: list[str] = []
+        if unit == "bytes":
+            parts.append(f"{human_bytes(self.done)} / {human_bytes(self.total)}")
+        elif self.total:
+            parts.append(f"{self.done:.0f} / {self.total:.0f}")
+        rate = getattr(event, "rate", None)
+        if rate is None and unit == "bytes":
+            rate = self._byte_rate(event)
+        if rate:
+            parts.append(f"{human_bytes(rate)}/s" if unit == "bytes" else f"{rate:.1f}/s")
+        eta = getattr(event, "eta_s", None)
+        if eta is None and rate and self.total:
+            eta = (self.total - self.done) / rate
+        if eta is not None and self.operation.running:
+            parts.append(self.tr("{} left").format(human_duration(eta)))
+        if self.failed_items:
+            parts.append(self.tr("{} failed").format(self.failed_items))
+        item = getattr(event, "item", "")
+        if item:
+            parts.append(Path(str(item)).name)
+        if self.operation.paused:
+            parts.insert(0, self.tr("paused"))
+        self.detail.setText(" · ".join(parts))
+
+    _first: tuple[float, float] | None = None
+
+    def _byte_rate(self, event: Any) -> float | None:
+        now = getattr(event, "time", time.monotonic())
+        if self._first is None:
+            self._first = (now, float(event.done))
+            return None
+        t0, d0 = self._first
+        return (float(event.done) - d0) / (now - t0) if now > t0 else None
+
+    def on_done(self) -> None:
+        op = self.operation
+        self.pause_button.setVisible(False)
+        self.cancel_button.setVisible(False)
+        self.remove_button.setVisible(True)
+        if op.outcome == "succeeded":
+            self.bar.setRange(0, 1000)
+            self.bar.setValue(1000)
+            result = op.result
+            failed = getattr(result, "failed", self.failed_items) or 0
+            done = getattr(result, "done", None)
+            text = self.tr("finished")
+            if done is not None:
+                text += self.tr(": {} done").format(done)
+            if failed:
+                text += self.tr(", {} failed").format(failed)
+            out = getattr(result, "output_dir", None)
+            if out:
+                self.output_dir = str(out)
+            self.detail.setText(text + f" · {human_duration(op.finished_at - op.started_at)}")
+        elif op.outcome == "cancelled":
+            if self.bar.maximum() == 0:
+                self.bar.setRange(0, 1)
+            self.detail.setText(self.tr("cancelled") + (
+                f" · {self.done:.0f} / {self.total:.0f}" if self.total else ""))
+        else:
+            if self.bar.maximum() == 0:
+                self.bar.setRange(0, 1)
+            message = op.failure.message if op.failure else ""
+            self.detail.setText(self.tr("failed: {}").format(message))
+            self.detail.setToolTip(message)
+        self.folder_button.setVisible(bool(self.output_dir))
+
+    def _on_pause(self, paused: bool) -> None:
+        if paused:
+            self.operation.pause()
+            self.pause_button.setText(self.tr("Resume"))
+            self.detail.setText(self.tr("paused") + " · " + self.detail.text())
+        else:
+            self.operation.resume()
+            self.pause_button.setText(self.tr("Pause"))
+
+    def open_output_folder(self) -> None:
+        if self.output_dir:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(self.output_dir))
+
+
+class QueueView(QWidget):
+    """All operations of this session, newest first."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("queueView")
+        self.rows: list[JobRow] = []
+        self.inner = QWidget()
+        self.list_layout = QVBoxLayout(self.inner)
+        self.list_layout.setContentsMargins(4, 4, 4, 4)
+        self.list_layout.addStretch(1)
+        self.empty = QLabel(self.tr("No jobs yet. Choose a task and a model, add images, "
+                                    "then press Run (Ctrl+R)."))
+        self.empty.setObjectName("queueEmpty")
+        self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.list_layout.insertWidget(0, self.empty)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.inner)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.clear_button = QPushButton(self.tr("Clear finished"))
+        self.clear_button.clicked.connect(self.clear_finished)
+        bar = QHBoxLayout()
+        bar.addStretch(1)
+        bar.addWidget(self.clear_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(scroll, 1)
+        layout.addLayout(bar)
+        self.on_resume: Callable[[str], None] | None = None
+
+    def add(self, operation: Operation, output_dir: str | None = None) -> JobRow:
+        row = JobRow(operation, output_dir)
+        row.removeRequested.connect(self.remove)
+        self.rows.insert(0, row)
+        self.list_layout.insertWidget(0, row)
+        self.empty.setVisible(False)
+        return row
+
+    def remove(self, row: JobRow) -> None:
+        if row in self.rows and not row.operation.running:
+            self.rows.remove(row)
+            row.setParent(None)
+            row.deleteLater()
+        self.empty.setVisible(not self.rows)
+
+    def clear_finished(self) -> None:
+        for row in list(self.rows):
+            if not row.operation.running:
+                self.remove(row)
+
+    def running(self) -> list[Operation]:
+        return [r.operation for r in self.rows if r.operation.running]
+
+    def cancel_all(self) -> None:
+        for op in self.running():
+            op.cancel()

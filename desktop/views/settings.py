@@ -1,0 +1,189 @@
+"""Settings: engine choices (shared with the CLI) and UI choices (QSettings).
+
+Engine settings (device, precision, cache folder, offline mode, remote-code
+allow-list) are `engine.settings.Settings`, saved as TOML so `ocula` on the
+command line sees the same values. The theme and window layout live in QSettings.
+The Hugging Face token goes to the OS keyring when available (desktop.token_store).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QPushButton,
+    QSpinBox,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop import token_store
+from desktop.theme import THEMES
+from desktop.views.task_panel import DEVICES, PRECISIONS
+from engine.settings import RemoteCodeGrant, Settings
+
+
+class SettingsDialog(QDialog):
+    applied = Signal(object)  # the saved engine Settings
+
+    def __init__(self, settings: Settings, qsettings: QSettings, *,
+                 settings_path: Path | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle(self.tr("Ocula settings"))
+        self.setObjectName("settingsDialog")
+        self.settings = copy.deepcopy(settings)
+        self.qsettings = qsettings
+        self.settings_path = settings_path
+        tabs = QTabWidget()
+        tabs.addTab(self._general_tab(), self.tr("General"))
+        tabs.addTab(self._models_tab(), self.tr("Models and downloads"))
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save
+                                   | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.save_and_close)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(tabs)
+        layout.addWidget(buttons)
+        self.resize(560, 460)
+
+    # -- tabs ------------------------------------------------------------------------------------
+    def _general_tab(self) -> QWidget:
+        page = QWidget()
+        form = QFormLayout(page)
+        self.theme = QComboBox()
+        self.theme.setObjectName("themeCombo")
+        labels = {"system": self.tr("Follow the system"), "light": self.tr("Light"),
+                  "dark": self.tr("Dark")}
+        for name in THEMES:
+            self.theme.addItem(labels[name], name)
+        self.theme.setCurrentIndex(max(0, self.theme.findData(
+            self.qsettings.value("ui/theme", "system"))))
+        self.device = QComboBox()
+        self.device.setObjectName("defaultDevice")
+        self.device.addItems(DEVICES)
+        self.device.setEditable(True)  # cuda:1 etc.
+        self.device.setCurrentText(self.settings.device)
+        self.precision = QComboBox()
+        self.precision.setObjectName("defaultPrecision")
+        self.precision.addItems(PRECISIONS)
+        self.precision.setCurrentText(self.settings.precision)
+        self.runner_cache = QSpinBox()
+        self.runner_cache.setRange(0, 1 << 20)
+        self.runner_cache.setSuffix(" MB")
+        self.runner_cache.setValue(self.settings.runner_cache_mb)
+        self.pixel_limit = QSpinBox()
+        self.pixel_limit.setRange(1, 2_000_000_000)
+        self.pixel_limit.setValue(min(self.settings.pixel_limit, 2_000_000_000))
+        self.pixel_limit.setSuffix(self.tr(" pixels"))
+        form.addRow(self.tr("Theme"), self.theme)
+        form.addRow(self.tr("Default device"), self.device)
+        form.addRow(self.tr("Default precision"), self.precision)
+        form.addRow(self.tr("Keep loaded models up to"), self.runner_cache)
+        form.addRow(self.tr("Largest image accepted"), self.pixel_limit)
+        return page
+
+    def _models_tab(self) -> QWidget:
+        page = QWidget()
+        form = QFormLayout(page)
+        self.cache_dir = QLineEdit(self.settings.cache_dir)
+        self.cache_dir.setObjectName("cacheDir")
+        self.cache_dir.setPlaceholderText(self.tr("the Hugging Face cache (HF_HOME)"))
+        browse = QPushButton(self.tr("Browse…"))
+        browse.clicked.connect(self._browse_cache)
+        row = QHBoxLayout()
+        row.addWidget(self.cache_dir, 1)
+        row.addWidget(browse)
+        self.offline = QCheckBox(self.tr("Offline: never contact the hub, use downloaded "
+                                         "models only"))
+        self.offline.setObjectName("offlineCheck")
+        self.offline.setChecked(self.settings.offline)
+        self.token = QLineEdit(token_store.load_token())
+        self.token.setObjectName("hfToken")
+        self.token.setEchoMode(QLineEdit.EchoMode.Password)
+        self.token.setPlaceholderText(self.tr("hf_… (only needed for gated models)"))
+        token_note = QLabel(self.tr("Stored in: {}").format(token_store.backend_name()))
+        token_note.setWordWrap(True)
+        token_note.setObjectName("tokenNote")
+
+        self.grants = QListWidget()
+        self.grants.setObjectName("remoteCodeList")
+        for grant in self.settings.allowed_remote_code:
+            self.grants.addItem(f"{grant.repo} @ {grant.revision}")
+        self.grant_repo = QLineEdit()
+        self.grant_repo.setPlaceholderText(self.tr("owner/name"))
+        self.grant_rev = QLineEdit()
+        self.grant_rev.setPlaceholderText(self.tr("revision (commit sha)"))
+        add = QPushButton(self.tr("Allow"))
+        add.clicked.connect(self._add_grant)
+        remove = QPushButton(self.tr("Remove"))
+        remove.clicked.connect(self._remove_grant)
+        grant_row = QHBoxLayout()
+        grant_row.addWidget(self.grant_repo, 2)
+        grant_row.addWidget(self.grant_rev, 2)
+        grant_row.addWidget(add)
+        grant_row.addWidget(remove)
+        warn = QLabel(self.tr("Models listed here may run Python code from their repository. "
+                              "Allow only exact revisions of authors you trust."))
+        warn.setWordWrap(True)
+        form.addRow(self.tr("Model cache"), row)
+        form.addRow(self.offline)
+        form.addRow(self.tr("Hub token"), self.token)
+        form.addRow(token_note)
+        form.addRow(self.tr("Allowed remote code"), self.grants)
+        form.addRow(grant_row)
+        form.addRow(warn)
+        return page
+
+    def _browse_cache(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, self.tr("Model cache folder"))
+        if folder:
+            self.cache_dir.setText(folder)
+
+    def _add_grant(self) -> None:
+        repo, rev = self.grant_repo.text().strip(), self.grant_rev.text().strip()
+        if not repo or "/" not in repo or not rev:
+            self.grant_repo.setFocus()
+            return
+        self.settings.allowed_remote_code.append(RemoteCodeGrant(repo, rev))
+        self.grants.addItem(f"{repo} @ {rev}")
+        self.grant_repo.clear()
+        self.grant_rev.clear()
+
+    def _remove_grant(self) -> None:
+        row = self.grants.currentRow()
+        if row >= 0:
+            self.grants.takeItem(row)
+            del self.settings.allowed_remote_code[row]
+
+    # -- saving ---------------------------------------------------------------------------------
+    def collect(self) -> Settings:
+        s = self.settings
+        s.device = self.device.currentText().strip() or "auto"
+        s.precision = self.precision.currentText()
+        s.cache_dir = self.cache_dir.text().strip()
+        s.offline = self.offline.isChecked()
+        s.runner_cache_mb = self.runner_cache.value()
+        s.pixel_limit = self.pixel_limit.value()
+        return s
+
+    def save_and_close(self) -> None:
+        settings = self.collect()
+        settings.save(self.settings_path)
+        self.qsettings.setValue("ui/theme", self.theme.currentData())
+        if self.token.text().strip() != token_store.load_token():
+            token_store.save_token(self.token.text())
+        self.qsettings.sync()
+        self.applied.emit(settings)
+        self.accept()
