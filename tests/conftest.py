@@ -39,7 +39,7 @@ def session_root() -> Path:
 # template) when it is first imported, so the server starts here, at conftest import,
 # and HF_ENDPOINT is set before any test module can import huggingface_hub. If some
 # plugin imported it earlier, its constants are pointed at the server as well.
-from tests.fixtures.hub_server import HubServer  # noqa: E402
+from tests.fixtures.hub_server import HubServer
 
 _HUB_SERVER = HubServer().start()
 os.environ["HF_ENDPOINT"] = _HUB_SERVER.url
@@ -87,10 +87,9 @@ def hub(hub_server: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    if "huggingface_hub" in sys.modules:
-        from huggingface_hub import constants as hf_constants
+    from huggingface_hub import constants as hf_constants
 
-        monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
     hub_server.reset()
     yield HubEnv(hub_server, cache)
     hub_server.reset()
