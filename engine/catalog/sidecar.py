@@ -179,6 +179,7 @@ def validate_sidecar(data: dict[str, Any], *, where: str, task: str | None = Non
             if data[key] != expected:
                 raise fail(key, f"is {data[key]!r}; Ocula derives it from output {output!r}"
                                 + (f" as {expected!r}" if expected else " (leave it out)"))
+            out[key] = data[key]
     return out
 
 
