@@ -232,8 +232,15 @@ class CatalogView(QWidget):
         selected_id = selected.card.id if selected and selected.card else None
         rows = self.all_rows
         text = self.search.text().strip()
-        if text and self.catalog is not None:
-            order = {c.id: i for i, c in enumerate(self.catalog.search(text))}
+        if text:
+            found = self.catalog.search(text) if self.catalog is not None else []
+            order = {c.id: i for i, c in enumerate(found)}
+            words = text.lower().split()
+            for row in rows:  # rows the catalog does not hold (hub look-ups this session)
+                card = row.card
+                haystack = f"{card.id} {card.name} {card.repo or ''} {card.seed}".lower()
+                if card.id not in order and all(w in haystack for w in words):
+                    order[card.id] = len(order)
             rows = sorted((r for r in rows if r.card.id in order), key=lambda r: order[r.card.id])
         task = self.task.currentData()
         if task:

@@ -1,0 +1,128 @@
+"""The catalog view against the local hub: progress, cancel, resume, delete, details."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+
+from desktop.views.catalog import CatalogView
+from desktop.views.catalog_model import STATE_COLUMN, CatalogRow
+from desktop.workers import Pools
+from engine.catalog.card import ModelCard
+from engine.settings import Settings
+from tests.fixtures.repos import random_bytes, write_files
+
+REPO = "tester/tiny-weights"
+WEIGHTS = "*/resolve/*/model.safetensors"
+SIZE = 3_000_000
+
+
+@pytest.fixture
+def view(qtbot, hub, tmp_path: Path):
+    weights = random_bytes(SIZE, seed=3)
+    hub.add_repo(REPO, write_files(tmp_path / "repo", {
+        "config.json": '{"model_type": "detr"}',
+        "README.md": "---\nlicense: mit\n---\n# Tiny weights\n\nA model card written in **Markdown**.\n",
+        "model.safetensors": weights,
+    }))
+    pools = Pools()
+    catalog_view = CatalogView(settings=lambda: Settings(), pools=pools)
+    qtbot.addWidget(catalog_view)
+    card = ModelCard(id=f"hub:{REPO}", name="Tiny weights", tasks=("detect",),
+                     runtime="transformers", repo=REPO, download_bytes=SIZE + 200,
+                     params=750_000, license="mit", commercial_use=True,
+                     seed="Carion et al. 2020, End-to-End Object Detection with Transformers")
+    row = CatalogRow(card)
+    catalog_view.all_rows.append(row)
+    catalog_view.search.setText("")
+    catalog_view.apply_filter()
+    assert catalog_view.select(card.id)
+    yield catalog_view, row, hub
+    catalog_view.shutdown()
+    pools.wait()
+
+
+def _state_text(view: CatalogView, row: CatalogRow) -> str:
+    index = view.model.index(view.model.rows.index(row), STATE_COLUMN)
+    return view.model.data(index, Qt.ItemDataRole.DisplayRole)
+
+
+def test_download_progress_cancel_resume_delete(view, qtbot):
+    view, row, hub = view
+    hub.throttle(WEIGHTS, 1_000_000)  # ~3 s for the weights
+    assert view.download_button.isEnabled() and not view.cancel_button.isEnabled()
+    view.download_button.click()
+    op = view.downloads[row.card.id]
+    assert row.state == "downloading" and view.cancel_button.isEnabled()
+    seen: list[str] = []
+    qtbot.waitUntil(lambda: 0.1 < (row.fraction or 0) < 0.9 and
+                    seen.append(_state_text(view, row)) is None, timeout=15_000)
+    qtbot.waitUntil(lambda: (row.fraction or 0) > 0.25, timeout=15_000)
+    seen.append(_state_text(view, row))
+    assert all(text.endswith("%") for text in seen) and seen[0] != seen[-1]
+    assert op.deliveries < 60  # coalesced: no per-chunk UI updates
+
+    with qtbot.waitSignal(op.done, timeout=10_000):
+        view.cancel_button.click()
+    assert op.outcome == "cancelled" and row.state == "cancelled"
+    assert _state_text(view, row) == "paused — resume"
+    assert view.download_button.text() == "Resume download"
+    partial_at = row.done
+    assert 0 < partial_at < SIZE
+
+    hub.unthrottle()
+    view.download_button.click()
+    resumed = view.downloads[row.card.id]
+    with qtbot.waitSignal(resumed.done, timeout=20_000):
+        pass
+    assert resumed.outcome == "succeeded", resumed.failure and resumed.failure.details
+    assert row.installed and row.state == "" and row.disk_bytes >= SIZE
+    assert _state_text(view, row).startswith("yes")
+    # the resumed request asked only for the missing bytes
+    assert any(r and r.startswith("bytes=") and r != "bytes=0-" for r in hub.ranges(WEIGHTS))
+    assert "models installed" in view.disk_label.text()
+    # details show the repo's model card (README, front matter removed) and the seed paper
+    view._on_selection()
+    text = view.details.toPlainText()
+    assert "A model card written in Markdown." in text and "license: mit" not in text
+    assert "Carion et al. 2020" in text
+
+    freed = view.delete_selected()
+    assert freed >= SIZE and not row.installed
+    assert not view.delete_button.isEnabled() and view.download_button.isEnabled()
+
+
+def test_failed_download_says_why(view, qtbot):
+    view, row, hub = view
+    hub.remove_repo(REPO)
+    with qtbot.waitSignal(view.installedChanged, timeout=200, raising=False):
+        view.download_button.click()
+    op = view.downloads[row.card.id]
+    qtbot.waitUntil(lambda: op.outcome is not None, timeout=20_000)
+    assert op.outcome == "failed" and row.state == "failed"
+    assert REPO in view.status.text()  # a sentence naming the repo, not a traceback
+    assert "Traceback" not in view.status.text()
+    from desktop.views.errors import ErrorDialog
+
+    dialogs = [w for w in view.findChildren(ErrorDialog)]
+    assert dialogs and not dialogs[0].details_view.isVisible()
+    dialogs[0].details_button.click()
+    assert dialogs[0].details_view.isVisible()
+    assert "Traceback" in dialogs[0].details_view.toPlainText()
+
+
+def test_filters_and_offline_badge(view, qtbot, monkeypatch):
+    view, row, hub = view
+    total = len(view.model.rows)
+    view.task.setCurrentIndex(view.task.findData("restore"))
+    assert 0 < len(view.model.rows) < total
+    assert all(r.card.supports("restore") for r in view.model.rows)
+    view.task.setCurrentIndex(0)
+    view.search.setText("tiny weights")
+    view.apply_filter()
+    assert [r.card.id for r in view.model.rows] == [row.card.id]
+    assert view.offline_badge.isHidden()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    view._update_offline()
+    assert not view.offline_badge.isHidden()
