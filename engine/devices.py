@@ -178,8 +178,8 @@ def _discover() -> DeviceReport:
 def describe_report(report: DeviceReport) -> str:
     """Human-readable report for `ocula doctor`."""
     gib = 2**30
-    lines = [f"CPU: {report.cpu_name} — {report.cpu_cores} logical cores "
-             f"({report.cpu_cores_available} available to Ocula)"]
+    lines = [(f"CPU: {report.cpu_name} — {report.cpu_cores} logical cores "
+              f"({report.cpu_cores_available} available to Ocula)")]
     if report.cuda:
         for dev in report.cuda:
             free = "?" if dev.free_bytes is None else f"{dev.free_bytes / gib:.1f}"
@@ -216,7 +216,7 @@ def _normalise_device(device: str) -> tuple[str, int | None]:
                       f"directml, coreml or tensorrt (see `ocula doctor`).")
 
 
-def _model_precisions(card: "ModelCard") -> tuple[str, ...] | None:
+def _model_precisions(card: ModelCard) -> tuple[str, ...] | None:
     """Precisions the card says the model runs in (sidecar 'precisions'); None = not stated."""
     stated = card.sidecar.get("precisions") if card.sidecar else None
     return tuple(stated) if stated else None
@@ -237,7 +237,7 @@ def device_precisions(device: str, report: DeviceReport | None = None) -> tuple[
     return ("fp32", "bf16")  # CPU: bf16 kernels exist for the common layers; fp16 mostly not
 
 
-def plan(card: "ModelCard", *, device: str = "auto", precision: str = "auto",
+def plan(card: ModelCard, *, device: str = "auto", precision: str = "auto",
          report: DeviceReport | None = None) -> Placement:
     """The placement that will really run `card`, with `fallback` set when it differs."""
     report = report or discover()
@@ -250,7 +250,7 @@ def plan(card: "ModelCard", *, device: str = "auto", precision: str = "auto",
     return _plan_torch(card, device, precision, report)
 
 
-def _plan_torch(card: "ModelCard", device: str, precision: str,
+def _plan_torch(card: ModelCard, device: str, precision: str,
                 report: DeviceReport) -> Placement:
     family, index = _normalise_device(device)
     reasons: list[str] = []
@@ -286,7 +286,7 @@ def _plan_torch(card: "ModelCard", device: str, precision: str,
                      fallback="; ".join(reasons) or None)
 
 
-def _auto_cuda_target(card: "ModelCard", report: DeviceReport, reasons: list[str]) -> str:
+def _auto_cuda_target(card: ModelCard, report: DeviceReport, reasons: list[str]) -> str:
     """'auto' prefers the GPU, unless the card's memory estimate cannot fit in its free memory."""
     dev = report.cuda[0]
     need_mb = card.memory_estimate_mb("fp16") or card.memory_estimate_mb("fp32")
@@ -297,7 +297,7 @@ def _auto_cuda_target(card: "ModelCard", report: DeviceReport, reasons: list[str
     return f"cuda:{dev.index}"
 
 
-def _choose_precision(card: "ModelCard", target: str, precision: str, report: DeviceReport,
+def _choose_precision(card: ModelCard, target: str, precision: str, report: DeviceReport,
                       reasons: list[str]) -> str:
     on_device = device_precisions(target, report)
     model_ok = _model_precisions(card)
@@ -321,7 +321,7 @@ def _choose_precision(card: "ModelCard", target: str, precision: str, report: De
     return "fp32"
 
 
-def _plan_onnx(card: "ModelCard", device: str, precision: str,
+def _plan_onnx(card: ModelCard, device: str, precision: str,
                report: DeviceReport) -> Placement:
     family, index = _normalise_device(device)
     available = report.onnx_providers
@@ -355,3 +355,21 @@ def _plan_onnx(card: "ModelCard", device: str, precision: str,
         chosen = "fp32"
     return Placement(backend="onnx", device=target, precision=chosen, provider=provider,
                      fallback="; ".join(reasons) or None)
+
+
+def describe_plan(card: ModelCard, placement: Placement,
+                  report: DeviceReport | None = None) -> str:
+    """What `ocula doctor --model ID` prints: where the model would run, and why."""
+    lines = [f"{card.id} ({card.name}): {card.runtime} backend",
+             f"  runs on: {placement.provider or placement.device} in {placement.precision}"]
+    need_mb = card.memory_estimate_mb(placement.precision)
+    if need_mb:
+        where = f"about {need_mb} MB"
+        if report is not None and placement.device.startswith("cuda"):
+            dev = report.cuda_device(int(placement.device.partition(":")[2] or 0))
+            if dev is not None and dev.free_bytes is not None:
+                where += f" of {dev.free_bytes // 2**20} MB free on {dev.name}"
+        lines.append(f"  memory: {where}")
+    lines.append(f"  fallback: {placement.fallback}" if placement.fallback
+                 else "  fallback: none (runs as requested)")
+    return "\n".join(lines)

@@ -23,8 +23,17 @@ if TYPE_CHECKING:
     from engine.catalog.card import ModelCard
     from engine.settings import Settings
 
-__all__ = ["load_runner", "resolve_snapshot", "RunnerCache", "Runner", "Outputs", "Placement",
-           "register_loader", "loader_for", "BACKEND_MODULES"]
+__all__ = [
+    "BACKEND_MODULES",
+    "Outputs",
+    "Placement",
+    "Runner",
+    "RunnerCache",
+    "load_runner",
+    "loader_for",
+    "register_loader",
+    "resolve_snapshot",
+]
 
 log = logging.getLogger("ocula.runtimes")
 
@@ -36,7 +45,7 @@ BACKEND_MODULES: dict[str, str] = {
 }
 
 
-def resolve_snapshot(card: "ModelCard", *, settings: "Settings | None" = None,
+def resolve_snapshot(card: ModelCard, *, settings: Settings | None = None,
                      progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
                      snapshot: Path | None = None) -> Path:
     """The model's files on disk: `snapshot`, else `card.local_path`, else a hub download."""
@@ -54,8 +63,8 @@ def resolve_snapshot(card: "ModelCard", *, settings: "Settings | None" = None,
     return path
 
 
-def load_runner(card: "ModelCard", *, device: str = "auto", precision: str = "auto",
-                attention: bool = False, settings: "Settings | None" = None,
+def load_runner(card: ModelCard, *, device: str = "auto", precision: str = "auto",
+                attention: bool = False, settings: Settings | None = None,
                 progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
                 snapshot: Path | None = None) -> Runner:
     """Fetch (if needed) and load `card` on the device/precision `engine.devices.plan` picks.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from engine.runtimes.base import Runner
@@ -21,7 +22,7 @@ CacheKey = tuple[str, "str | None", str, str, bool]
 
 
 class RunnerCache:
-    def __init__(self, budget_mb: int | None = None, *, settings: "Settings | None" = None) -> None:
+    def __init__(self, budget_mb: int | None = None, *, settings: Settings | None = None) -> None:
         if budget_mb is None:
             budget_mb = settings.runner_cache_mb if settings is not None else 4096
         self.budget_bytes = int(budget_mb) * 2**20
@@ -39,11 +40,17 @@ class RunnerCache:
     def __len__(self) -> int:
         return len(self._runners)
 
+    def __iter__(self) -> Iterator[CacheKey]:
+        return iter(self.keys())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._runners
+
     def keys(self) -> list[CacheKey]:
         with self._lock:
             return list(self._runners)
 
-    def key_for(self, card: "ModelCard", *, device: str = "auto", precision: str = "auto",
+    def key_for(self, card: ModelCard, *, device: str = "auto", precision: str = "auto",
                 attention: bool = False) -> CacheKey:
         from engine import devices
 
@@ -56,7 +63,7 @@ class RunnerCache:
         return (card.id, card.revision, placement.device, placement.precision, bool(attention))
 
     # -- loading and eviction ------------------------------------------------------------
-    def get_or_load(self, card: "ModelCard", **load_kwargs: Any) -> Runner:
+    def get_or_load(self, card: ModelCard, **load_kwargs: Any) -> Runner:
         """The cached runner for this card/device/precision/attention, loading it if needed."""
         from engine.runtimes import load_runner
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
@@ -65,7 +66,7 @@ class OnnxRunner(Runner):
     suffix removed: `encoder_model`, `decoder_model_merged`); single-graph models use
     "model"; a sidecar role (`encoder`, `decoder`, …) is an extra key to the same session."""
 
-    def __init__(self, card: "ModelCard", placement: Placement,
+    def __init__(self, card: ModelCard, placement: Placement,
                  sessions: dict[str, ort.InferenceSession], processor: Any = None, *,
                  memory_bytes: int = 0, output_aliases: Mapping[str, str] | None = None,
                  input_aliases: Mapping[str, str] | None = None) -> None:
@@ -211,7 +212,7 @@ def create_session(path: Path, placement: Placement) -> tuple[ort.InferenceSessi
     try:
         session = ort.InferenceSession(str(path), sess_options=options,
                                        providers=provider_list(placement))
-    except Exception as exc:  # noqa: BLE001 - ORT raises bare RuntimeError/Fail subclasses
+    except Exception as exc:
         if wanted == "CPUExecutionProvider":
             raise UnsupportedModelError(f"ONNX Runtime could not load {path}: {exc}") from exc
         session = ort.InferenceSession(str(path), sess_options=options,
@@ -243,7 +244,7 @@ def _pick_variant(files: dict[str | None, Path], precision: str) -> tuple[Path, 
     raise AssertionError("empty variant group")
 
 
-def select_graphs(card: "ModelCard", snapshot: Path, precision: str) -> tuple[dict[str, Path], dict[str, str], list[str]]:
+def select_graphs(card: ModelCard, snapshot: Path, precision: str) -> tuple[dict[str, Path], dict[str, str], list[str]]:
     """({session key: file}, {role alias: session key}, notes) for the model at `snapshot`."""
     notes: list[str] = []
     if snapshot.is_file():
@@ -302,7 +303,7 @@ def _file_bytes(path: Path) -> int:
     return total
 
 
-def _output_aliases(card: "ModelCard", main: ort.InferenceSession) -> dict[str, str]:
+def _output_aliases(card: ModelCard, main: ort.InferenceSession) -> dict[str, str]:
     sidecar = card.sidecar or {}
     names = [o.name for o in main.get_outputs()]
     wanted = _LAYOUT_OUTPUTS.get(sidecar.get("output", ""), ())
@@ -314,7 +315,7 @@ def _output_aliases(card: "ModelCard", main: ort.InferenceSession) -> dict[str, 
 
 
 @register_loader("onnx")
-def load_onnx(card: "ModelCard", snapshot: Path, placement: Placement, *,
+def load_onnx(card: ModelCard, snapshot: Path, placement: Placement, *,
               progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
               **_: Any) -> OnnxRunner:
     snapshot = Path(snapshot)

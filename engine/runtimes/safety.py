@@ -11,10 +11,11 @@ import io
 import pickle
 import pickletools
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any
 
-from engine.errors import UnsafeCheckpointError
+from engine.errors import UnsafeCheckpointError, UnsupportedModelError
 
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl")
 
@@ -45,17 +46,16 @@ def is_safe_global(module: str, name: str) -> bool:
         return True
     if module == "torch" and (name.endswith(_TORCH_STORAGE_SUFFIX) or name in _SAFE_TORCH_NAMES):
         return True
-    if module == "torch.serialization" and name == "_get_layout":
-        return True
-    return False
+    return module == "torch.serialization" and name == "_get_layout"
 
 
-def _pickle_globals(data: bytes, max_pickles: int = 1) -> Iterator[tuple[str, str]]:
+def _pickle_globals(stream: IO[bytes], max_pickles: int = 1) -> Iterator[tuple[str, str]]:
     """Every (module, name) a pickle stream would import, tracking STACK_GLOBAL's operands."""
-    stream = io.BytesIO(data)
     for _ in range(max_pickles):
-        if stream.tell() >= len(data):
-            return
+        position = stream.tell()
+        if not stream.read(1):
+            return  # clean end of the stream
+        stream.seek(position)
         strings: list[Any] = []  # recent pushes, enough to resolve STACK_GLOBAL
         memo: dict[int, Any] = {}
         for opcode, arg, _pos in pickletools.genops(stream):
@@ -88,28 +88,30 @@ def _pickle_globals(data: bytes, max_pickles: int = 1) -> Iterator[tuple[str, st
 def scan_pickle_checkpoint(path: Path) -> None:
     """Refuse `path` (UnsafeCheckpointError) if its pickle would import anything but tensors."""
     path = Path(path)
+    bad: set[str] = set()
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
-                payloads = [(n, archive.read(n), 1) for n in archive.namelist()
-                            if n.endswith(".pkl")]
+                payloads = [(n, io.BytesIO(archive.read(n)), 1) for n in archive.namelist()
+                            if n.endswith(".pkl")]  # data.pkl: small, tensors live elsewhere
         else:
             # legacy torch.save: magic, protocol and sys-info pickles, then the data pickle
-            payloads = [(path.name, path.read_bytes(), 4)]
+            # (streamed: old ESRGAN-era checkpoints can be large)
+            payloads = [(path.name, open(path, "rb"), 4)]  # noqa: SIM115 - closed below
     except (OSError, zipfile.BadZipFile) as exc:
         raise UnsafeCheckpointError(f"Checkpoint {path} could not be read ({exc}); "
                                     f"re-download it or use a .safetensors file.") from exc
-    bad: set[str] = set()
-    for member, data, count in payloads:
+    for member, stream, count in payloads:
         try:
-            for module, name in _pickle_globals(data, count):
-                if not is_safe_global(module, name):
-                    bad.add(f"{module}.{name}")
-        except (ValueError, pickle.UnpicklingError, IndexError) as exc:
-            if count == 1:  # a zip member must be one well-formed pickle
-                raise UnsafeCheckpointError(
-                    f"Checkpoint {path} ({member}) is not a well-formed pickle ({exc}); "
-                    f"Ocula will not load it. Use a .safetensors file instead.") from exc
+            with stream:
+                for module, name in _pickle_globals(stream, count):
+                    if not is_safe_global(module, name):
+                        bad.add(f"{module}.{name}")
+        except (ValueError, pickle.UnpicklingError, IndexError, EOFError) as exc:
+            # Every pickle up to the data one must parse, or we cannot vouch for the file.
+            raise UnsafeCheckpointError(
+                f"Checkpoint {path} ({member}) is not a well-formed pickle ({exc}); "
+                f"Ocula will not load it. Use a .safetensors file instead.") from exc
     if bad:
         raise UnsafeCheckpointError(
             f"Checkpoint {path} is not plain weights: its pickle would import "
@@ -130,7 +132,8 @@ def safe_torch_load(path: Path, *, map_location: Any = "cpu") -> Any:
         raise UnsafeCheckpointError(
             f"Checkpoint {path} was refused by torch's weights-only loader ({exc}). "
             f"Ocula loads pickles as weights only. Use a .safetensors file instead.") from exc
+    except RuntimeError as exc:  # torch's reader on a truncated or corrupt archive
+        raise UnsupportedModelError(
+            f"Checkpoint {path} could not be read ({exc}). The file is probably incomplete or "
+            f"corrupt: download it again.") from exc
 
-
-def pickle_files(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)

@@ -9,8 +9,9 @@ TorchScript or a full unpickler.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import spandrel
 import torch
@@ -30,7 +31,7 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")  # preference ord
 class SpandrelRunner(Runner):
     """A spandrel ModelDescriptor on a device. forward: pixel_values [0,1] -> reconstruction."""
 
-    def __init__(self, card: "ModelCard", placement: Placement, descriptor: Any) -> None:
+    def __init__(self, card: ModelCard, placement: Placement, descriptor: Any) -> None:
         super().__init__(card, placement, memory_bytes=module_bytes(descriptor.model))
         self.descriptor = descriptor
         self.device = torch.device(placement.device)
@@ -42,7 +43,7 @@ class SpandrelRunner(Runner):
         return int(self.descriptor.scale)
 
     @property
-    def size_requirements(self) -> "spandrel.SizeRequirements":
+    def size_requirements(self) -> spandrel.SizeRequirements:
         """`multiple_of`, `minimum`, `square` (spandrel pads to them inside forward)."""
         return self.descriptor.size_requirements
 
@@ -55,7 +56,7 @@ class SpandrelRunner(Runner):
         return bool(self.descriptor.supports_bfloat16)
 
     @property
-    def tiling(self) -> "spandrel.ModelTiling":
+    def tiling(self) -> spandrel.ModelTiling:
         return self.descriptor.tiling
 
     @property
@@ -100,7 +101,7 @@ class SpandrelRunner(Runner):
         free_device_memory(self.placement.device)
 
 
-def find_checkpoint(card: "ModelCard", snapshot: Path) -> tuple[Path, list[str]]:
+def find_checkpoint(card: ModelCard, snapshot: Path) -> tuple[Path, list[str]]:
     """The checkpoint file in `snapshot` (a file or folder), plus notes if there was a choice."""
     if snapshot.is_file():
         return snapshot, []
@@ -147,7 +148,7 @@ def _choose_dtype(descriptor: Any, placement: Placement) -> Placement:
 
 
 @register_loader("spandrel")
-def load_spandrel(card: "ModelCard", snapshot: Path, placement: Placement, *,
+def load_spandrel(card: ModelCard, snapshot: Path, placement: Placement, *,
                   progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
                   **_: Any) -> SpandrelRunner:
     path, notes = find_checkpoint(card, Path(snapshot))

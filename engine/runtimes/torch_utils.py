@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import gc
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch

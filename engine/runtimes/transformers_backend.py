@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 import transformers
@@ -23,7 +24,13 @@ from engine.events import CancelToken, Progress, ProgressCallback
 from engine.runtimes.base import Outputs, Placement, Runner, register_loader, torch_dtype
 from engine.runtimes.processors import load_processor
 from engine.runtimes.safety import scan_pickle_checkpoint
-from engine.runtimes.torch_utils import free_device_memory, module_bytes, outputs_on_cpu, to_cpu, to_device
+from engine.runtimes.torch_utils import (
+    free_device_memory,
+    module_bytes,
+    outputs_on_cpu,
+    to_cpu,
+    to_device,
+)
 
 if TYPE_CHECKING:
     from engine.catalog.card import ModelCard
@@ -52,7 +59,7 @@ _AUTO_BY_VARIANT: dict[str, tuple[str, ...]] = {
 class TransformersRunner(Runner):
     """A transformers PreTrainedModel on a device, in eval mode."""
 
-    def __init__(self, card: "ModelCard", placement: Placement, model: torch.nn.Module,
+    def __init__(self, card: ModelCard, placement: Placement, model: torch.nn.Module,
                  processor: Any = None) -> None:
         super().__init__(card, placement, processor=processor, memory_bytes=module_bytes(model))
         self._model: torch.nn.Module | None = model
@@ -91,7 +98,7 @@ class TransformersRunner(Runner):
         free_device_memory(device)
 
 
-def _read_config(folder: Path, card: "ModelCard") -> dict[str, Any]:
+def _read_config(folder: Path, card: ModelCard) -> dict[str, Any]:
     path = folder / "config.json"
     if not path.is_file():
         raise UnsupportedModelError(
@@ -105,8 +112,8 @@ def _read_config(folder: Path, card: "ModelCard") -> dict[str, Any]:
                                     f"re-download the model.") from exc
 
 
-def _remote_code_allowed(card: "ModelCard", raw_config: dict[str, Any],
-                         settings: "Settings | None") -> bool:
+def _remote_code_allowed(card: ModelCard, raw_config: dict[str, Any],
+                         settings: Settings | None) -> bool:
     """False when the model needs no remote code; True when it needs it AND the user allowed it."""
     needs = card.trust_remote_code or "auto_map" in raw_config
     if not needs:
@@ -119,7 +126,7 @@ def _remote_code_allowed(card: "ModelCard", raw_config: dict[str, Any],
     raise RemoteCodeRefused(repo, card.revision, reason)
 
 
-def _model_class(card: "ModelCard", config: Any, raw_config: dict[str, Any],
+def _model_class(card: ModelCard, config: Any, raw_config: dict[str, Any],
                  remote_code: bool) -> Any:
     names = [card.architecture] if card.architecture else list(config.architectures or [])
     for name in names:
@@ -157,8 +164,8 @@ def _weights_kwargs(folder: Path) -> dict[str, Any]:
 
 
 @register_loader("transformers")
-def load_transformers(card: "ModelCard", snapshot: Path, placement: Placement, *,
-                      attention: bool = False, settings: "Settings | None" = None,
+def load_transformers(card: ModelCard, snapshot: Path, placement: Placement, *,
+                      attention: bool = False, settings: Settings | None = None,
                       progress: ProgressCallback | None = None,
                       cancel: CancelToken | None = None, **_: Any) -> TransformersRunner:
     folder = Path(snapshot)

@@ -245,6 +245,7 @@ def test_bin_weights_load_and_malicious_pickle_refused(vit_folder, tmp_path):
     assert not marker.exists()
     # second layer: transformers 5's own loader uses torch.load(weights_only=True) and refuses too
     import pickle
+
     from transformers.modeling_utils import load_state_dict
     with pytest.raises(pickle.UnpicklingError):
         load_state_dict(str(bad / "pytorch_model.bin"))
