@@ -16,9 +16,9 @@ from __future__ import annotations
 import difflib
 import sys
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from engine.catalog.card import ModelCard, Source
 from engine.catalog.entries import card_from_entry
@@ -90,7 +90,7 @@ def _read_entries(path: Path) -> tuple[list[ModelCard], dict[str, str], list[Cat
 
 
 def load_catalog(path: str | Path | None = None, *, strict: bool = True,
-                 include_imports: bool = True) -> "Catalog":
+                 include_imports: bool = True) -> Catalog:
     """Read the curated catalog (and the user's imported models) into a Catalog."""
     path = Path(path) if path is not None else default_catalog_path()
     cards, seen_commits, problems = _read_entries(path)
@@ -195,7 +195,7 @@ class Catalog:
 
                 check_available(card)
             return card
-        hub_ref = ref[len("hub:"):] if ref.startswith("hub:") else ref
+        hub_ref = ref.removeprefix("hub:")
         repo, _, revision = hub_ref.partition("@")
         if "/" in repo:
             for card in self.curated:  # a curated, pinned entry beats metadata inference

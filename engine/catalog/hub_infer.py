@@ -27,7 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 from engine.catalog.card import AttentionSupport, ModelCard, Source
 from engine.catalog.entries import memory_for
-from engine.catalog.families import TRANSFORMERS_FAMILIES, task_for_architecture, transformers_family
+from engine.catalog.families import (
+    TRANSFORMERS_FAMILIES,
+    task_for_architecture,
+    transformers_family,
+)
 from engine.errors import UnsupportedModelError
 
 if TYPE_CHECKING:
@@ -121,7 +125,7 @@ class _Files:
         return sum(s for s in sizes if s) if all(s is not None for s in sizes) and sizes else None
 
 
-def card_from_model_info(info: "ModelInfo", *, config: dict | None = None,
+def card_from_model_info(info: ModelInfo, *, config: dict | None = None,
                          requested_revision: str | None = None) -> ModelCard:
     """Infer a card from a huggingface_hub ModelInfo (+ the repo's config.json, if known)."""
     repo = info.id
@@ -277,7 +281,7 @@ def _onnx_files(repo: str, files: _Files, onnx: list[str], config: dict,
     return chosen, sidecar
 
 
-def _license(info: "ModelInfo", tags: list[str]) -> tuple[str, bool | None]:
+def _license(info: ModelInfo, tags: list[str]) -> tuple[str, bool | None]:
     card_data = info.card_data
     license_ = None
     if card_data is not None:

@@ -26,7 +26,7 @@ import os
 import re
 import struct
 import tomllib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,12 @@ from engine.catalog.card import TASKS, AttentionSupport, ModelCard, Source
 from engine.catalog.entries import card_from_entry, entry_from_card, memory_for, memory_rule_mb
 from engine.catalog.families import spandrel_family, task_for_architecture, transformers_family
 from engine.catalog.sidecar import OUTPUTS, check_against_graph, validate_sidecar, with_derived_keys
-from engine.errors import CatalogError, UnknownModelError, UnsafeCheckpointError, UnsupportedModelError
+from engine.errors import (
+    CatalogError,
+    UnknownModelError,
+    UnsafeCheckpointError,
+    UnsupportedModelError,
+)
 
 if TYPE_CHECKING:
     from engine.catalog.catalog import CatalogProblem
@@ -85,7 +90,7 @@ def _write_index_entries(entries: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)  # atomic: readers see the old or the new index, never half of one
 
 
-def load_imports() -> tuple[list[ModelCard], list["CatalogProblem"]]:
+def load_imports() -> tuple[list[ModelCard], list[CatalogProblem]]:
     """Imported cards that are usable, and a problem for each entry that is not."""
     from engine.catalog.catalog import CatalogProblem
 
@@ -157,7 +162,7 @@ def _register(card: ModelCard, path: Path) -> ModelCard:
         n += 1
     entry = entry_from_card(card)
     entry["id"] = card_id
-    entry["imported_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    entry["imported_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     if path.is_file():
         entry["file_size"] = path.stat().st_size
     stored = card_from_entry(entry, origin=INDEX_FILE, index=len(entries), local=True)
@@ -173,7 +178,7 @@ def _slug(text: str) -> str:
 # -- import ------------------------------------------------------------------------------
 
 def import_model(path: str | Path, *, task: str | None = None, name: str | None = None,
-                 settings: "Settings | None" = None) -> ModelCard:
+                 settings: Settings | None = None) -> ModelCard:
     """Import a folder, restoration checkpoint or ONNX file and register it.
 
     `settings` is accepted so front ends can pass theirs; nothing in an import reads it today.

@@ -304,9 +304,9 @@ def _check_outputs(sidecar: dict[str, Any], outputs: list[tuple[str, list]], *, 
         dims = outputs[0][1]
         if len(dims) not in (3, 4):
             raise fail(f"output {output!r} expects a [B,C,H,W] (or [B,H,W]) tensor.")
-        if output == "semantic_logits" and labels is not None and len(dims) == 4 and isinstance(dims[1], int):
-            if dims[1] != len(labels):
-                raise fail(f"there are {dims[1]} class channels but 'labels' names {len(labels)}.")
+        if (output == "semantic_logits" and labels is not None and len(dims) == 4
+                and isinstance(dims[1], int) and dims[1] != len(labels)):
+            raise fail(f"there are {dims[1]} class channels but 'labels' names {len(labels)}.")
         if output == "mask_logits" and len(dims) == 4 and isinstance(dims[1], int) and dims[1] != 1:
             raise fail(f"mask_logits expects one channel, found {dims[1]}.")
     elif output == "image":
@@ -321,6 +321,5 @@ def _check_outputs(sidecar: dict[str, Any], outputs: list[tuple[str, list]], *, 
                 side = "height" if axis == 0 else "width"
                 raise fail(f"output {side} {outp} is not input {side} {inp} x scale {scale}; "
                            f"is 'scale' {outp // max(inp, 1)}?")
-    elif output == "hidden_states":
-        if len(outputs[0][1]) != 3:
-            raise fail("output 'hidden_states' expects [batch, tokens, dim] first.")
+    elif output == "hidden_states" and len(outputs[0][1]) != 3:
+        raise fail("output 'hidden_states' expects [batch, tokens, dim] first.")

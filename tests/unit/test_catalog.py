@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.catalog.card import RUNTIMES, TASKS, ModelCard
+from engine.catalog.card import RUNTIMES, ModelCard
 from engine.catalog.catalog import Catalog, default_catalog_path, load_catalog
 from engine.catalog.entries import FULL_SHA, RUNTIME_PRECISIONS
 from engine.errors import CatalogError, UnknownModelError
@@ -210,35 +210,35 @@ def test_resolve_catalog_id_and_repo_id_without_network(shipped: Catalog) -> Non
 # -- validation messages -----------------------------------------------------------------------
 
 BAD_ENTRIES = [
-    (dict(runtime='"tensorflow"'),
+    ({"runtime": '"tensorflow"'},
      "catalog.toml entry 'good-one': field 'runtime' is 'tensorflow'; expected one of transformers, spandrel, onnx"),
-    (dict(tasks='["classify"]'), "entry 'good-one': field 'tasks' contains 'classify'; expected one of"),
-    (dict(attention='"some"'), "entry 'good-one': field 'attention' is 'some'; expected one of full, cross"),
-    (dict(license=None), "entry 'good-one': field 'license' is missing (required)"),
-    (dict(revision='"0d7b067"'), "entry 'good-one': field 'revision' is '0d7b067': looks like a short commit SHA"),
-    (dict(revision='"main"', seen_commit='"xyz"'), "field 'seen_commit' is 'xyz'"),
-    (dict(id='"Good_One"'), "field 'id' is 'Good_One'; expected short kebab-case"),
-    (dict(licence='"mit"'), "entry 'good-one': field 'licence' is not a known field"),
-    (dict(files='["config.json", "model.safetensors", "pytorch_model.bin"]'),
+    ({"tasks": '["classify"]'}, "entry 'good-one': field 'tasks' contains 'classify'; expected one of"),
+    ({"attention": '"some"'}, "entry 'good-one': field 'attention' is 'some'; expected one of full, cross"),
+    ({"license": None}, "entry 'good-one': field 'license' is missing (required)"),
+    ({"revision": '"0d7b067"'}, "entry 'good-one': field 'revision' is '0d7b067': looks like a short commit SHA"),
+    ({"revision": '"main"', "seen_commit": '"xyz"'}, "field 'seen_commit' is 'xyz'"),
+    ({"id": '"Good_One"'}, "field 'id' is 'Good_One'; expected short kebab-case"),
+    ({"licence": '"mit"'}, "entry 'good-one': field 'licence' is not a known field"),
+    ({"files": '["config.json", "model.safetensors", "pytorch_model.bin"]'},
      "field 'files' lists 'pytorch_model.bin' next to safetensors weights"),
-    (dict(params='-3'), "field 'params' is -3; expected a positive number"),
-    (dict(params='"20M"'), "field 'params' is '20M'; expected a whole number"),
-    (dict(memory_mb='{ fp8 = 3 }'), "field 'memory_mb' has precision 'fp8'"),
-    (dict(variant='"blobs"'), "field 'variant' is 'blobs'; expected one of semantic"),
-    (dict(commercial_use='"yes"'), "field 'commercial_use' is 'yes'; expected true or false"),
-    (dict(repo='"not a repo"'), "field 'repo' is 'not a repo'; expected a hub repo id"),
-    (dict(runtime='"onnx"', attention='"none"'), "field 'sidecar' is missing; ONNX entries need one"),
-    (dict(runtime='"onnx"', attention='"full"', files='["model.onnx"]',
-          sidecar='{ output = "detr", graphs = { model = "model.onnx" } }'),
+    ({"params": '-3'}, "field 'params' is -3; expected a positive number"),
+    ({"params": '"20M"'}, "field 'params' is '20M'; expected a whole number"),
+    ({"memory_mb": '{ fp8 = 3 }'}, "field 'memory_mb' has precision 'fp8'"),
+    ({"variant": '"blobs"'}, "field 'variant' is 'blobs'; expected one of semantic"),
+    ({"commercial_use": '"yes"'}, "field 'commercial_use' is 'yes'; expected true or false"),
+    ({"repo": '"not a repo"'}, "field 'repo' is 'not a repo'; expected a hub repo id"),
+    ({"runtime": '"onnx"', "attention": '"none"'}, "field 'sidecar' is missing; ONNX entries need one"),
+    ({"runtime": '"onnx"', "attention": '"full"', "files": '["model.onnx"]',
+          "sidecar": '{ output = "detr", graphs = { model = "model.onnx" } }'},
      "field 'attention' is 'full', but ONNX graphs return no attention tensors"),
-    (dict(runtime='"onnx"', attention='"none"', files='["model.onnx"]',
-          sidecar='{ output = "boxes", graphs = { model = "model.onnx" } }'),
+    ({"runtime": '"onnx"', "attention": '"none"', "files": '["model.onnx"]',
+          "sidecar": '{ output = "boxes", graphs = { model = "model.onnx" } }'},
      "entry 'good-one': sidecar: field 'output' is 'boxes'; expected one of detr"),
-    (dict(runtime='"onnx"', attention='"none"', files='["config.json"]',
-          sidecar='{ output = "detr", graphs = { model = "onnx/model.onnx" } }'),
+    ({"runtime": '"onnx"', "attention": '"none"', "files": '["config.json"]',
+          "sidecar": '{ output = "detr", graphs = { model = "onnx/model.onnx" } }'},
      "field 'files' does not list graph 'model' = 'onnx/model.onnx' from the sidecar"),
-    (dict(runtime='"onnx"', attention='"none"', files='["m.onnx"]',
-          sidecar='{ output = "image", graphs = { model = "m.onnx" } }'),
+    ({"runtime": '"onnx"', "attention": '"none"', "files": '["m.onnx"]',
+          "sidecar": '{ output = "image", graphs = { model = "m.onnx" } }'},
      "field 'output' is 'image', an output for task 'restore', but the task is 'detect'"),
 ]
 

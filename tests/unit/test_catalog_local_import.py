@@ -13,7 +13,12 @@ from engine.catalog.card import AttentionSupport, Source
 from engine.catalog.catalog import load_catalog
 from engine.catalog.entries import memory_rule_mb
 from engine.catalog.local_import import import_model, index_path, list_imports, remove_import
-from engine.errors import CatalogError, UnknownModelError, UnsafeCheckpointError, UnsupportedModelError
+from engine.errors import (
+    CatalogError,
+    UnknownModelError,
+    UnsafeCheckpointError,
+    UnsupportedModelError,
+)
 
 torch = pytest.importorskip("torch")
 
