@@ -8,6 +8,7 @@ from what was asked — never a silent switch to the CPU.
 Cheap to import: torch and onnxruntime are imported inside `discover()`, so that
 `ocula --help` does not pay for them.
 """
+
 from __future__ import annotations
 
 import os
@@ -143,11 +144,16 @@ def _discover() -> DeviceReport:
                     free, total = None, props.total_memory
                     problems.append(f"cuda:{index}: free memory unknown ({exc})")
                 capability = (props.major, props.minor)
-                cuda.append(CudaDevice(
-                    index=index, name=props.name, total_bytes=int(total),
-                    free_bytes=None if free is None else int(free), capability=capability,
-                    supports_bf16=capability >= (8, 0),
-                ))
+                cuda.append(
+                    CudaDevice(
+                        index=index,
+                        name=props.name,
+                        total_bytes=int(total),
+                        free_bytes=None if free is None else int(free),
+                        capability=capability,
+                        supports_bf16=capability >= (8, 0),
+                    )
+                )
         mps_backend = getattr(torch.backends, "mps", None)
         mps = bool(mps_backend and mps_backend.is_available())
         if mps:
@@ -165,12 +171,20 @@ def _discover() -> DeviceReport:
 
         providers = tuple(onnxruntime.get_available_providers())
     except ImportError:
-        problems.append("onnxruntime is not installed: ONNX models cannot run "
-                        "(pip install 'ocula[cpu]' or 'ocula[gpu]')")
+        problems.append(
+            "onnxruntime is not installed: ONNX models cannot run "
+            "(pip install 'ocula[cpu]' or 'ocula[gpu]')"
+        )
     return DeviceReport(
-        cpu_name=_cpu_name(), cpu_cores=os.cpu_count() or 1,
-        cpu_cores_available=_available_cores(), cuda=tuple(cuda), mps=mps, mps_bf16=mps_bf16,
-        onnx_providers=providers, versions=versions, torch_cuda_build=torch_cuda_build,
+        cpu_name=_cpu_name(),
+        cpu_cores=os.cpu_count() or 1,
+        cpu_cores_available=_available_cores(),
+        cuda=tuple(cuda),
+        mps=mps,
+        mps_bf16=mps_bf16,
+        onnx_providers=providers,
+        versions=versions,
+        torch_cuda_build=torch_cuda_build,
         problems=tuple(problems),
     )
 
@@ -178,29 +192,49 @@ def _discover() -> DeviceReport:
 def describe_report(report: DeviceReport) -> str:
     """Human-readable report for `ocula doctor`."""
     gib = 2**30
-    lines = [(f"CPU: {report.cpu_name} — {report.cpu_cores} logical cores "
-              f"({report.cpu_cores_available} available to Ocula)")]
+    lines = [
+        (
+            f"CPU: {report.cpu_name} — {report.cpu_cores} logical cores "
+            f"({report.cpu_cores_available} available to Ocula)"
+        )
+    ]
     if report.cuda:
         for dev in report.cuda:
             free = "?" if dev.free_bytes is None else f"{dev.free_bytes / gib:.1f}"
-            precisions = "fp32" + (", fp16" if dev.supports_fp16 else "") + (
-                ", bf16" if dev.supports_bf16 else "")
-            lines.append(f"CUDA {dev.index}: {dev.name} — {free} of {dev.total_bytes / gib:.1f} GiB "
-                         f"free, compute {dev.capability[0]}.{dev.capability[1]} ({precisions})")
+            precisions = (
+                "fp32"
+                + (", fp16" if dev.supports_fp16 else "")
+                + (", bf16" if dev.supports_bf16 else "")
+            )
+            lines.append(
+                f"CUDA {dev.index}: {dev.name} — {free} of {dev.total_bytes / gib:.1f} GiB "
+                f"free, compute {dev.capability[0]}.{dev.capability[1]} ({precisions})"
+            )
     else:
-        build = (f"torch built with CUDA {report.torch_cuda_build}, but no device found"
-                 if report.torch_cuda_build else "torch is a CPU-only build")
+        build = (
+            f"torch built with CUDA {report.torch_cuda_build}, but no device found"
+            if report.torch_cuda_build
+            else "torch is a CPU-only build"
+        )
         lines.append(f"CUDA: none ({build})")
-    lines.append("MPS (Apple GPU): " + (
-        ("available" + (" (fp16, bf16)" if report.mps_bf16 else " (fp16)")) if report.mps
-        else "not available"))
+    lines.append(
+        "MPS (Apple GPU): "
+        + (
+            ("available" + (" (fp16, bf16)" if report.mps_bf16 else " (fp16)"))
+            if report.mps
+            else "not available"
+        )
+    )
     lines.append("ONNX Runtime providers: " + (", ".join(report.onnx_providers) or "none"))
-    lines.append("Versions: " + ", ".join(f"{k} {v or 'missing'}" for k, v in report.versions.items()))
+    lines.append(
+        "Versions: " + ", ".join(f"{k} {v or 'missing'}" for k, v in report.versions.items())
+    )
     lines.extend(f"Problem: {p}" for p in report.problems)
     return "\n".join(lines)
 
 
 # -- planning -------------------------------------------------------------------------
+
 
 def _normalise_device(device: str) -> tuple[str, int | None]:
     """'cuda:1' -> ('cuda', 1); 'auto' -> ('auto', None). Unknown names raise DeviceError."""
@@ -209,11 +243,15 @@ def _normalise_device(device: str) -> tuple[str, int | None]:
     family = _DEVICE_ALIASES.get(family, family)
     if family == "mps" or family in ONNX_PROVIDER_FOR_DEVICE or family == "auto":
         if index and not index.isdigit():
-            raise DeviceError(f"Device '{device}' is not understood: the part after ':' must be "
-                              f"a GPU number, e.g. cuda:0.")
+            raise DeviceError(
+                f"Device '{device}' is not understood: the part after ':' must be "
+                f"a GPU number, e.g. cuda:0."
+            )
         return family, int(index) if index else None
-    raise DeviceError(f"Device '{device}' is not understood. Use auto, cpu, cuda, cuda:N, mps, "
-                      f"directml, coreml or tensorrt (see `ocula doctor`).")
+    raise DeviceError(
+        f"Device '{device}' is not understood. Use auto, cpu, cuda, cuda:N, mps, "
+        f"directml, coreml or tensorrt (see `ocula doctor`)."
+    )
 
 
 def _model_precisions(card: ModelCard) -> tuple[str, ...] | None:
@@ -230,28 +268,37 @@ def device_precisions(device: str, report: DeviceReport | None = None) -> tuple[
         dev = report.cuda_device(index or 0)
         if dev is None:
             return ("fp32",)
-        return ("fp32",) + (("fp16",) if dev.supports_fp16 else ()) + (
-            ("bf16",) if dev.supports_bf16 else ())
+        return (
+            ("fp32",)
+            + (("fp16",) if dev.supports_fp16 else ())
+            + (("bf16",) if dev.supports_bf16 else ())
+        )
     if family == "mps":
         return ("fp32", "fp16") + (("bf16",) if report.mps_bf16 else ())
     return ("fp32", "bf16")  # CPU: bf16 kernels exist for the common layers; fp16 mostly not
 
 
-def plan(card: ModelCard, *, device: str = "auto", precision: str = "auto",
-         report: DeviceReport | None = None) -> Placement:
+def plan(
+    card: ModelCard,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    report: DeviceReport | None = None,
+) -> Placement:
     """The placement that will really run `card`, with `fallback` set when it differs."""
     report = report or discover()
     precision = (precision or "auto").lower()
     if precision not in PRECISION_CHOICES:
-        raise DeviceError(f"Precision '{precision}' is not understood for model '{card.id}'. "
-                          f"Use one of: {', '.join(PRECISION_CHOICES)}.")
+        raise DeviceError(
+            f"Precision '{precision}' is not understood for model '{card.id}'. "
+            f"Use one of: {', '.join(PRECISION_CHOICES)}."
+        )
     if card.runtime == "onnx":
         return _plan_onnx(card, device, precision, report)
     return _plan_torch(card, device, precision, report)
 
 
-def _plan_torch(card: ModelCard, device: str, precision: str,
-                report: DeviceReport) -> Placement:
+def _plan_torch(card: ModelCard, device: str, precision: str, report: DeviceReport) -> Placement:
     family, index = _normalise_device(device)
     reasons: list[str] = []
     if family == "auto":
@@ -262,13 +309,18 @@ def _plan_torch(card: ModelCard, device: str, precision: str,
             target = "mps"
     elif family == "cuda":
         if not report.cuda:
-            build = (f"torch {report.versions.get('torch')} is a CPU-only build"
-                     if not report.torch_cuda_build else "the driver reports none")
+            build = (
+                f"torch {report.versions.get('torch')} is a CPU-only build"
+                if not report.torch_cuda_build
+                else "the driver reports none"
+            )
             reasons.append(f"{device} requested but no CUDA device found ({build}); running on cpu")
             target = "cpu"
         elif report.cuda_device(index or 0) is None:
-            reasons.append(f"{device} requested but only {len(report.cuda)} CUDA device(s) exist; "
-                           f"running on cuda:0")
+            reasons.append(
+                f"{device} requested but only {len(report.cuda)} CUDA device(s) exist; "
+                f"running on cuda:0"
+            )
             target = "cuda:0"
         else:
             target = f"cuda:{index or 0}"
@@ -279,11 +331,14 @@ def _plan_torch(card: ModelCard, device: str, precision: str,
     elif family == "cpu":
         target = "cpu"
     else:
-        raise DeviceError(f"Device '{device}' is an ONNX Runtime provider; model '{card.id}' runs "
-                          f"on {card.runtime} (torch). Use auto, cpu, cuda or mps.")
+        raise DeviceError(
+            f"Device '{device}' is an ONNX Runtime provider; model '{card.id}' runs "
+            f"on {card.runtime} (torch). Use auto, cpu, cuda or mps."
+        )
     chosen = _choose_precision(card, target, precision, report, reasons)
-    return Placement(backend=card.runtime, device=target, precision=chosen,
-                     fallback="; ".join(reasons) or None)
+    return Placement(
+        backend=card.runtime, device=target, precision=chosen, fallback="; ".join(reasons) or None
+    )
 
 
 def _auto_cuda_target(card: ModelCard, report: DeviceReport, reasons: list[str]) -> str:
@@ -291,14 +346,17 @@ def _auto_cuda_target(card: ModelCard, report: DeviceReport, reasons: list[str])
     dev = report.cuda[0]
     need_mb = card.memory_estimate_mb("fp16") or card.memory_estimate_mb("fp32")
     if need_mb and dev.free_bytes is not None and need_mb * 2**20 > dev.free_bytes:
-        reasons.append(f"model needs about {need_mb} MB but {dev.name} has "
-                       f"{dev.free_bytes // 2**20} MB free; running on cpu")
+        reasons.append(
+            f"model needs about {need_mb} MB but {dev.name} has "
+            f"{dev.free_bytes // 2**20} MB free; running on cpu"
+        )
         return "cpu"
     return f"cuda:{dev.index}"
 
 
-def _choose_precision(card: ModelCard, target: str, precision: str, report: DeviceReport,
-                      reasons: list[str]) -> str:
+def _choose_precision(
+    card: ModelCard, target: str, precision: str, report: DeviceReport, reasons: list[str]
+) -> str:
     on_device = device_precisions(target, report)
     model_ok = _model_precisions(card)
     allowed = [p for p in on_device if model_ok is None or p in model_ok] or ["fp32"]
@@ -321,14 +379,15 @@ def _choose_precision(card: ModelCard, target: str, precision: str, report: Devi
     return "fp32"
 
 
-def _plan_onnx(card: ModelCard, device: str, precision: str,
-               report: DeviceReport) -> Placement:
+def _plan_onnx(card: ModelCard, device: str, precision: str, report: DeviceReport) -> Placement:
     family, index = _normalise_device(device)
     available = report.onnx_providers
     reasons: list[str] = []
     if not available:
-        raise DeviceError(f"Model '{card.id}' is an ONNX model but onnxruntime is not installed. "
-                          f"Install it with `pip install 'ocula[cpu]'` (or 'ocula[gpu]' for CUDA).")
+        raise DeviceError(
+            f"Model '{card.id}' is an ONNX model but onnxruntime is not installed. "
+            f"Install it with `pip install 'ocula[cpu]'` (or 'ocula[gpu]' for CUDA)."
+        )
     if family == "mps":
         family = "coreml"  # ONNX Runtime reaches the Apple GPU/ANE through CoreML
     if family == "auto":
@@ -339,29 +398,44 @@ def _plan_onnx(card: ModelCard, device: str, precision: str,
             provider = wanted
         else:
             provider = "CPUExecutionProvider"
-            hint = (" (install onnxruntime-gpu: pip install 'ocula[gpu]')"
-                    if family in ("cuda", "tensorrt") else "")
-            reasons.append(f"{device} requested but onnxruntime offers no {wanted}{hint}; "
-                           f"running on CPUExecutionProvider")
-    target = {"CUDAExecutionProvider": f"cuda:{index or 0}",
-              "TensorrtExecutionProvider": f"cuda:{index or 0}",
-              "DmlExecutionProvider": f"directml:{index or 0}",
-              "CoreMLExecutionProvider": "coreml"}.get(provider, "cpu")
+            hint = (
+                " (install onnxruntime-gpu: pip install 'ocula[gpu]')"
+                if family in ("cuda", "tensorrt")
+                else ""
+            )
+            reasons.append(
+                f"{device} requested but onnxruntime offers no {wanted}{hint}; "
+                f"running on CPUExecutionProvider"
+            )
+    target = {
+        "CUDAExecutionProvider": f"cuda:{index or 0}",
+        "TensorrtExecutionProvider": f"cuda:{index or 0}",
+        "DmlExecutionProvider": f"directml:{index or 0}",
+        "CoreMLExecutionProvider": "coreml",
+    }.get(provider, "cpu")
     # The graph fixes the precision; the loader refines this once it has read the file(s).
     chosen = "fp32" if precision == "auto" else precision
     if chosen == "bf16":
-        reasons.append("ONNX models run in the precision they were exported in; bf16 is not "
-                       "offered; running in fp32")
+        reasons.append(
+            "ONNX models run in the precision they were exported in; bf16 is not "
+            "offered; running in fp32"
+        )
         chosen = "fp32"
-    return Placement(backend="onnx", device=target, precision=chosen, provider=provider,
-                     fallback="; ".join(reasons) or None)
+    return Placement(
+        backend="onnx",
+        device=target,
+        precision=chosen,
+        provider=provider,
+        fallback="; ".join(reasons) or None,
+    )
 
 
-def describe_plan(card: ModelCard, placement: Placement,
-                  report: DeviceReport | None = None) -> str:
+def describe_plan(card: ModelCard, placement: Placement, report: DeviceReport | None = None) -> str:
     """What `ocula doctor --model ID` prints: where the model would run, and why."""
-    lines = [f"{card.id} ({card.name}): {card.runtime} backend",
-             f"  runs on: {placement.provider or placement.device} in {placement.precision}"]
+    lines = [
+        f"{card.id} ({card.name}): {card.runtime} backend",
+        f"  runs on: {placement.provider or placement.device} in {placement.precision}",
+    ]
     need_mb = card.memory_estimate_mb(placement.precision)
     if need_mb:
         where = f"about {need_mb} MB"
@@ -370,6 +444,9 @@ def describe_plan(card: ModelCard, placement: Placement,
             if dev is not None and dev.free_bytes is not None:
                 where += f" of {dev.free_bytes // 2**20} MB free on {dev.name}"
         lines.append(f"  memory: {where}")
-    lines.append(f"  fallback: {placement.fallback}" if placement.fallback
-                 else "  fallback: none (runs as requested)")
+    lines.append(
+        f"  fallback: {placement.fallback}"
+        if placement.fallback
+        else "  fallback: none (runs as requested)"
+    )
     return "\n".join(lines)

@@ -7,6 +7,7 @@ Backends register themselves with `register_loader(runtime)` (see base.py) when 
 module is imported; `load_runner` imports the module for `card.runtime` on demand, so
 importing `engine.runtimes` stays free of torch, transformers and onnxruntime.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -45,9 +46,14 @@ BACKEND_MODULES: dict[str, str] = {
 }
 
 
-def resolve_snapshot(card: ModelCard, *, settings: Settings | None = None,
-                     progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-                     snapshot: Path | None = None) -> Path:
+def resolve_snapshot(
+    card: ModelCard,
+    *,
+    settings: Settings | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    snapshot: Path | None = None,
+) -> Path:
     """The model's files on disk: `snapshot`, else `card.local_path`, else a hub download."""
     if snapshot is not None:
         path = Path(snapshot)
@@ -58,15 +64,24 @@ def resolve_snapshot(card: ModelCard, *, settings: Settings | None = None,
 
         path = Path(fetch(card, progress=progress, cancel=cancel, settings=settings))
     if not path.exists():
-        raise OculaError(f"Model '{card.id}': its files are not at {path}. Re-import the model "
-                         f"or download it again.")
+        raise OculaError(
+            f"Model '{card.id}': its files are not at {path}. Re-import the model "
+            f"or download it again."
+        )
     return path
 
 
-def load_runner(card: ModelCard, *, device: str = "auto", precision: str = "auto",
-                attention: bool = False, settings: Settings | None = None,
-                progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-                snapshot: Path | None = None) -> Runner:
+def load_runner(
+    card: ModelCard,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    attention: bool = False,
+    settings: Settings | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    snapshot: Path | None = None,
+) -> Runner:
     """Fetch (if needed) and load `card` on the device/precision `engine.devices.plan` picks.
 
     "auto" device/precision defer to `settings.device` / `settings.precision`. Whatever
@@ -80,15 +95,23 @@ def load_runner(card: ModelCard, *, device: str = "auto", precision: str = "auto
         device = settings.device or "auto"
     if precision == "auto":
         precision = settings.precision or "auto"
-    path = resolve_snapshot(card, settings=settings, progress=progress, cancel=cancel,
-                            snapshot=snapshot)
+    path = resolve_snapshot(
+        card, settings=settings, progress=progress, cancel=cancel, snapshot=snapshot
+    )
     placement = devices.plan(card, device=device, precision=precision)
     module = BACKEND_MODULES.get(card.runtime)
     if module is not None:
         importlib.import_module(module)
     loader = loader_for(card.runtime)
-    runner = loader(card, path, placement, attention=attention, settings=settings,
-                    progress=progress, cancel=cancel)
+    runner = loader(
+        card,
+        path,
+        placement,
+        attention=attention,
+        settings=settings,
+        progress=progress,
+        cancel=cancel,
+    )
     if runner.placement.fallback:
         log.warning("%s: %s", card.id, runner.placement.describe())
     return runner

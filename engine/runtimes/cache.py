@@ -5,6 +5,7 @@ device it resolves to share one entry. Budget: `settings.runner_cache_mb`, measu
 each runner's `memory_bytes`. A runner larger than the whole budget is still returned
 (the job needs it) but is the first to go when anything else loads.
 """
+
 from __future__ import annotations
 
 import threading
@@ -50,8 +51,14 @@ class RunnerCache:
         with self._lock:
             return list(self._runners)
 
-    def key_for(self, card: ModelCard, *, device: str = "auto", precision: str = "auto",
-                attention: bool = False) -> CacheKey:
+    def key_for(
+        self,
+        card: ModelCard,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        attention: bool = False,
+    ) -> CacheKey:
         from engine import devices
 
         settings = self.settings
@@ -67,9 +74,12 @@ class RunnerCache:
         """The cached runner for this card/device/precision/attention, loading it if needed."""
         from engine.runtimes import load_runner
 
-        key = self.key_for(card, device=load_kwargs.get("device", "auto"),
-                           precision=load_kwargs.get("precision", "auto"),
-                           attention=load_kwargs.get("attention", False))
+        key = self.key_for(
+            card,
+            device=load_kwargs.get("device", "auto"),
+            precision=load_kwargs.get("precision", "auto"),
+            attention=load_kwargs.get("attention", False),
+        )
         with self._lock:
             runner = self._runners.get(key)
             if runner is not None:

@@ -10,6 +10,7 @@ the folder (Transformers.js / optimum layout: `onnx/model.onnx`, `onnx/model_fp1
 `encoder_model.onnx` + `decoder_model_merged.onnx` …). One precision variant per graph
 is loaded: `_fp16` when fp16 is asked and exists, otherwise the plain fp32 file.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,23 +31,34 @@ if TYPE_CHECKING:
     from engine.catalog.card import ModelCard
 
 # Transformers.js / optimum file-name suffixes for precision variants, best fp32 match first.
-_VARIANT_RE = re.compile(r"^(?P<base>.+?)(?:_(?P<variant>fp16|quantized|int8|uint8|q4f16|q4|bnb4))?$")
+_VARIANT_RE = re.compile(
+    r"^(?P<base>.+?)(?:_(?P<variant>fp16|quantized|int8|uint8|q4f16|q4|bnb4))?$"
+)
 _FALLBACK_VARIANTS = ("fp16", "quantized", "int8", "uint8", "q4", "q4f16", "bnb4")
 # Decoders that the merged decoder replaces (loading them too would double the memory).
 _SUPERSEDED_BY_MERGED = ("decoder_model", "decoder_with_past_model")
 
 _NUMPY_FOR_ONNX = {
-    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16,
-    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
 }
 # Output names some exports use for what transformers calls otherwise.
 _OUTPUT_ALIASES = {"pred_logits": "logits", "last_hidden_states": "last_hidden_state"}
 # Sidecar output layouts -> the transformers names tasks read, in graph output order.
 _LAYOUT_OUTPUTS = {
-    "detr": ("logits", "pred_boxes"), "rtdetr": ("logits", "pred_boxes"),
-    "semantic_logits": ("logits",), "mask_logits": ("logits",),
-    "image": ("reconstruction",), "hidden_states": ("last_hidden_state",),
+    "detr": ("logits", "pred_boxes"),
+    "rtdetr": ("logits", "pred_boxes"),
+    "semantic_logits": ("logits",),
+    "mask_logits": ("logits",),
+    "image": ("reconstruction",),
+    "hidden_states": ("last_hidden_state",),
 }
 
 
@@ -66,10 +78,17 @@ class OnnxRunner(Runner):
     suffix removed: `encoder_model`, `decoder_model_merged`); single-graph models use
     "model"; a sidecar role (`encoder`, `decoder`, …) is an extra key to the same session."""
 
-    def __init__(self, card: ModelCard, placement: Placement,
-                 sessions: dict[str, ort.InferenceSession], processor: Any = None, *,
-                 memory_bytes: int = 0, output_aliases: Mapping[str, str] | None = None,
-                 input_aliases: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        card: ModelCard,
+        placement: Placement,
+        sessions: dict[str, ort.InferenceSession],
+        processor: Any = None,
+        *,
+        memory_bytes: int = 0,
+        output_aliases: Mapping[str, str] | None = None,
+        input_aliases: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(card, placement, processor=processor, memory_bytes=memory_bytes)
         self.sessions = dict(sessions)
         self.output_aliases = dict(_OUTPUT_ALIASES, **(output_aliases or {}))
@@ -86,7 +105,8 @@ class OnnxRunner(Runner):
             return next(iter(self.sessions))
         raise UnsupportedModelError(
             f"Model '{self.card.id}' has several ONNX graphs ({', '.join(self.sessions)}); "
-            f"run one by name with runner.run(name, inputs).")
+            f"run one by name with runner.run(name, inputs)."
+        )
 
     def input_names(self, name: str | None = None) -> list[str]:
         session = self._session(name or self.main_session_name)
@@ -110,10 +130,13 @@ class OnnxRunner(Runner):
         try:
             with self.lock:
                 values = session.run(names, feed)
-        except (ort.capi.onnxruntime_pybind11_state.InvalidArgument,
-                ort.capi.onnxruntime_pybind11_state.Fail) as exc:
-            raise OculaError(f"Model '{self.card.id}' ONNX graph '{name}' rejected its inputs "
-                             f"({shapes}): {exc}") from exc
+        except (
+            ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+            ort.capi.onnxruntime_pybind11_state.Fail,
+        ) as exc:
+            raise OculaError(
+                f"Model '{self.card.id}' ONNX graph '{name}' rejected its inputs ({shapes}): {exc}"
+            ) from exc
         outputs = Outputs()
         for out_name, value in zip(names, values):
             tensor = torch.from_numpy(np.ascontiguousarray(value))
@@ -133,17 +156,23 @@ class OnnxRunner(Runner):
         except KeyError:
             raise UnsupportedModelError(
                 f"Model '{self.card.id}' has no ONNX graph '{name}'; it has: "
-                f"{', '.join(self.sessions)}.") from None
+                f"{', '.join(self.sessions)}."
+            ) from None
 
-    def _feed(self, session: ort.InferenceSession, name: str,
-              inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def _feed(
+        self, session: ort.InferenceSession, name: str, inputs: Mapping[str, Any]
+    ) -> dict[str, np.ndarray]:
         graph_inputs = session.get_inputs()
         reverse = {graph: ours for ours, graph in self.input_aliases.items()}
-        arrays = {k: v for k, v in inputs.items() if v is not None and not isinstance(v, (bool, str))}
+        arrays = {
+            k: v for k, v in inputs.items() if v is not None and not isinstance(v, (bool, str))
+        }
         feed: dict[str, np.ndarray] = {}
         missing = []
         for graph_input in graph_inputs:
-            source = graph_input.name if graph_input.name in arrays else reverse.get(graph_input.name)
+            source = (
+                graph_input.name if graph_input.name in arrays else reverse.get(graph_input.name)
+            )
             if source is None or source not in arrays:
                 if len(graph_inputs) == 1 and len(arrays) == 1:
                     source = next(iter(arrays))  # one image in, one graph input: names may differ
@@ -158,7 +187,8 @@ class OnnxRunner(Runner):
         if missing:
             raise OculaError(
                 f"Model '{self.card.id}' ONNX graph '{name}' needs input(s) "
-                f"{', '.join(missing)}; got {', '.join(inputs) or 'none'}.")
+                f"{', '.join(missing)}; got {', '.join(inputs) or 'none'}."
+            )
         return feed
 
     def release(self) -> None:
@@ -166,6 +196,7 @@ class OnnxRunner(Runner):
 
 
 # -- loading --------------------------------------------------------------------------
+
 
 def default_thread_count() -> int:
     """Intra-op threads: the cores this process may use (OCULA_ONNX_THREADS overrides)."""
@@ -189,8 +220,16 @@ def provider_list(placement: Placement) -> list[str | tuple[str, dict[str, Any]]
         from engine import paths
 
         cache = paths.app_home() / "tensorrt-cache"
-        chain.append((provider, {"device_id": index, "trt_engine_cache_enable": True,
-                                 "trt_engine_cache_path": str(cache)}))
+        chain.append(
+            (
+                provider,
+                {
+                    "device_id": index,
+                    "trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": str(cache),
+                },
+            )
+        )
         if "CUDAExecutionProvider" in available:
             chain.append(("CUDAExecutionProvider", {"device_id": index}))
     elif provider in ("CUDAExecutionProvider", "DmlExecutionProvider"):
@@ -210,19 +249,25 @@ def create_session(path: Path, placement: Placement) -> tuple[ort.InferenceSessi
     options.log_severity_level = 3  # ORT's own provider warnings are replaced by our fallback note
     wanted = placement.provider or "CPUExecutionProvider"
     try:
-        session = ort.InferenceSession(str(path), sess_options=options,
-                                       providers=provider_list(placement))
+        session = ort.InferenceSession(
+            str(path), sess_options=options, providers=provider_list(placement)
+        )
     except Exception as exc:
         if wanted == "CPUExecutionProvider":
             raise UnsupportedModelError(f"ONNX Runtime could not load {path}: {exc}") from exc
-        session = ort.InferenceSession(str(path), sess_options=options,
-                                       providers=["CPUExecutionProvider"])
-        return session, (f"{wanted} failed to create a session for {path.name} ({exc}); "
-                         f"running on CPUExecutionProvider")
+        session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        return session, (
+            f"{wanted} failed to create a session for {path.name} ({exc}); "
+            f"running on CPUExecutionProvider"
+        )
     actual = session.get_providers()[0]
     if actual != wanted:
-        return session, (f"{wanted} was requested but the session for {path.name} runs on "
-                         f"{actual} (its libraries did not load; see `ocula doctor`)")
+        return session, (
+            f"{wanted} was requested but the session for {path.name} runs on "
+            f"{actual} (its libraries did not load; see `ocula doctor`)"
+        )
     return session, None
 
 
@@ -244,7 +289,9 @@ def _pick_variant(files: dict[str | None, Path], precision: str) -> tuple[Path, 
     raise AssertionError("empty variant group")
 
 
-def select_graphs(card: ModelCard, snapshot: Path, precision: str) -> tuple[dict[str, Path], dict[str, str], list[str]]:
+def select_graphs(
+    card: ModelCard, snapshot: Path, precision: str
+) -> tuple[dict[str, Path], dict[str, str], list[str]]:
     """({session key: file}, {role alias: session key}, notes) for the model at `snapshot`."""
     notes: list[str] = []
     if snapshot.is_file():
@@ -262,8 +309,10 @@ def select_graphs(card: ModelCard, snapshot: Path, precision: str) -> tuple[dict
             if precision == "fp16" and fp16.is_file():
                 path = fp16
             if not path.is_file():
-                raise UnsupportedModelError(f"Model '{card.id}': graph '{role}' ({rel}) is missing "
-                                            f"from {snapshot}; download the model again.")
+                raise UnsupportedModelError(
+                    f"Model '{card.id}': graph '{role}' ({rel}) is missing "
+                    f"from {snapshot}; download the model again."
+                )
             key = "model" if len(graphs) == 1 else base
             chosen[key] = path
             if role != key:
@@ -274,8 +323,10 @@ def select_graphs(card: ModelCard, snapshot: Path, precision: str) -> tuple[dict
         base, variant = _split_variant(path.stem)
         groups.setdefault(base, {}).setdefault(variant, path)
     if not groups:
-        raise UnsupportedModelError(f"Model '{card.id}': no .onnx file in {snapshot}. Check the "
-                                    f"card's runtime or download the model again.")
+        raise UnsupportedModelError(
+            f"Model '{card.id}': no .onnx file in {snapshot}. Check the "
+            f"card's runtime or download the model again."
+        )
     if "decoder_model_merged" in groups:
         for superseded in _SUPERSEDED_BY_MERGED:
             groups.pop(superseded, None)
@@ -290,7 +341,9 @@ def select_graphs(card: ModelCard, snapshot: Path, precision: str) -> tuple[dict
 
 
 def _graph_precision(session: ort.InferenceSession) -> str:
-    float_types = [i.type for i in session.get_inputs() if i.type in ("tensor(float)", "tensor(float16)")]
+    float_types = [
+        i.type for i in session.get_inputs() if i.type in ("tensor(float)", "tensor(float16)")
+    ]
     return "fp16" if float_types and float_types[0] == "tensor(float16)" else "fp32"
 
 
@@ -315,9 +368,15 @@ def _output_aliases(card: ModelCard, main: ort.InferenceSession) -> dict[str, st
 
 
 @register_loader("onnx")
-def load_onnx(card: ModelCard, snapshot: Path, placement: Placement, *,
-              progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-              **_: Any) -> OnnxRunner:
+def load_onnx(
+    card: ModelCard,
+    snapshot: Path,
+    placement: Placement,
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    **_: Any,
+) -> OnnxRunner:
     snapshot = Path(snapshot)
     files, roles, notes = select_graphs(card, snapshot, placement.precision)
     sessions: dict[str, ort.InferenceSession] = {}
@@ -327,8 +386,15 @@ def load_onnx(card: ModelCard, snapshot: Path, placement: Placement, *,
         if cancel is not None:
             cancel.raise_if_cancelled()
         if progress is not None:
-            progress(Progress(stage="load", done=done, total=len(files), item=path.name,
-                              message=f"creating ONNX Runtime session for {path.name}"))
+            progress(
+                Progress(
+                    stage="load",
+                    done=done,
+                    total=len(files),
+                    item=path.name,
+                    message=f"creating ONNX Runtime session for {path.name}",
+                )
+            )
         session, fallback = create_session(path, placement)
         sessions[key] = session
         if fallback:
@@ -344,8 +410,13 @@ def load_onnx(card: ModelCard, snapshot: Path, placement: Placement, *,
     device = placement.device
     if actual_provider == "CPUExecutionProvider":
         device = "cpu"
-    final = dataclasses.replace(placement, device=device, precision=precision,
-                                provider=actual_provider, fallback="; ".join(fallbacks) or None)
+    final = dataclasses.replace(
+        placement,
+        device=device,
+        precision=precision,
+        provider=actual_provider,
+        fallback="; ".join(fallbacks) or None,
+    )
     folder = snapshot.parent if snapshot.is_file() else snapshot
     processor = None
     try:
@@ -353,17 +424,32 @@ def load_onnx(card: ModelCard, snapshot: Path, placement: Placement, *,
 
         processor = load_processor(folder)
     except Exception as exc:  # noqa: BLE001 - a broken processor config must not block the sidecar path
-        notes.append(f"processor files in {folder} could not be loaded ({exc}); the sidecar describes "
-                     f"pre-processing instead")
+        notes.append(
+            f"processor files in {folder} could not be loaded ({exc}); the sidecar describes "
+            f"pre-processing instead"
+        )
     sidecar = card.sidecar or {}
     input_aliases = {"pixel_values": sidecar["input_name"]} if sidecar.get("input_name") else {}
-    runner = OnnxRunner(card, final, sessions, processor,
-                        memory_bytes=sum(_file_bytes(p) for p in files.values()),
-                        output_aliases=_output_aliases(card, main), input_aliases=input_aliases)
+    runner = OnnxRunner(
+        card,
+        final,
+        sessions,
+        processor,
+        memory_bytes=sum(_file_bytes(p) for p in files.values()),
+        output_aliases=_output_aliases(card, main),
+        input_aliases=input_aliases,
+    )
     runner.notes.extend(notes)
     if final.fallback:
         runner.notes.append(f"fallback: {final.fallback}")
     if progress is not None:
-        progress(Progress(stage="load", done=len(files), total=len(files), item=card.id,
-                          message=f"loaded {card.name} ({final.describe()})"))
+        progress(
+            Progress(
+                stage="load",
+                done=len(files),
+                total=len(files),
+                item=card.id,
+                message=f"loaded {card.name} ({final.describe()})",
+            )
+        )
     return runner

@@ -6,14 +6,22 @@ processor plus a separate tokenizer, no processor class) come back from AutoProc
 bare tokenizer; we pair it with the image processor in transformers' own generic
 two-part processor so tasks can call `processor(images=…)` and `processor.batch_decode(…)`.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt",
-                    "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
 _PROCESSOR_FILES = ("processor_config.json",)
 _IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "image_processor_config.json")
 
@@ -34,7 +42,7 @@ def _declares_processor_class(folder: Path) -> bool:
     return False
 
 
-def load_processor(folder: Path) -> Any | None:
+def load_processor(folder: Path, *, trust_remote_code: bool = False) -> Any | None:
     """The processor for the model in `folder`, or None when the folder ships none."""
     folder = Path(folder)
     if folder.is_file():
@@ -46,13 +54,22 @@ def load_processor(folder: Path) -> Any | None:
     import transformers
 
     if has_tokenizer or _has_any(folder, _PROCESSOR_FILES) or _declares_processor_class(folder):
-        processor = transformers.AutoProcessor.from_pretrained(folder, trust_remote_code=False)
-        if has_image and getattr(processor, "image_processor", None) is None and not isinstance(
-                processor, transformers.image_processing_base.ImageProcessingMixin):
+        processor = transformers.AutoProcessor.from_pretrained(
+            folder, trust_remote_code=trust_remote_code
+        )
+        if (
+            has_image
+            and getattr(processor, "image_processor", None) is None
+            and not isinstance(processor, transformers.image_processing_base.ImageProcessingMixin)
+        ):
             # A bare tokenizer came back (VisionEncoderDecoder): pair it with the images side.
             image_processor = transformers.AutoImageProcessor.from_pretrained(
-                folder, trust_remote_code=False)
+                folder, trust_remote_code=trust_remote_code
+            )
             return transformers.VisionTextDualEncoderProcessor(
-                image_processor=image_processor, tokenizer=processor)
+                image_processor=image_processor, tokenizer=processor
+            )
         return processor
-    return transformers.AutoImageProcessor.from_pretrained(folder, trust_remote_code=False)
+    return transformers.AutoImageProcessor.from_pretrained(
+        folder, trust_remote_code=trust_remote_code
+    )

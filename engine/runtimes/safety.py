@@ -5,6 +5,7 @@ refuses any global outside torch's tensor-rebuilding machinery, naming it in the
 `safe_torch_load` then loads with `torch.load(weights_only=True)`, torch's own
 restricted unpickler. safetensors files need neither: they hold no code by design.
 """
+
 from __future__ import annotations
 
 import io
@@ -31,8 +32,22 @@ _SAFE_GLOBALS = {
     ("_codecs", "encode"),  # how protocol-2 pickles store bytes
 }
 _SAFE_TORCH_PREFIXES = ("torch._utils._rebuild_", "torch._tensor._rebuild_")
-_SAFE_TORCH_NAMES = {"Size", "device", "dtype", "float32", "float16", "bfloat16", "int64",
-                     "int32", "uint8", "bool", "float64", "int8", "int16", "complex64"}
+_SAFE_TORCH_NAMES = {
+    "Size",
+    "device",
+    "dtype",
+    "float32",
+    "float16",
+    "bfloat16",
+    "int64",
+    "int32",
+    "uint8",
+    "bool",
+    "float64",
+    "int8",
+    "int16",
+    "complex64",
+}
 # Inside the pickle only storage type names appear for torch; code-bearing torch
 # callables (torch.jit, torch._C, torch.load itself…) are not storages or rebuilders.
 _TORCH_STORAGE_SUFFIX = "Storage"
@@ -68,8 +83,15 @@ def _pickle_globals(stream: IO[bytes], max_pickles: int = 1) -> Iterator[tuple[s
                     yield "<unresolved>", "<STACK_GLOBAL with computed operands>"
                 else:
                     yield strings[-2], strings[-1]
-            elif name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE",
-                          "SHORT_BINSTRING", "BINSTRING", "STRING"):
+            elif name in (
+                "SHORT_BINUNICODE",
+                "BINUNICODE",
+                "BINUNICODE8",
+                "UNICODE",
+                "SHORT_BINSTRING",
+                "BINSTRING",
+                "STRING",
+            ):
                 strings.append(arg)
             elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
                 memo[int(arg)] = strings[-1] if strings else None
@@ -92,15 +114,20 @@ def scan_pickle_checkpoint(path: Path) -> None:
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
-                payloads = [(n, io.BytesIO(archive.read(n)), 1) for n in archive.namelist()
-                            if n.endswith(".pkl")]  # data.pkl: small, tensors live elsewhere
+                payloads = [
+                    (n, io.BytesIO(archive.read(n)), 1)
+                    for n in archive.namelist()
+                    if n.endswith(".pkl")
+                ]  # data.pkl: small, tensors live elsewhere
         else:
             # legacy torch.save: magic, protocol and sys-info pickles, then the data pickle
             # (streamed: old ESRGAN-era checkpoints can be large)
             payloads = [(path.name, open(path, "rb"), 4)]  # noqa: SIM115 - closed below
     except (OSError, zipfile.BadZipFile) as exc:
-        raise UnsafeCheckpointError(f"Checkpoint {path} could not be read ({exc}); "
-                                    f"re-download it or use a .safetensors file.") from exc
+        raise UnsafeCheckpointError(
+            f"Checkpoint {path} could not be read ({exc}); "
+            f"re-download it or use a .safetensors file."
+        ) from exc
     for member, stream, count in payloads:
         try:
             with stream:
@@ -111,13 +138,15 @@ def scan_pickle_checkpoint(path: Path) -> None:
             # Every pickle up to the data one must parse, or we cannot vouch for the file.
             raise UnsafeCheckpointError(
                 f"Checkpoint {path} ({member}) is not a well-formed pickle ({exc}); "
-                f"Ocula will not load it. Use a .safetensors file instead.") from exc
+                f"Ocula will not load it. Use a .safetensors file instead."
+            ) from exc
     if bad:
         raise UnsafeCheckpointError(
             f"Checkpoint {path} is not plain weights: its pickle would import "
             f"{', '.join(sorted(bad))}, which could run code on this computer. Ocula refused "
             f"to load it. Use the model's .safetensors file, or convert the checkpoint on a "
-            f"machine you do not mind exposing.")
+            f"machine you do not mind exposing."
+        )
 
 
 def safe_torch_load(path: Path, *, map_location: Any = "cpu") -> Any:
@@ -126,14 +155,16 @@ def safe_torch_load(path: Path, *, map_location: Any = "cpu") -> Any:
 
     scan_pickle_checkpoint(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True,
-                          mmap=zipfile.is_zipfile(path))
+        return torch.load(
+            path, map_location=map_location, weights_only=True, mmap=zipfile.is_zipfile(path)
+        )
     except pickle.UnpicklingError as exc:
         raise UnsafeCheckpointError(
             f"Checkpoint {path} was refused by torch's weights-only loader ({exc}). "
-            f"Ocula loads pickles as weights only. Use a .safetensors file instead.") from exc
+            f"Ocula loads pickles as weights only. Use a .safetensors file instead."
+        ) from exc
     except RuntimeError as exc:  # torch's reader on a truncated or corrupt archive
         raise UnsupportedModelError(
             f"Checkpoint {path} could not be read ({exc}). The file is probably incomplete or "
-            f"corrupt: download it again.") from exc
-
+            f"corrupt: download it again."
+        ) from exc

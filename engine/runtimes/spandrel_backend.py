@@ -6,6 +6,7 @@ those so restore tasks ask instead of guessing. Pickle checkpoints are scanned a
 loaded with `torch.load(weights_only=True)` (engine.runtimes.safety) — never through
 TorchScript or a full unpickler.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -88,8 +89,10 @@ class SpandrelRunner(Runner):
         with self.lock, torch.inference_mode():
             if isinstance(self.descriptor, spandrel.MaskedImageModelDescriptor):
                 if "mask" not in inputs:
-                    raise UnsupportedModelError(f"Model '{self.card.id}' ({self.architecture}) "
-                                                f"inpaints: it needs a 'mask' input.")
+                    raise UnsupportedModelError(
+                        f"Model '{self.card.id}' ({self.architecture}) "
+                        f"inpaints: it needs a 'mask' input."
+                    )
                 mask = to_device(inputs["mask"], self.device, self.dtype)
                 result = self.descriptor(image, mask)
             else:
@@ -109,14 +112,17 @@ def find_checkpoint(card: ModelCard, snapshot: Path) -> tuple[Path, list[str]]:
     if not candidates:
         raise UnsupportedModelError(
             f"Model '{card.id}': no checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}) in {snapshot}. "
-            f"Download the model again or import the checkpoint file itself.")
+            f"Download the model again or import the checkpoint file itself."
+        )
     candidates.sort(key=lambda p: CHECKPOINT_SUFFIXES.index(p.suffix.lower()))
     chosen = candidates[0]
     notes = []
     if len(candidates) > 1:
         others = ", ".join(p.name for p in candidates[1:])
-        notes.append(f"loaded {chosen.name}; the folder also holds {others} (import a single file "
-                     f"to choose another)")
+        notes.append(
+            f"loaded {chosen.name}; the folder also holds {others} (import a single file "
+            f"to choose another)"
+        )
     return chosen, notes
 
 
@@ -132,14 +138,18 @@ def load_descriptor(path: Path) -> Any:
         raise UnsupportedModelError(
             f"spandrel {spandrel.__version__} does not recognise the architecture of {path.name}: "
             f"it is not one of the restoration models it supports, or the file is not a "
-            f"state dict. Check the file, or convert it to ONNX and import that.") from exc
+            f"state dict. Check the file, or convert it to ONNX and import that."
+        ) from exc
 
 
 def _choose_dtype(descriptor: Any, placement: Placement) -> Placement:
     """Keep the planned precision if the architecture supports it; otherwise fp32, said aloud."""
     precision = placement.precision
-    supported = {"fp32": True, "fp16": descriptor.supports_half,
-                 "bf16": descriptor.supports_bfloat16}[precision]
+    supported = {
+        "fp32": True,
+        "fp16": descriptor.supports_half,
+        "bf16": descriptor.supports_bfloat16,
+    }[precision]
     if supported:
         return placement
     why = f"{descriptor.architecture.name} does not support {precision} (spandrel); running fp32"
@@ -148,15 +158,22 @@ def _choose_dtype(descriptor: Any, placement: Placement) -> Placement:
 
 
 @register_loader("spandrel")
-def load_spandrel(card: ModelCard, snapshot: Path, placement: Placement, *,
-                  progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-                  **_: Any) -> SpandrelRunner:
+def load_spandrel(
+    card: ModelCard,
+    snapshot: Path,
+    placement: Placement,
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    **_: Any,
+) -> SpandrelRunner:
     path, notes = find_checkpoint(card, Path(snapshot))
     if cancel is not None:
         cancel.raise_if_cancelled()
     if progress is not None:
-        progress(Progress(stage="load", done=0, total=1, item=path.name,
-                          message=f"loading {card.name}"))
+        progress(
+            Progress(stage="load", done=0, total=1, item=path.name, message=f"loading {card.name}")
+        )
     descriptor = load_descriptor(path)
     placement = _choose_dtype(descriptor, placement)
     descriptor.to(torch.device(placement.device))
@@ -169,6 +186,13 @@ def load_spandrel(card: ModelCard, snapshot: Path, placement: Placement, *,
     if cancel is not None:
         cancel.raise_if_cancelled()
     if progress is not None:
-        progress(Progress(stage="load", done=1, total=1, item=path.name,
-                          message=f"loaded {card.name} ({placement.describe()})"))
+        progress(
+            Progress(
+                stage="load",
+                done=1,
+                total=1,
+                item=path.name,
+                message=f"loaded {card.name} ({placement.describe()})",
+            )
+        )
     return runner

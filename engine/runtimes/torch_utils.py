@@ -1,4 +1,5 @@
 """Small torch helpers shared by the transformers and spandrel backends (imports torch)."""
+
 from __future__ import annotations
 
 import gc
@@ -27,8 +28,11 @@ def to_device(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
         if value.is_floating_point():
             return value.to(device=device, dtype=dtype)
         return value.to(device=device)
-    if isinstance(value, (list, tuple)) and value and all(
-            isinstance(v, (torch.Tensor, np.ndarray)) for v in value):
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in value)
+    ):
         return type(value)(to_device(v, device, dtype) for v in value)
     return value  # flags such as output_attentions=True pass through unchanged
 

@@ -8,6 +8,7 @@ Safety: `trust_remote_code` is only ever True for a repo+revision the user allow
 settings; weights come from safetensors when the folder has them, and pickles (.bin)
 are scanned and then loaded by transformers through `torch.load(weights_only=True)`.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,12 @@ EAGER_NOTE = "loaded with eager attention for attention maps (fused kernels retu
 # Auto classes to try, per task, when config.architectures names nothing transformers has.
 _AUTO_BY_TASK: dict[str, tuple[str, ...]] = {
     "detect": ("AutoModelForObjectDetection", "AutoModelForZeroShotObjectDetection"),
-    "segment": ("AutoModelForSemanticSegmentation", "AutoModelForUniversalSegmentation",
-                "AutoModelForInstanceSegmentation", "AutoModelForMaskGeneration"),
+    "segment": (
+        "AutoModelForSemanticSegmentation",
+        "AutoModelForUniversalSegmentation",
+        "AutoModelForInstanceSegmentation",
+        "AutoModelForMaskGeneration",
+    ),
     "caption": ("AutoModelForImageTextToText", "VisionEncoderDecoderModel"),
     "restore": ("AutoModelForImageToImage", "Swin2SRForImageSuperResolution"),
     "features": ("AutoModel",),
@@ -59,8 +64,9 @@ _AUTO_BY_VARIANT: dict[str, tuple[str, ...]] = {
 class TransformersRunner(Runner):
     """A transformers PreTrainedModel on a device, in eval mode."""
 
-    def __init__(self, card: ModelCard, placement: Placement, model: torch.nn.Module,
-                 processor: Any = None) -> None:
+    def __init__(
+        self, card: ModelCard, placement: Placement, model: torch.nn.Module, processor: Any = None
+    ) -> None:
         super().__init__(card, placement, processor=processor, memory_bytes=module_bytes(model))
         self._model: torch.nn.Module | None = model
         self.device = torch.device(placement.device)
@@ -104,16 +110,19 @@ def _read_config(folder: Path, card: ModelCard) -> dict[str, Any]:
         raise UnsupportedModelError(
             f"Model '{card.id}': {folder} has no config.json, so it is not a transformers model "
             f"folder. Check the card's runtime (spandrel for .pth/.safetensors checkpoints, onnx "
-            f"for .onnx files) or re-download the model.")
+            f"for .onnx files) or re-download the model."
+        )
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise UnsupportedModelError(f"Model '{card.id}': {path} is not valid JSON ({exc}); "
-                                    f"re-download the model.") from exc
+        raise UnsupportedModelError(
+            f"Model '{card.id}': {path} is not valid JSON ({exc}); re-download the model."
+        ) from exc
 
 
-def _remote_code_allowed(card: ModelCard, raw_config: dict[str, Any],
-                         settings: Settings | None) -> bool:
+def _remote_code_allowed(
+    card: ModelCard, raw_config: dict[str, Any], settings: Settings | None
+) -> bool:
     """False when the model needs no remote code; True when it needs it AND the user allowed it."""
     needs = card.trust_remote_code or "auto_map" in raw_config
     if not needs:
@@ -121,13 +130,17 @@ def _remote_code_allowed(card: ModelCard, raw_config: dict[str, Any],
     repo = card.repo or card.local_path or card.id
     if settings is not None and settings.allows_remote_code(repo, card.revision):
         return True
-    reason = ("its config.json maps classes to code in the repository (auto_map)"
-              if "auto_map" in raw_config else "its catalog card says so")
+    reason = (
+        "its config.json maps classes to code in the repository (auto_map)"
+        if "auto_map" in raw_config
+        else "its catalog card says so"
+    )
     raise RemoteCodeRefused(repo, card.revision, reason)
 
 
-def _model_class(card: ModelCard, config: Any, raw_config: dict[str, Any],
-                 remote_code: bool) -> Any:
+def _model_class(
+    card: ModelCard, config: Any, raw_config: dict[str, Any], remote_code: bool
+) -> Any:
     names = [card.architecture] if card.architecture else list(config.architectures or [])
     for name in names:
         cls = getattr(transformers, name, None)
@@ -147,12 +160,17 @@ def _model_class(card: ModelCard, config: Any, raw_config: dict[str, Any],
         mapping = getattr(cls, "_model_mapping", None)
         if mapping is not None and type(config) in mapping:
             return cls
-        if cls is not None and mapping is None and getattr(cls, "config_class", None) is type(config):
+        if (
+            cls is not None
+            and mapping is None
+            and getattr(cls, "config_class", None) is type(config)
+        ):
             return cls  # a concrete class such as VisionEncoderDecoderModel
     raise UnsupportedModelError(
         f"Model '{card.id}': transformers {transformers.__version__} has no class for "
         f"architecture {names or '(none listed)'} (model_type '{raw_config.get('model_type')}') "
-        f"for task(s) {', '.join(card.tasks)}. Upgrade transformers or pick another model.")
+        f"for task(s) {', '.join(card.tasks)}. Upgrade transformers or pick another model."
+    )
 
 
 def _weights_kwargs(folder: Path) -> dict[str, Any]:
@@ -164,10 +182,17 @@ def _weights_kwargs(folder: Path) -> dict[str, Any]:
 
 
 @register_loader("transformers")
-def load_transformers(card: ModelCard, snapshot: Path, placement: Placement, *,
-                      attention: bool = False, settings: Settings | None = None,
-                      progress: ProgressCallback | None = None,
-                      cancel: CancelToken | None = None, **_: Any) -> TransformersRunner:
+def load_transformers(
+    card: ModelCard,
+    snapshot: Path,
+    placement: Placement,
+    *,
+    attention: bool = False,
+    settings: Settings | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    **_: Any,
+) -> TransformersRunner:
     folder = Path(snapshot)
     folder = folder.parent if folder.is_file() else folder
     raw_config = _read_config(folder, card)
@@ -175,12 +200,22 @@ def load_transformers(card: ModelCard, snapshot: Path, placement: Placement, *,
     if cancel is not None:
         cancel.raise_if_cancelled()
     if progress is not None:
-        progress(Progress(stage="load", done=0, total=1, item=card.id,
-                          message=f"loading {card.name} ({placement.describe()})"))
+        progress(
+            Progress(
+                stage="load",
+                done=0,
+                total=1,
+                item=card.id,
+                message=f"loading {card.name} ({placement.describe()})",
+            )
+        )
     config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=remote_code)
     cls = _model_class(card, config, raw_config, remote_code)
-    kwargs: dict[str, Any] = dict(_weights_kwargs(folder), dtype=torch_dtype(placement.precision),
-                                  trust_remote_code=remote_code)
+    kwargs: dict[str, Any] = dict(
+        _weights_kwargs(folder),
+        dtype=torch_dtype(placement.precision),
+        trust_remote_code=remote_code,
+    )
     if attention:
         kwargs["attn_implementation"] = "eager"
     try:
@@ -188,20 +223,37 @@ def load_transformers(card: ModelCard, snapshot: Path, placement: Placement, *,
     except pickle.UnpicklingError as exc:
         raise UnsafeCheckpointError(
             f"Model '{card.id}': a checkpoint in {folder} was refused by torch's weights-only "
-            f"loader ({exc}). Use the model's .safetensors weights instead.") from exc
+            f"loader ({exc}). Use the model's .safetensors weights instead."
+        ) from exc
     model = model.to(placement.device).eval()
-    processor = load_processor(folder)
+    try:
+        processor = load_processor(folder, trust_remote_code=remote_code)
+    except (OSError, ValueError, ImportError, KeyError) as exc:
+        raise UnsupportedModelError(
+            f"Model '{card.id}': the processor/tokenizer files in {folder} could not be loaded "
+            f"({exc}). Re-download the model; if the message names a missing package, install "
+            f"it."
+        ) from exc
     runner = TransformersRunner(card, placement, model, processor)
     if attention:
         runner.notes.append(EAGER_NOTE)
     if remote_code:
-        runner.notes.append(f"runs Python code from the repository {card.repo or folder} "
-                            f"(allowed in settings for revision {card.revision})")
+        runner.notes.append(
+            f"runs Python code from the repository {card.repo or folder} "
+            f"(allowed in settings for revision {card.revision})"
+        )
     if placement.fallback:
         runner.notes.append(f"fallback: {placement.fallback}")
     if cancel is not None:
         cancel.raise_if_cancelled()
     if progress is not None:
-        progress(Progress(stage="load", done=1, total=1, item=card.id,
-                          message=f"loaded {card.name} ({placement.describe()})"))
+        progress(
+            Progress(
+                stage="load",
+                done=1,
+                total=1,
+                item=card.id,
+                message=f"loaded {card.name} ({placement.describe()})",
+            )
+        )
     return runner

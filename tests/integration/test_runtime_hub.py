@@ -1,4 +1,5 @@
 """load_runner end to end: a tiny model published on the local hub, fetched, loaded, run."""
+
 from __future__ import annotations
 
 import json
@@ -14,16 +15,23 @@ from tests.fixtures.repos import tiny_vit_classifier
 
 
 def hub_card(repo: str, revision: str | None = None) -> ModelCard:
-    return ModelCard(id=f"hub:{repo}", name=repo, tasks=("features",), runtime="transformers",
-                     repo=repo, revision=revision)
+    return ModelCard(
+        id=f"hub:{repo}",
+        name=repo,
+        tasks=("features",),
+        runtime="transformers",
+        repo=repo,
+        revision=revision,
+    )
 
 
 def test_fetch_then_load_and_run(hub, tmp_path):
     folder = tiny_vit_classifier(tmp_path / "vit")
     sha = hub.add_repo("org/tiny-vit", folder)
     events = []
-    runner = load_runner(hub_card("org/tiny-vit", sha), device="cpu", settings=Settings(),
-                         progress=events.append)
+    runner = load_runner(
+        hub_card("org/tiny-vit", sha), device="cpu", settings=Settings(), progress=events.append
+    )
     stages = [e.stage for e in events]
     assert "download" in stages and stages[-1] == "load"  # download, then load, in one stream
     assert runner.placement.describe() == "transformers on cpu (fp32)"

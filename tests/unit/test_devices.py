@@ -1,4 +1,5 @@
 """engine.devices: discovery on this machine and placement planning for given reports."""
+
 from __future__ import annotations
 
 import subprocess
@@ -18,19 +19,40 @@ def card(runtime="transformers", **extra) -> ModelCard:
     return ModelCard(id="m", name="M", tasks=("detect",), runtime=runtime, **extra)
 
 
-def report(*, cuda=(), mps=False, mps_bf16=False, providers=("CPUExecutionProvider",),
-           torch_cuda_build=None) -> DeviceReport:
-    return DeviceReport(cpu_name="cpu", cpu_cores=8, cpu_cores_available=8, cuda=tuple(cuda),
-                        mps=mps, mps_bf16=mps_bf16, onnx_providers=tuple(providers),
-                        versions={"torch": "2.x"}, torch_cuda_build=torch_cuda_build)
+def report(
+    *,
+    cuda=(),
+    mps=False,
+    mps_bf16=False,
+    providers=("CPUExecutionProvider",),
+    torch_cuda_build=None,
+) -> DeviceReport:
+    return DeviceReport(
+        cpu_name="cpu",
+        cpu_cores=8,
+        cpu_cores_available=8,
+        cuda=tuple(cuda),
+        mps=mps,
+        mps_bf16=mps_bf16,
+        onnx_providers=tuple(providers),
+        versions={"torch": "2.x"},
+        torch_cuda_build=torch_cuda_build,
+    )
 
 
 def gpu(index=0, capability=(8, 6), free=20 * GIB, name="RTX") -> CudaDevice:
-    return CudaDevice(index=index, name=name, total_bytes=24 * GIB, free_bytes=free,
-                      capability=capability, supports_bf16=capability >= (8, 0))
+    return CudaDevice(
+        index=index,
+        name=name,
+        total_bytes=24 * GIB,
+        free_bytes=free,
+        capability=capability,
+        supports_bf16=capability >= (8, 0),
+    )
 
 
 # -- this machine ------------------------------------------------------------------------
+
 
 def test_discover_this_machine():
     import onnxruntime
@@ -62,15 +84,19 @@ def test_real_cuda_request_on_this_machine_is_announced():
 
 
 def test_importing_devices_and_runtimes_does_not_import_torch():
-    code = ("import sys, engine.devices, engine.runtimes, engine.runtimes.cache; "
-            "heavy = [m for m in ('torch', 'transformers', 'onnxruntime', 'spandrel') "
-            "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                            check=False)
+    code = (
+        "import sys, engine.devices, engine.runtimes, engine.runtimes.cache; "
+        "heavy = [m for m in ('torch', 'transformers', 'onnxruntime', 'spandrel') "
+        "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 # -- planning torch backends ---------------------------------------------------------------
+
 
 def test_auto_prefers_cuda_fp16_then_mps_then_cpu():
     assert plan(card(), report=report(cuda=[gpu()])).device == "cuda:0"
@@ -135,21 +161,30 @@ def test_bad_requests_raise_device_errors():
 
 # -- planning ONNX ---------------------------------------------------------------------------
 
+
 def test_onnx_provider_choice_and_fallbacks():
     cpu_only = report()
     placement = plan(card("onnx"), device="cuda", report=cpu_only)
     assert placement.provider == "CPUExecutionProvider" and placement.device == "cpu"
-    assert "no CUDAExecutionProvider" in placement.fallback and "onnxruntime-gpu" in placement.fallback
-    with_cuda = report(providers=("TensorrtExecutionProvider", "CUDAExecutionProvider",
-                                  "CPUExecutionProvider"))
+    assert (
+        "no CUDAExecutionProvider" in placement.fallback and "onnxruntime-gpu" in placement.fallback
+    )
+    with_cuda = report(
+        providers=("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    )
     auto = plan(card("onnx"), report=with_cuda)
     assert (auto.provider, auto.device, auto.fallback) == ("CUDAExecutionProvider", "cuda:0", None)
     trt = plan(card("onnx"), device="tensorrt", report=with_cuda)
     assert trt.provider == "TensorrtExecutionProvider"
-    dml = plan(card("onnx"), report=report(providers=("DmlExecutionProvider", "CPUExecutionProvider")))
+    dml = plan(
+        card("onnx"), report=report(providers=("DmlExecutionProvider", "CPUExecutionProvider"))
+    )
     assert dml.provider == "DmlExecutionProvider" and dml.device == "directml:0"
-    coreml = plan(card("onnx"), device="mps",
-                  report=report(providers=("CoreMLExecutionProvider", "CPUExecutionProvider")))
+    coreml = plan(
+        card("onnx"),
+        device="mps",
+        report=report(providers=("CoreMLExecutionProvider", "CPUExecutionProvider")),
+    )
     assert coreml.provider == "CoreMLExecutionProvider"
     bf16 = plan(card("onnx"), precision="bf16", report=cpu_only)
     assert bf16.precision == "fp32" and "bf16 is not offered" in bf16.fallback
@@ -161,6 +196,8 @@ def test_describe_plan_for_doctor():
     big = card(params=100_000_000)
     ampere = report(cuda=[gpu()])
     text = describe_plan(big, plan(big, report=ampere), ampere)
-    assert "runs on: cuda:0 in fp16" in text and "MB free on RTX" in text and "fallback: none" in text
+    assert (
+        "runs on: cuda:0 in fp16" in text and "MB free on RTX" in text and "fallback: none" in text
+    )
     text = describe_plan(big, plan(big, device="cuda", report=report()), report())
     assert "fallback: cuda requested but no CUDA device found" in text

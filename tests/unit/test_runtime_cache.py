@@ -1,4 +1,5 @@
 """RunnerCache: LRU by measured runner size against settings.runner_cache_mb."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,10 +17,22 @@ MB = 2**20
 def onnx_model(folder: Path, name: str, width: int) -> ModelCard:
     """An ONNX linear layer of width*width floats (its file size is what the cache counts)."""
     path = folder / f"{name}.onnx"
-    torch.onnx.export(torch.nn.Linear(width, width), (torch.rand(1, width),), str(path),
-                      dynamo=False, input_names=["pixel_values"], output_names=["logits"])
-    return ModelCard(id=name, name=name, tasks=("features",), runtime="onnx", source=Source.LOCAL,
-                     local_path=str(path))
+    torch.onnx.export(
+        torch.nn.Linear(width, width),
+        (torch.rand(1, width),),
+        str(path),
+        dynamo=False,
+        input_names=["pixel_values"],
+        output_names=["logits"],
+    )
+    return ModelCard(
+        id=name,
+        name=name,
+        tasks=("features",),
+        runtime="onnx",
+        source=Source.LOCAL,
+        local_path=str(path),
+    )
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 """CUDA paths of the three backends. Skipped (with the reason) on machines without CUDA."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,13 +13,22 @@ from engine.runtimes import RunnerCache, load_runner
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(),
+        reason="needs a CUDA device (torch.cuda.is_available() is False)",
+    ),
 ]
 
 
 def card(path: Path, runtime: str, tasks=("features",)) -> ModelCard:
-    return ModelCard(id=f"local:{path.name}-{runtime}", name=path.name, tasks=tasks, runtime=runtime,
-                     source=Source.LOCAL, local_path=str(path))
+    return ModelCard(
+        id=f"local:{path.name}-{runtime}",
+        name=path.name,
+        tasks=tasks,
+        runtime=runtime,
+        source=Source.LOCAL,
+        local_path=str(path),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +42,9 @@ def test_discover_lists_the_gpu():
     report = discover(refresh=True)
     assert report.has_cuda and report.cuda[0].total_bytes > 0
     assert report.cuda[0].name == torch.cuda.get_device_name(0)
-    assert report.cuda[0].free_bytes is None or report.cuda[0].free_bytes <= report.cuda[0].total_bytes
+    assert (
+        report.cuda[0].free_bytes is None or report.cuda[0].free_bytes <= report.cuda[0].total_bytes
+    )
 
 
 def test_transformers_auto_runs_fp16_on_cuda_and_matches_cpu(vit_folder):
@@ -44,7 +56,9 @@ def test_transformers_auto_runs_fp16_on_cuda_and_matches_cpu(vit_folder):
     x = torch.rand(2, 3, 32, 32)
     out = gpu.forward({"pixel_values": x})
     assert out.logits.device.type == "cpu" and out.logits.dtype == torch.float32
-    torch.testing.assert_close(out.logits, cpu.forward({"pixel_values": x}).logits, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(
+        out.logits, cpu.forward({"pixel_values": x}).logits, atol=2e-2, rtol=2e-2
+    )
     eager = load_runner(card(vit_folder, "transformers"), attention=True)
     maps = eager.forward({"pixel_values": x, "output_attentions": True}).attentions
     assert maps[0].device.type == "cpu" and maps[0].shape[-1] == 17
@@ -84,8 +98,14 @@ def test_onnx_on_cuda_or_fallback_announced(tmp_path):
 
     module = torch.nn.Conv2d(3, 4, 3)
     path = tmp_path / "m.onnx"
-    torch.onnx.export(module, (torch.rand(1, 3, 8, 8),), str(path), dynamo=False,
-                      input_names=["pixel_values"], output_names=["logits"])
+    torch.onnx.export(
+        module,
+        (torch.rand(1, 3, 8, 8),),
+        str(path),
+        dynamo=False,
+        input_names=["pixel_values"],
+        output_names=["logits"],
+    )
     runner = load_runner(card(path, "onnx"), device="cuda")
     actual = runner.sessions["model"].get_providers()[0]
     assert runner.placement.provider == actual
@@ -98,4 +118,6 @@ def test_onnx_on_cuda_or_fallback_announced(tmp_path):
         assert "no CUDAExecutionProvider" in runner.placement.fallback
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
-        torch.testing.assert_close(runner.forward({"pixel_values": x}).logits, module(x), atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            runner.forward({"pixel_values": x}).logits, module(x), atol=1e-4, rtol=0
+        )

@@ -1,4 +1,5 @@
 """ONNX backend: tiny torch modules exported with torch.onnx.export, run through load_runner."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,17 +18,32 @@ from engine.runtimes.onnx_backend import OnnxRunner, default_thread_count, load_
 
 
 def onnx_card(path: Path, tasks=("detect",), **extra) -> ModelCard:
-    return ModelCard(id=f"local:{path.name}", name=path.name, tasks=tuple(tasks), runtime="onnx",
-                     source=Source.LOCAL, local_path=str(path), **extra)
+    return ModelCard(
+        id=f"local:{path.name}",
+        name=path.name,
+        tasks=tuple(tasks),
+        runtime="onnx",
+        source=Source.LOCAL,
+        local_path=str(path),
+        **extra,
+    )
 
 
-def export(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str],
-           outputs: list[str]) -> Path:
+def export(
+    module: torch.nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str]
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # The TorchScript exporter works offline; the dynamo exporter needs onnxscript.
-    torch.onnx.export(module.eval(), args, str(path), dynamo=False, input_names=inputs,
-                      output_names=outputs, opset_version=17,
-                      dynamic_axes={name: {0: "batch"} for name in inputs + outputs})
+    torch.onnx.export(
+        module.eval(),
+        args,
+        str(path),
+        dynamo=False,
+        input_names=inputs,
+        output_names=outputs,
+        opset_version=17,
+        dynamic_axes={name: {0: "batch"} for name in inputs + outputs},
+    )
     return path
 
 
@@ -62,8 +78,13 @@ class TinyTextImage(torch.nn.Module):
 @pytest.fixture(scope="module")
 def detector_file(tmp_path_factory) -> tuple[Path, TinyDetector]:
     module = TinyDetector()
-    path = export(module, (torch.rand(1, 3, 16, 16),), tmp_path_factory.mktemp("det") / "det.onnx",
-                  ["pixel_values"], ["logits", "pred_boxes"])
+    path = export(
+        module,
+        (torch.rand(1, 3, 16, 16),),
+        tmp_path_factory.mktemp("det") / "det.onnx",
+        ["pixel_values"],
+        ["logits", "pred_boxes"],
+    )
     return path, module
 
 
@@ -76,8 +97,9 @@ def test_single_file_forward_matches_torch(detector_file):
     assert runner.placement.precision == "fp32" and runner.placement.fallback is None
     assert runner.memory_bytes == path.stat().st_size
     x = torch.rand(2, 3, 16, 16, dtype=torch.float64)  # float64 in: cast to what the graph wants
-    out = runner.forward({"pixel_values": x, "pixel_mask": np.ones((2, 16, 16), np.int64),
-                          "output_attentions": True})  # names the graph lacks are not fed
+    out = runner.forward(
+        {"pixel_values": x, "pixel_mask": np.ones((2, 16, 16), np.int64), "output_attentions": True}
+    )  # names the graph lacks are not fed
     with torch.no_grad():
         logits, boxes = module(x.float())
     assert isinstance(out.logits, torch.Tensor) and out.logits.dtype == torch.float32
@@ -88,8 +110,13 @@ def test_single_file_forward_matches_torch(detector_file):
 def test_int_inputs_cast_and_missing_inputs_named(tmp_path):
     module = TinyTextImage()
     args = (torch.tensor([[1, 2, 3]]), torch.tensor([[1, 1, 0]]), torch.rand(1, 3, 8, 8))
-    path = export(module, args, tmp_path / "grounding.onnx",
-                  ["input_ids", "attention_mask", "pixel_values"], ["logits"])
+    path = export(
+        module,
+        args,
+        tmp_path / "grounding.onnx",
+        ["input_ids", "attention_mask", "pixel_values"],
+        ["logits"],
+    )
     runner = load_runner(onnx_card(path), device="cpu")
     ids = np.array([[4, 5, 6]], np.int32)  # int32 in; the graph wants int64
     mask = torch.tensor([[1, 0, 1]])
@@ -118,8 +145,9 @@ def test_single_input_graph_accepts_pixel_values_under_another_name(tmp_path):
 
 def test_sidecar_layout_aliases_outputs_and_input_name(tmp_path):
     module = TinyDetector(seed=3)
-    path = export(module, (torch.rand(1, 3, 16, 16),), tmp_path / "detr.onnx", ["images"],
-                  ["out0", "out1"])
+    path = export(
+        module, (torch.rand(1, 3, 16, 16),), tmp_path / "detr.onnx", ["images"], ["out0", "out1"]
+    )
     sidecar = {"output": "detr", "input_name": "images"}
     runner = load_runner(onnx_card(path, sidecar=sidecar), device="cpu")
     x = torch.rand(1, 3, 16, 16)
@@ -134,13 +162,28 @@ def test_sidecar_layout_aliases_outputs_and_input_name(tmp_path):
 def test_multi_file_export_keeps_sessions_by_stem(tmp_path):
     encoder = torch.nn.Linear(4, 6)
     decoder = torch.nn.Linear(6, 3)
-    export(encoder, (torch.rand(1, 4),), tmp_path / "onnx" / "encoder_model.onnx",
-           ["pixel_values"], ["last_hidden_state"])
-    export(decoder, (torch.rand(1, 6),), tmp_path / "onnx" / "decoder_model_merged.onnx",
-           ["encoder_hidden_states"], ["logits"])
+    export(
+        encoder,
+        (torch.rand(1, 4),),
+        tmp_path / "onnx" / "encoder_model.onnx",
+        ["pixel_values"],
+        ["last_hidden_state"],
+    )
+    export(
+        decoder,
+        (torch.rand(1, 6),),
+        tmp_path / "onnx" / "decoder_model_merged.onnx",
+        ["encoder_hidden_states"],
+        ["logits"],
+    )
     # the un-merged decoder is superseded by the merged one and must not be loaded
-    export(decoder, (torch.rand(1, 6),), tmp_path / "onnx" / "decoder_model.onnx",
-           ["encoder_hidden_states"], ["logits"])
+    export(
+        decoder,
+        (torch.rand(1, 6),),
+        tmp_path / "onnx" / "decoder_model.onnx",
+        ["encoder_hidden_states"],
+        ["logits"],
+    )
     runner = load_runner(onnx_card(tmp_path, tasks=("caption",)), device="cpu")
     assert set(runner.sessions) == {"encoder_model", "decoder_model_merged"}
     with pytest.raises(UnsupportedModelError, match="several ONNX graphs"):
@@ -151,8 +194,13 @@ def test_multi_file_export_keeps_sessions_by_stem(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(logits, decoder(encoder(x)), atol=1e-5, rtol=0)
     # sidecar roles are extra keys to the same sessions
-    roles = {"output": "seq2seq", "graphs": {"encoder": "onnx/encoder_model.onnx",
-                                             "decoder": "onnx/decoder_model_merged.onnx"}}
+    roles = {
+        "output": "seq2seq",
+        "graphs": {
+            "encoder": "onnx/encoder_model.onnx",
+            "decoder": "onnx/decoder_model_merged.onnx",
+        },
+    }
     runner = load_runner(onnx_card(tmp_path, tasks=("caption",), sidecar=roles), device="cpu")
     assert runner.sessions["encoder"] is runner.sessions["encoder_model"]
     assert runner.sessions["decoder"] is runner.sessions["decoder_model_merged"]
@@ -164,10 +212,15 @@ def _fp16_graph(path: Path) -> Path:
     two = numpy_helper.from_array(np.array(2, np.float16), "two")
     one = numpy_helper.from_array(np.array(1, np.float16), "one")
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["pixel_values", "two"], ["scaled"]),
-         helper.make_node("Add", ["scaled", "one"], ["logits"])], "half",
+        [
+            helper.make_node("Mul", ["pixel_values", "two"], ["scaled"]),
+            helper.make_node("Add", ["scaled", "one"], ["logits"]),
+        ],
+        "half",
         [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT16, ["b", 3])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT16, ["b", 3])], [two, one])
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT16, ["b", 3])],
+        [two, one],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -176,13 +229,17 @@ def _fp16_graph(path: Path) -> Path:
 
 def test_precision_variants_choose_files_and_announce(tmp_path):
     fp32 = torch.nn.Linear(3, 3)
-    export(fp32, (torch.rand(1, 3),), tmp_path / "onnx" / "model.onnx", ["pixel_values"], ["logits"])
+    export(
+        fp32, (torch.rand(1, 3),), tmp_path / "onnx" / "model.onnx", ["pixel_values"], ["logits"]
+    )
     _fp16_graph(tmp_path / "onnx" / "model_fp16.onnx")
     x = torch.rand(2, 3)
     runner = load_runner(onnx_card(tmp_path, tasks=("features",)), device="cpu", precision="auto")
     assert runner.placement.precision == "fp32"
     with torch.no_grad():
-        torch.testing.assert_close(runner.forward({"pixel_values": x}).logits, fp32(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            runner.forward({"pixel_values": x}).logits, fp32(x), atol=1e-5, rtol=0
+        )
     half = load_runner(onnx_card(tmp_path, tasks=("features",)), device="cpu", precision="fp16")
     assert half.placement.precision == "fp16" and half.placement.fallback is None
     out = half.forward({"pixel_values": x})  # float32 in, cast to float16 for the graph
@@ -204,8 +261,9 @@ def test_cuda_request_without_cuda_is_announced(detector_file):
         assert "no CUDAExecutionProvider" in runner.placement.fallback
     # Asking onnxruntime for CUDA directly (as a naive loader would): the session lands on
     # the CPU, and the placement must say so rather than claim CUDA.
-    asked = Placement(backend="onnx", device="cuda:0", precision="fp32",
-                      provider="CUDAExecutionProvider")
+    asked = Placement(
+        backend="onnx", device="cuda:0", precision="fp32", provider="CUDAExecutionProvider"
+    )
     runner = load_onnx(card, path, asked)
     actual = runner.sessions["model"].get_providers()[0]
     assert runner.placement.provider == actual

@@ -1,4 +1,5 @@
 """Pickle checkpoints: plain weights load, anything that could run code is refused unrun."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,13 @@ from engine.runtimes.safety import safe_torch_load, scan_pickle_checkpoint
 def weights() -> dict:
     torch.manual_seed(0)
     return collections.OrderedDict(
-        conv=torch.randn(4, 3, 3, 3), half=torch.randn(3).half(), bf=torch.randn(2).bfloat16(),
-        ids=torch.arange(5), flags=torch.tensor([True, False]), shape_info=torch.Size([1, 2]))
+        conv=torch.randn(4, 3, 3, 3),
+        half=torch.randn(3).half(),
+        bf=torch.randn(2).bfloat16(),
+        ids=torch.arange(5),
+        flags=torch.tensor([True, False]),
+        shape_info=torch.Size([1, 2]),
+    )
 
 
 class Payload:
@@ -34,14 +40,20 @@ class Payload:
 def test_plain_weights_pass_and_load_equal(tmp_path, zipped):
     path = tmp_path / "w.pth"
     state = weights()
-    torch.save({"state_dict": state, "epoch": 3, "names": ["a", "b"]}, path,
-               _use_new_zipfile_serialization=zipped)
+    torch.save(
+        {"state_dict": state, "epoch": 3, "names": ["a", "b"]},
+        path,
+        _use_new_zipfile_serialization=zipped,
+    )
     scan_pickle_checkpoint(path)
     loaded = safe_torch_load(path)
     assert loaded["epoch"] == 3 and loaded["names"] == ["a", "b"]
     for key, value in state.items():
         if isinstance(value, torch.Tensor):
-            assert torch.equal(loaded["state_dict"][key], value) and loaded["state_dict"][key].dtype == value.dtype
+            assert (
+                torch.equal(loaded["state_dict"][key], value)
+                and loaded["state_dict"][key].dtype == value.dtype
+            )
     assert loaded["state_dict"]["shape_info"] == torch.Size([1, 2])
 
 
@@ -72,10 +84,21 @@ def test_stack_global_through_the_memo_is_resolved(tmp_path):
     def short_unicode(text: bytes) -> bytes:
         return b"\x8c" + struct.pack("<B", len(text)) + text
 
-    data = (b"\x80\x04" + short_unicode(b"posix") + b"\x94" + b"0"  # push, memoize, pop
-            + short_unicode(b"unrelated") + b"0"
-            + b"h\x00" + short_unicode(b"system") + b"\x93"  # BINGET 0, name, STACK_GLOBAL
-            + short_unicode(command) + b"\x85" + b"R" + b".")
+    data = (
+        b"\x80\x04"
+        + short_unicode(b"posix")
+        + b"\x94"
+        + b"0"  # push, memoize, pop
+        + short_unicode(b"unrelated")
+        + b"0"
+        + b"h\x00"
+        + short_unicode(b"system")
+        + b"\x93"  # BINGET 0, name, STACK_GLOBAL
+        + short_unicode(command)
+        + b"\x85"
+        + b"R"
+        + b"."
+    )
     path = tmp_path / "raw.pkl"
     path.write_bytes(data)
     with pytest.raises(UnsafeCheckpointError, match=r"posix\.system"):

@@ -1,4 +1,5 @@
 """spandrel backend: tiny checkpoints built from spandrel's own architecture classes."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,15 @@ from engine.runtimes.spandrel_backend import SpandrelRunner
 
 
 def restore_card(path: Path, **extra) -> ModelCard:
-    return ModelCard(id=f"local:{path.name}", name=path.name, tasks=("restore",),
-                     runtime="spandrel", source=Source.LOCAL, local_path=str(path), **extra)
+    return ModelCard(
+        id=f"local:{path.name}",
+        name=path.name,
+        tasks=("restore",),
+        runtime="spandrel",
+        source=Source.LOCAL,
+        local_path=str(path),
+        **extra,
+    )
 
 
 def tiny_compact(scale: int = 2) -> Compact:
@@ -68,8 +76,9 @@ def test_esrgan_wrapped_pth_in_a_folder(tmp_path):
     x = image(8, 8)
     with torch.no_grad():
         expected = module(x).clamp(0, 1)
-    torch.testing.assert_close(runner.forward({"pixel_values": x}).reconstruction, expected,
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        runner.forward({"pixel_values": x}).reconstruction, expected, rtol=0, atol=0
+    )
 
 
 def test_precision_fp16_on_cpu_falls_back_bf16_runs(tmp_path):
@@ -79,11 +88,15 @@ def test_precision_fp16_on_cpu_falls_back_bf16_runs(tmp_path):
     fp16 = load_runner(restore_card(path), device="cpu", precision="fp16")
     assert fp16.placement.precision == "fp32" and "fp16 on cpu" in fp16.placement.fallback
     bf16 = load_runner(restore_card(path), device="cpu", precision="bf16")
-    assert bf16.placement.precision == "bf16" and next(bf16.module.parameters()).dtype == torch.bfloat16
+    assert (
+        bf16.placement.precision == "bf16"
+        and next(bf16.module.parameters()).dtype == torch.bfloat16
+    )
     out = bf16.forward({"pixel_values": image()}).reconstruction
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out, fp16.forward({"pixel_values": image()}).reconstruction,
-                               atol=0.05, rtol=0)
+    torch.testing.assert_close(
+        out, fp16.forward({"pixel_values": image()}).reconstruction, atol=0.05, rtol=0
+    )
 
 
 def test_malicious_pth_refused_without_running(tmp_path):

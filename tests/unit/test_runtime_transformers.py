@@ -1,4 +1,5 @@
 """transformers backend: tiny random models saved to folders, loaded through load_runner."""
+
 from __future__ import annotations
 
 import json
@@ -19,14 +20,28 @@ from engine.settings import RemoteCodeGrant, Settings
 
 
 def card_for(folder: Path, tasks=("detect",), **extra) -> ModelCard:
-    return ModelCard(id=f"local:{folder.name}", name=folder.name, tasks=tuple(tasks),
-                     runtime="transformers", source=Source.LOCAL, local_path=str(folder), **extra)
+    return ModelCard(
+        id=f"local:{folder.name}",
+        name=folder.name,
+        tasks=tuple(tasks),
+        runtime="transformers",
+        source=Source.LOCAL,
+        local_path=str(folder),
+        **extra,
+    )
 
 
 def tiny_vit_config(**extra) -> transformers.ViTConfig:
-    return transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=37, image_size=32, patch_size=8,
-                                  num_labels=3, **extra)
+    return transformers.ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        image_size=32,
+        patch_size=8,
+        num_labels=3,
+        **extra,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +57,29 @@ def vit_folder(tmp_path_factory) -> Path:
 def detr_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("detr")
     config = transformers.DetrConfig(
-        use_timm_backbone=False, use_pretrained_backbone=False,
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
         backbone_config=transformers.ResNetConfig(
-            embedding_size=8, hidden_sizes=[8, 8, 16, 16], depths=[1, 1, 1, 1],
-            out_features=["stage4"]),
-        d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=5,
-        num_labels=4)
+            embedding_size=8,
+            hidden_sizes=[8, 8, 16, 16],
+            depths=[1, 1, 1, 1],
+            out_features=["stage4"],
+        ),
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=16,
+        decoder_ffn_dim=16,
+        num_queries=5,
+        num_labels=4,
+    )
     torch.manual_seed(0)
     transformers.DetrForObjectDetection(config).save_pretrained(folder)
-    transformers.DetrImageProcessor(size={"shortest_edge": 32, "longest_edge": 64}).save_pretrained(folder)
+    transformers.DetrImageProcessor(size={"shortest_edge": 32, "longest_edge": 64}).save_pretrained(
+        folder
+    )
     return folder
 
 
@@ -73,7 +101,8 @@ def test_vit_forward_equals_model_and_processor_loaded(vit_folder):
     assert isinstance(out.logits, torch.Tensor) and out.logits.device.type == "cpu"
     torch.testing.assert_close(out.logits, expected, rtol=0, atol=0)
     assert runner.memory_bytes == sum(p.numel() * 4 for p in runner.module.parameters()) + sum(
-        b.numel() * b.element_size() for b in runner.module.buffers())
+        b.numel() * b.element_size() for b in runner.module.buffers()
+    )
 
 
 def test_detr_outputs_feed_transformers_post_processing(detr_folder):
@@ -85,17 +114,30 @@ def test_detr_outputs_feed_transformers_post_processing(detr_folder):
         direct = runner.module(**inputs)
     torch.testing.assert_close(out.logits, direct.logits, rtol=0, atol=0)
     torch.testing.assert_close(out.pred_boxes, direct.pred_boxes, rtol=0, atol=0)
-    ours = runner.processor.post_process_object_detection(out, threshold=0.0, target_sizes=[(40, 56)])
-    theirs = runner.processor.post_process_object_detection(direct, threshold=0.0, target_sizes=[(40, 56)])
+    ours = runner.processor.post_process_object_detection(
+        out, threshold=0.0, target_sizes=[(40, 56)]
+    )
+    theirs = runner.processor.post_process_object_detection(
+        direct, threshold=0.0, target_sizes=[(40, 56)]
+    )
     torch.testing.assert_close(ours[0]["boxes"], theirs[0]["boxes"])
     torch.testing.assert_close(ours[0]["scores"], theirs[0]["scores"])
 
 
 def test_segformer_semantic(tmp_path):
     config = transformers.SegformerConfig(
-        num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16],
-        patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
-        decoder_hidden_size=16, num_labels=5)
+        num_channels=3,
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        sr_ratios=[2, 1],
+        hidden_sizes=[8, 16],
+        patch_sizes=[7, 3],
+        strides=[4, 2],
+        num_attention_heads=[1, 2],
+        mlp_ratios=[2, 2],
+        decoder_hidden_size=16,
+        num_labels=5,
+    )
     torch.manual_seed(0)
     transformers.SegformerForSemanticSegmentation(config).save_pretrained(tmp_path)
     runner = load_runner(card_for(tmp_path, tasks=("segment",), variant="semantic"), device="cpu")
@@ -115,7 +157,9 @@ def test_unknown_architecture_name_falls_back_to_task_auto_class(detr_folder, tm
     runner = load_runner(card_for(tmp_path, tasks=("detect",)), device="cpu")
     assert type(runner.module).__name__ == "DetrForObjectDetection"
     # the card's architecture overrides config.architectures
-    runner = load_runner(card_for(tmp_path, tasks=("features",), architecture="DetrModel"), device="cpu")
+    runner = load_runner(
+        card_for(tmp_path, tasks=("features",), architecture="DetrModel"), device="cpu"
+    )
     assert type(runner.module).__name__ == "DetrModel"
 
 
@@ -141,8 +185,9 @@ def test_fp16_on_cpu_falls_back_with_announcement_bf16_runs(vit_folder):
     assert next(bf16.module.parameters()).dtype == torch.bfloat16
     out = bf16.forward({"pixel_values": pixels()})
     assert out.logits.dtype == torch.float32  # widened for post-processing
-    torch.testing.assert_close(out.logits, runner.forward({"pixel_values": pixels()}).logits,
-                               atol=0.1, rtol=0.05)
+    torch.testing.assert_close(
+        out.logits, runner.forward({"pixel_values": pixels()}).logits, atol=0.1, rtol=0.05
+    )
 
 
 def test_cuda_request_on_cpu_machine_is_announced(vit_folder):
@@ -162,7 +207,8 @@ def _write_remote_code_repo(folder: Path, marker: Path) -> None:
         "    model_type = 'tiny-remote'\n"
         "    def __init__(self, width=4, **kw):\n"
         "        self.width = width\n"
-        "        super().__init__(**kw)\n")
+        "        super().__init__(**kw)\n"
+    )
     (folder / "modeling_tiny.py").write_text(
         "import pathlib, torch\n"
         f"pathlib.Path({str(marker)!r}).write_text('remote code ran')\n"
@@ -175,15 +221,25 @@ def _write_remote_code_repo(folder: Path, marker: Path) -> None:
         "        self.proj = torch.nn.Linear(3, config.width)\n"
         "        self.post_init()\n"
         "    def forward(self, pixel_values):\n"
-        "        return {'last_hidden_state': self.proj(pixel_values.mean((2, 3)))}\n")
-    config = {"model_type": "tiny-remote", "width": 4, "architectures": ["TinyModel"],
-              "auto_map": {"AutoConfig": "configuration_tiny.TinyConfig",
-                           "AutoModel": "modeling_tiny.TinyModel"}}
+        "        return {'last_hidden_state': self.proj(pixel_values.mean((2, 3)))}\n"
+    )
+    config = {
+        "model_type": "tiny-remote",
+        "width": 4,
+        "architectures": ["TinyModel"],
+        "auto_map": {
+            "AutoConfig": "configuration_tiny.TinyConfig",
+            "AutoModel": "modeling_tiny.TinyModel",
+        },
+    }
     (folder / "config.json").write_text(json.dumps(config))
     from safetensors.torch import save_file
+
     torch.manual_seed(0)
-    save_file({"proj.weight": torch.randn(4, 3), "proj.bias": torch.randn(4)},
-              folder / "model.safetensors")
+    save_file(
+        {"proj.weight": torch.randn(4, 3), "proj.bias": torch.randn(4)},
+        folder / "model.safetensors",
+    )
 
 
 def test_remote_code_refused_unless_allowed(tmp_path, vit_folder):
@@ -247,6 +303,7 @@ def test_bin_weights_load_and_malicious_pickle_refused(vit_folder, tmp_path):
     import pickle
 
     from transformers.modeling_utils import load_state_dict
+
     with pytest.raises(pickle.UnpicklingError):
         load_state_dict(str(bad / "pytorch_model.bin"))
     assert not marker.exists()
@@ -256,8 +313,16 @@ def test_vision_encoder_decoder_processor_pairs_tokenizer_and_generate(tmp_path)
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     vision = tiny_vit_config()
-    text = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=20, n_positions=32,
-                                   bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    text = transformers.GPT2Config(
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        vocab_size=20,
+        n_positions=32,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     config = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(vision, text)
     config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = 1, 0, 2
     torch.manual_seed(0)
@@ -266,8 +331,9 @@ def test_vision_encoder_decoder_processor_pairs_tokenizer_and_generate(tmp_path)
     vocab = {f"w{i}": i for i in range(20)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0", bos_token="w1",
-                                         eos_token="w2", pad_token="w0").save_pretrained(tmp_path)
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="w0", bos_token="w1", eos_token="w2", pad_token="w0"
+    ).save_pretrained(tmp_path)
     runner = load_runner(card_for(tmp_path, tasks=("caption",)), device="cpu")
     assert type(runner.module).__name__ == "VisionEncoderDecoderModel"
     proc = runner.processor
