@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from engine.media.image import atomic_write_bytes, ensure_not_input, write_image
-from engine.results import Segmentation
+from engine.results import SegmentInstance, Segmentation
 
 VOID_INDEX = 255  # palette index of unlabelled pixels (PASCAL VOC's convention)
 
@@ -186,7 +186,7 @@ def coco_segmentation_dict(results: Sequence[Segmentation], image_names: Sequenc
     for image_id, (seg, name) in enumerate(zip(results, image_names), start=1):
         w, h = seg.image_size
         images.append({"id": image_id, "file_name": str(name), "width": int(w), "height": int(h)})
-        for inst in seg.instances:
+        for inst in seg.instances or class_instances(seg):
             rle = rle_encode(inst.mask)
             annotations.append({
                 "id": len(annotations) + 1,
@@ -200,6 +200,20 @@ def coco_segmentation_dict(results: Sequence[Segmentation], image_names: Sequenc
             })
     categories = [{"id": int(i), "name": n} for i, n in sorted(labels.items())]
     return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def class_instances(seg: Segmentation) -> list[SegmentInstance]:
+    """Semantic results have no instances: one mask per class present, for COCO export."""
+    if seg.label_map is None:
+        return []
+    out = []
+    for label_id in np.unique(seg.label_map):
+        if label_id < 0:
+            continue
+        out.append(SegmentInstance(mask=seg.label_map == label_id, label_id=int(label_id),
+                                   label=seg.labels.get(int(label_id), str(int(label_id))),
+                                   segment_id=int(label_id)))
+    return out
 
 
 def write_coco_segmentation(path: str | os.PathLike, results: Sequence[Segmentation],

@@ -145,3 +145,23 @@ def test_unknown_class_and_unknown_model_type_are_clear_errors(folders, runners)
 def test_size_batches_group_by_size_and_cap() -> None:
     imgs = [Image.new("RGB", s) for s in [(4, 4), (5, 4), (4, 4), (4, 4), (5, 4)]]
     assert size_batches(imgs, 2) == [[0, 2], [3], [1, 4]]
+
+
+def test_onnx_export_gives_same_boxes_through_the_same_task_code(folders, runners, tmp_path) -> None:
+    """torch.onnx export of the tiny DETR, run by OnnxRunner: same labels, boxes within 1e-3 px."""
+    import shutil
+
+    from engine.runtimes import load_runner
+
+    folder = tmp_path / "detr-onnx"
+    shutil.copytree(folders["detr"], folder)
+    onnx_path = td.export_onnx(folder, "DetrForObjectDetection", height=64, width=85)
+    runner = load_runner(card_for(onnx_path, "detr-onnx", runtime="onnx"), device="cpu",
+                         precision="fp32")
+    assert type(runner).__name__ == "OnnxRunner"
+    imgs = images()  # includes a portrait size the export never saw (dynamic height/width)
+    for a, b in zip(detect(runner, imgs, threshold=0.0), detect(runners["detr"], imgs, threshold=0.0)):
+        assert [x.label for x in a.boxes] == [x.label for x in b.boxes]
+        assert len(a.boxes) == 12
+        np.testing.assert_allclose([x.xyxy for x in a.boxes], [x.xyxy for x in b.boxes], atol=1e-3)
+        np.testing.assert_allclose([x.score for x in a.boxes], [x.score for x in b.boxes], atol=1e-5)
