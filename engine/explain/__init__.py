@@ -32,8 +32,8 @@ _LAZY = {
     "save_maps": ("engine.explain.render", "save_maps"),
     "overlay": ("engine.explain.render", "overlay"),
     "contact_sheet": ("engine.explain.render", "contact_sheet"),
-    "capabilities": ("engine.explain.capabilities", "capabilities"),
-    "ExplainCapabilities": ("engine.explain.capabilities", "ExplainCapabilities"),
+    "capabilities": ("engine.explain.support", "capabilities"),
+    "ExplainCapabilities": ("engine.explain.support", "ExplainCapabilities"),
     "OnnxAttentionModel": ("engine.explain.onnx_attention", "OnnxAttentionModel"),
     "expose_attention": ("engine.explain.onnx_attention", "expose_attention"),
 }

@@ -82,7 +82,7 @@ def explain(
 ) -> AttentionMaps:
     """Explain what a model looks at in `image` (PIL). See engine/explain/__init__.py for
     the methods and their options."""
-    from engine.explain.capabilities import capabilities
+    from engine.explain.support import capabilities
     from engine.explain.self_attention import Options
 
     if method not in METHODS:

@@ -147,8 +147,11 @@ def geometry_from_processor(processor: Any, original_size: tuple[int, int]) -> G
     if _get(proc, "do_pad", False):
         pad_size = _get(proc, "pad_size")
         ph, pw = _size_field(pad_size, "height"), _size_field(pad_size, "width")
+        divisor = _get(proc, "size_divisor")
         if ph and pw:  # bottom/right padding keeps the offset
             out_h, out_w = max(out_h, ph), max(out_w, pw)
+        elif divisor:  # Swin2SR: always pads bottom/right to the next multiple
+            out_h, out_w = (out_h // divisor + 1) * divisor, (out_w // divisor + 1) * divisor
     return Geometry((width, height), resized, (top, left), (out_h, out_w))
 
 
