@@ -23,9 +23,30 @@ TASK_CHOICES = ("caption", "detect", "segment", "restore", "explain")
 def _emit(args: argparse.Namespace, payload: Any, text: str | Callable[[], str]) -> None:
     """Print JSON for scripts (--json) or human text."""
     if getattr(args, "json", False):
-        print(json.dumps(payload, indent=2, default=str))
+        print(json.dumps(_jsonable(payload), indent=2))
     else:
         print(text() if callable(text) else text)
+
+
+def _jsonable(value: Any) -> Any:
+    """Dataclasses, enums, paths and tuples as plain JSON values."""
+    import dataclasses
+    import enum
+    from pathlib import PurePath
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
 
 
 def _settings():
@@ -35,12 +56,7 @@ def _settings():
 
 
 def _card_dict(card) -> dict:
-    from dataclasses import asdict
-
-    data = asdict(card)
-    data["attention"] = card.attention.value
-    data["source"] = card.source.value
-    return data
+    return _jsonable(card)
 
 
 def _human_bytes(n: float | None) -> str:
@@ -110,8 +126,8 @@ def cmd_models_list(args) -> int:
     def text() -> str:
         lines = [f"{'ID':28} {'TASKS':18} {'RUNTIME':12} {'SIZE':>9} {'PARAMS':>7}  LICENSE  INSTALLED"]
         for c, inst in rows:
-            lic = c.license + ("" if c.commercial_use else " (non-commercial/unclear)"
-                               if c.commercial_use is False else "")
+            lic = c.license + {True: "", False: " (non-commercial)",
+                               None: " (commercial use unclear)"}[c.commercial_use]
             lines.append(f"{c.id:28} {','.join(c.tasks):18} {c.runtime:12} "
                          f"{_human_bytes(c.download_bytes):>9} {_human_params(c.params):>7}  "
                          f"{lic}  {'yes' if inst else ''}")
@@ -234,7 +250,7 @@ def cmd_models_optimize(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from engine.devices import describe_report, discover, plan
+    from engine.devices import describe_plan, describe_report, discover, plan
 
     report = discover()
     payload: dict[str, Any] = {"version": __version__, "devices": report}
@@ -245,7 +261,7 @@ def cmd_doctor(args) -> int:
         card = load_catalog().resolve(args.model)
         placement = plan(card, device=args.device, precision=args.precision, report=report)
         payload["model"] = {"id": card.id, "placement": placement}
-        text += f"\n\nModel {card.id} would run: {placement.describe()}"
+        text += f"\n\nModel {card.id}:\n" + describe_plan(card, placement, report)
     _emit(args, payload, text)
     return 0
 
@@ -274,7 +290,7 @@ def cmd_run(args) -> int:
     printer = _JobPrinter(quiet=args.quiet or args.json)
     summary = run_job(spec, on_event=printer)
     printer.close()
-    data = summary.to_dict() if hasattr(summary, "to_dict") else summary.__dict__
+    data = summary.to_dict() if hasattr(summary, "to_dict") else summary
     _emit(args, data, lambda: printer.summary_text(summary))
     return 1 if getattr(summary, "failed", 0) else 0
 

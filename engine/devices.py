@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import threading
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.errors import DeviceError
@@ -128,43 +130,12 @@ def _discover() -> DeviceReport:
         "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
         "huggingface_hub": _version("huggingface-hub") or _version("huggingface_hub"),
     }
-    cuda: list[CudaDevice] = []
-    mps = mps_bf16 = False
-    torch_cuda_build = None
-    try:
-        import torch
-
-        torch_cuda_build = torch.version.cuda
-        if torch.cuda.is_available():
-            for index in range(torch.cuda.device_count()):
-                props = torch.cuda.get_device_properties(index)
-                try:
-                    free, total = torch.cuda.mem_get_info(index)
-                except RuntimeError as exc:  # busy/exclusive GPU: still list it
-                    free, total = None, props.total_memory
-                    problems.append(f"cuda:{index}: free memory unknown ({exc})")
-                capability = (props.major, props.minor)
-                cuda.append(
-                    CudaDevice(
-                        index=index,
-                        name=props.name,
-                        total_bytes=int(total),
-                        free_bytes=None if free is None else int(free),
-                        capability=capability,
-                        supports_bf16=capability >= (8, 0),
-                    )
-                )
-        mps_backend = getattr(torch.backends, "mps", None)
-        mps = bool(mps_backend and mps_backend.is_available())
-        if mps:
-            # bf16 on MPS needs macOS 14+; torch refuses the dtype otherwise.
-            try:
-                torch.zeros(1, dtype=torch.bfloat16, device="mps")
-                mps_bf16 = True
-            except (RuntimeError, TypeError):
-                mps_bf16 = False
-    except ImportError as exc:
-        problems.append(f"torch is not importable ({exc})")
+    if "torch" in sys.modules or os.environ.get("OCULA_PROBE_TORCH") == "1":
+        cuda, mps, mps_bf16, torch_cuda_build = _probe_torch(problems)
+    else:
+        # torch takes seconds to import: `ocula doctor` asks the NVIDIA driver (NVML)
+        # directly and reads torch's build facts from its files instead.
+        cuda, mps, mps_bf16, torch_cuda_build = _probe_without_torch(problems)
     providers: tuple[str, ...] = ()
     try:
         import onnxruntime
@@ -187,6 +158,133 @@ def _discover() -> DeviceReport:
         torch_cuda_build=torch_cuda_build,
         problems=tuple(problems),
     )
+
+
+
+def _probe_torch(problems: list[str]) -> tuple[list[CudaDevice], bool, bool, str | None]:
+    """CUDA and MPS as torch sees them (used once torch is loaded anyway)."""
+    cuda: list[CudaDevice] = []
+    mps = mps_bf16 = False
+    torch_cuda_build = None
+    try:
+        import torch
+
+        torch_cuda_build = torch.version.cuda
+        if torch.cuda.is_available():
+            for index in range(torch.cuda.device_count()):
+                props = torch.cuda.get_device_properties(index)
+                try:
+                    free, total = torch.cuda.mem_get_info(index)
+                except RuntimeError as exc:  # busy/exclusive GPU: still list it
+                    free, total = None, props.total_memory
+                    problems.append(f"cuda:{index}: free memory unknown ({exc})")
+                capability = (props.major, props.minor)
+                cuda.append(CudaDevice(index=index, name=props.name, total_bytes=int(total),
+                                       free_bytes=None if free is None else int(free),
+                                       capability=capability,
+                                       supports_bf16=capability >= (8, 0)))
+        mps_backend = getattr(torch.backends, "mps", None)
+        mps = bool(mps_backend and mps_backend.is_available())
+        if mps:
+            # bf16 on MPS needs macOS 14+; torch refuses the dtype otherwise.
+            try:
+                torch.zeros(1, dtype=torch.bfloat16, device="mps")
+                mps_bf16 = True
+            except (RuntimeError, TypeError):
+                mps_bf16 = False
+    except ImportError as exc:
+        problems.append(f"torch is not importable ({exc})")
+    return cuda, mps, mps_bf16, torch_cuda_build
+
+
+def _torch_cuda_build_from_files() -> str | None:
+    """torch.version.cuda without importing torch (torch/version.py holds it as text)."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.origin:
+        return None
+    try:
+        text = (Path(spec.origin).parent / "version.py").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    match = re.search(r"^cuda\s*(?::\s*[^=]+)?=\s*['\"]([^'\"]+)['\"]", text, re.M)
+    return match.group(1) if match else None
+
+
+def _probe_without_torch(problems: list[str]) -> tuple[list[CudaDevice], bool, bool, str | None]:
+    """Fast discovery for `ocula doctor`: NVML for NVIDIA GPUs, platform facts for MPS."""
+    torch_cuda_build = _torch_cuda_build_from_files()
+    cuda: list[CudaDevice] = []
+    if torch_cuda_build:
+        try:
+            cuda = _nvml_devices()
+        except OSError:
+            pass  # no NVIDIA driver on this machine: no CUDA device to list
+    mac_arm = sys.platform == "darwin" and platform.machine() == "arm64"
+    return cuda, mac_arm, False, torch_cuda_build
+
+
+def _nvml_devices() -> list[CudaDevice]:
+    """NVIDIA GPUs through the driver's NVML library (ctypes; no extra package)."""
+    import ctypes
+
+    names = ("nvml.dll",) if sys.platform == "win32" else ("libnvidia-ml.so.1", "libnvidia-ml.so")
+    lib = None
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    if lib is None:
+        raise OSError("libnvidia-ml")
+
+    class Memory(ctypes.Structure):
+        _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong),
+                    ("used", ctypes.c_ulonglong)]
+
+    if lib.nvmlInit_v2() != 0:
+        return []
+    devices: list[CudaDevice] = []
+    try:
+        count = ctypes.c_uint(0)
+        if lib.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
+            return []
+        visible = _visible_indices(count.value)
+        for cuda_index, nvml_index in enumerate(visible):
+            handle = ctypes.c_void_p()
+            if lib.nvmlDeviceGetHandleByIndex_v2(nvml_index, ctypes.byref(handle)) != 0:
+                continue
+            name = ctypes.create_string_buffer(96)
+            lib.nvmlDeviceGetName(handle, name, 96)
+            memory = Memory()
+            lib.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(memory))
+            major, minor = ctypes.c_int(0), ctypes.c_int(0)
+            lib.nvmlDeviceGetCudaComputeCapability(handle, ctypes.byref(major),
+                                                   ctypes.byref(minor))
+            capability = (major.value, minor.value)
+            devices.append(CudaDevice(index=cuda_index, name=name.value.decode(errors="replace"),
+                                      total_bytes=int(memory.total), free_bytes=int(memory.free),
+                                      capability=capability, supports_bf16=capability >= (8, 0)))
+    finally:
+        lib.nvmlShutdown()
+    return devices
+
+
+def _visible_indices(count: int) -> list[int]:
+    """Honour CUDA_VISIBLE_DEVICES (numeric form) the way the CUDA runtime would."""
+    raw = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if raw is None:
+        return list(range(count))
+    out = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) >= count:
+            break  # CUDA stops at the first invalid entry
+        out.append(int(part))
+    return out
 
 
 def describe_report(report: DeviceReport) -> str:

@@ -1,0 +1,375 @@
+"""The built-in job handlers: one per task, registered with engine.jobs on import.
+
+A handler loads its model once, runs the task on batches of images (or video
+frames), and writes each input's files through its OutputPlan (atomic, never over
+an input). Every input also gets a small machine-readable `<name>.<task>.json`;
+`finish` builds the batch-level files (COCO JSON, CSV, JSONL) from those, so a job
+resumed after a crash still exports every input exactly once.
+
+Output formats are chosen with the job option `formats` (defaults per task below).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from engine.errors import UsageError
+from engine.jobs.handlers import BaseHandler, ItemResult, register_handler
+from engine.results import Box, Caption, Detections, Segmentation
+
+if TYPE_CHECKING:
+    from engine.events import CancelToken, ProgressCallback
+    from engine.jobs.outputs import OutputPlan
+    from engine.jobs.spec import JobSpec
+    from engine.media.image import LoadedImage
+
+RESULT_SUFFIX = {"detect": ".detections.json", "segment": ".segments.json",
+                 "caption": ".caption.json", "restore": ".restore.json",
+                 "explain": ".explain.json"}
+
+
+class ModelHandler(BaseHandler):
+    """Loads the job's model once; subclasses implement `run_batch`."""
+
+    task = ""
+    needs_attention = False
+    default_formats: tuple[str, ...] = ()
+    known_formats: tuple[str, ...] = ()
+
+    def prepare(self, spec: "JobSpec", progress: "ProgressCallback",
+                cancel: "CancelToken") -> None:
+        from engine.catalog.catalog import load_catalog
+        from engine.runtimes import load_runner
+        from engine.settings import Settings
+
+        self.spec = spec
+        self.options: dict[str, Any] = dict(spec.options or {})
+        self.formats = self._formats()
+        settings = Settings.load()
+        card = load_catalog().resolve(spec.model)
+        if not card.supports(self.task) and not (self.task == "explain"):
+            raise UsageError(f"Model '{card.id}' does {', '.join(card.tasks)}, not {self.task}. "
+                             f"Pick a {self.task} model (`ocula models list --task {self.task}`).")
+        self.card = card
+        self.runner = load_runner(card, device=spec.device, precision=spec.precision,
+                                  attention=self.needs_attention, settings=settings,
+                                  progress=progress, cancel=cancel)
+        self.batch_size = int(self.options.get("batch_size", self.batch_size))
+        self.quality = self.options.get("quality")
+        self.image_ext = "." + str(self.options.get("output_format", "png")).lower().lstrip(".")
+        if self.image_ext == ".jpeg":
+            self.image_ext = ".jpg"
+
+    def _formats(self) -> tuple[str, ...]:
+        asked = self.options.get("formats")
+        formats = tuple(asked) if asked else self.default_formats
+        unknown = [f for f in formats if f not in self.known_formats]
+        if unknown:
+            raise UsageError(f"Unknown output format(s) for {self.task}: {', '.join(unknown)}. "
+                             f"Choose from {', '.join(self.known_formats)}.")
+        return formats
+
+    @property
+    def placement(self) -> str:
+        return self.runner.placement.describe()
+
+    def process_batch(self, images: list["LoadedImage"],
+                      outs: list["OutputPlan"]) -> list[ItemResult]:
+        results = self.run_batch(images)
+        return [self.write(image, out, result)
+                for image, out, result in zip(images, outs, results)]
+
+    def process_image(self, image: "LoadedImage", out: "OutputPlan") -> ItemResult:
+        return self.process_batch([image], [out])[0]
+
+    def run_batch(self, images: list["LoadedImage"]) -> list[Any]:
+        raise NotImplementedError
+
+    def write(self, image: "LoadedImage", out: "OutputPlan", result: Any) -> ItemResult:
+        raise NotImplementedError
+
+    def write_record(self, image: "LoadedImage", out: "OutputPlan", payload: dict) -> None:
+        """The per-input JSON that `finish` aggregates (skipped for video frames)."""
+        if out.is_frame:
+            return
+        record = {"input": str(image.path) if image.path else None, "key": out.key,
+                  "image_name": _image_name(image, out), "width": image.size[0],
+                  "height": image.size[1], **payload}
+        out.write_text(RESULT_SUFFIX[self.task], json.dumps(record), kind="record")
+
+    def close(self) -> None:
+        runner = getattr(self, "runner", None)
+        if runner is not None:
+            runner.release()
+            self.runner = None
+
+
+def _image_name(image: "LoadedImage", out: "OutputPlan") -> str:
+    suffix = image.path.suffix if image.path else ".png"
+    return out.key + suffix
+
+
+def _records(out_dir: Path, task: str) -> Iterator[dict]:
+    """Every per-input record under the output folder, in a stable order."""
+    suffix = RESULT_SUFFIX[task]
+    for path in sorted(out_dir.rglob("*" + suffix)):
+        try:
+            yield json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue  # a damaged record is reported by its own item, not here
+
+
+# -- detection ------------------------------------------------------------------------------
+
+
+class DetectHandler(ModelHandler):
+    task = "detect"
+    batch_size = 8
+    default_formats = ("coco", "overlay")
+    known_formats = ("coco", "yolo", "voc", "csv", "overlay")
+
+    def run_batch(self, images):
+        from engine.tasks.detect import detect
+
+        classes = self.options.get("classes")
+        return detect(self.runner, images,
+                      threshold=float(self.options.get("threshold", 0.5)),
+                      nms_iou=self.options.get("nms_iou"),
+                      max_detections=int(self.options.get("max_detections", 100)),
+                      classes=classes, batch_size=len(images))
+
+    def write(self, image, out, det: Detections) -> ItemResult:
+        from engine.exporters.detections import voc_xml, yolo_lines
+        from engine.exporters.overlay import draw_detections
+
+        self.write_record(image, out, {"boxes": [_box_dict(b) for b in det.boxes],
+                                       "labels": {str(k): v for k, v in det.labels.items()}})
+        if "overlay" in self.formats or out.is_frame:
+            out.write_image(".overlay" + self.image_ext, draw_detections(image.rgb, det),
+                            kind="overlay", quality=self.quality)
+        if not out.is_frame:
+            if "yolo" in self.formats:
+                lines = yolo_lines(det, det.labels)
+                out.write_text(".txt", "\n".join(lines) + ("\n" if lines else ""), kind="yolo")
+            if "voc" in self.formats:
+                out.write_text(".xml", voc_xml(det, _image_name(image, out)), kind="voc")
+        return ItemResult(result=det, written=list(out.written),
+                          info={"boxes": len(det.boxes)})
+
+    def finish(self, spec, out_dir: Path) -> list[Path]:
+        from engine.exporters.detections import write_coco, write_csv
+
+        records = list(_records(out_dir, self.task))
+        if not records:
+            return []
+        results = [_detections_from(r) for r in records]
+        names = [r["image_name"] for r in records]
+        inputs = [Path(r["input"]) for r in records if r.get("input")]
+        written = []
+        if "coco" in self.formats:
+            written.append(write_coco(out_dir / "detections.coco.json", results, names,
+                                      inputs=inputs))
+        if "csv" in self.formats:
+            written.append(write_csv(out_dir / "detections.csv", results, names, inputs=inputs))
+        if "yolo" in self.formats:
+            from engine.exporters.detections import label_ids
+            from engine.media.image import atomic_write_bytes
+
+            labels = label_ids(results)
+            names_list = [labels.get(i, f"class_{i}") for i in range(max(labels, default=-1) + 1)]
+            classes = out_dir / "classes.txt"
+            atomic_write_bytes(classes, ("\n".join(names_list) + "\n").encode("utf-8"))
+            written.append(classes)
+        return written
+
+
+def _box_dict(box: Box) -> dict:
+    return {"xyxy": [box.x0, box.y0, box.x1, box.y1], "label": box.label, "score": box.score,
+            "label_id": box.label_id, "track_id": box.track_id}
+
+
+def _detections_from(record: dict) -> Detections:
+    boxes = [Box(*b["xyxy"], label=b["label"], score=b["score"], label_id=b["label_id"],
+                 track_id=b.get("track_id")) for b in record["boxes"]]
+    labels = {int(k): v for k, v in record.get("labels", {}).items()}
+    return Detections(boxes=boxes, image_size=(record["width"], record["height"]), labels=labels)
+
+
+# -- segmentation ----------------------------------------------------------------------------
+
+
+class SegmentHandler(ModelHandler):
+    task = "segment"
+    batch_size = 4
+    default_formats = ("labelmap", "overlay", "coco", "cutout")
+    known_formats = ("labelmap", "overlay", "coco", "cutout", "alpha")
+
+    def run_batch(self, images):
+        from engine.tasks.segment import segment
+
+        return segment(self.runner, images, mode=self.options.get("mode"),
+                       points=self.options.get("points"), boxes=self.options.get("boxes"),
+                       threshold=float(self.options.get("threshold", 0.5)),
+                       batch_size=len(images))
+
+    def write(self, image, out, seg: Segmentation) -> ItemResult:
+        from engine.exporters.masks import (alpha_to_uint8, coco_segmentation_dict,
+                                            label_map_image)
+        from engine.exporters.overlay import draw_segmentation
+
+        coco = coco_segmentation_dict([seg], [_image_name(image, out)])
+        self.write_record(image, out, {"kind": seg.kind, "coco": coco,
+                                       "labels": {str(k): v for k, v in seg.labels.items()}})
+        if "overlay" in self.formats or out.is_frame:
+            out.write_image(".overlay" + self.image_ext, draw_segmentation(image.rgb, seg),
+                            kind="overlay", quality=self.quality)
+        if not out.is_frame:
+            if seg.alpha is not None:
+                if "cutout" in self.formats:
+                    out.write_image(".cutout.png", image.array, alpha=alpha_to_uint8(seg.alpha),
+                                    kind="cutout")
+                if "alpha" in self.formats:
+                    out.write_image(".alpha.png", alpha_to_uint8(seg.alpha), kind="alpha")
+            elif "labelmap" in self.formats:
+                from engine.exporters.masks import instances_to_label_map
+
+                label_map = seg.label_map if seg.label_map is not None \
+                    else instances_to_label_map(seg)
+                out.write_image(".labels.png", label_map_image(label_map), kind="labelmap")
+        return ItemResult(result=seg, written=list(out.written),
+                          info={"kind": seg.kind, "segments": len(seg.instances)})
+
+    def finish(self, spec, out_dir: Path) -> list[Path]:
+        if "coco" not in self.formats:
+            return []
+        records = list(_records(out_dir, self.task))
+        if not records:
+            return []
+        merged = {"images": [], "annotations": [], "categories": {}}
+        for image_id, record in enumerate(records, start=1):
+            coco = record["coco"]
+            for img in coco["images"]:
+                merged["images"].append(dict(img, id=image_id))
+            for ann in coco["annotations"]:
+                merged["annotations"].append(dict(ann, image_id=image_id,
+                                                  id=len(merged["annotations"]) + 1))
+            for cat in coco["categories"]:
+                merged["categories"][cat["id"]] = cat
+        merged["categories"] = [merged["categories"][k] for k in sorted(merged["categories"])]
+        from engine.media.image import atomic_write_bytes
+
+        path = out_dir / "segments.coco.json"
+        atomic_write_bytes(path, json.dumps(merged, indent=1).encode("utf-8"))
+        return [path]
+
+
+# -- captioning -------------------------------------------------------------------------------
+
+
+class CaptionHandler(ModelHandler):
+    task = "caption"
+    batch_size = 8
+    default_formats = ("txt", "jsonl")
+    known_formats = ("txt", "jsonl")
+
+    def run_batch(self, images):
+        from engine.tasks.caption import caption
+
+        return caption(self.runner, images, prompt=self.options.get("prompt"),
+                       max_new_tokens=int(self.options.get("max_new_tokens", 30)),
+                       num_beams=int(self.options.get("num_beams", 1)),
+                       batch_size=len(images), on_token=self.options.get("on_token"))
+
+    def write(self, image, out, cap: Caption) -> ItemResult:
+        self.write_record(image, out, {"caption": cap.text, "prompt": cap.prompt,
+                                       "token_ids": cap.token_ids})
+        if "txt" in self.formats and not out.is_frame:
+            # the dataset-builder convention: `<image name>.txt` beside the image's name
+            out.write_text(".txt", cap.text + "\n", kind="caption")
+        return ItemResult(result=cap, written=list(out.written), info={"caption": cap.text})
+
+    def finish(self, spec, out_dir: Path) -> list[Path]:
+        if "jsonl" not in self.formats:
+            return []
+        lines = [json.dumps({"image": r["image_name"], "input": r["input"],
+                             "caption": r["caption"]}, ensure_ascii=False)
+                 for r in _records(out_dir, self.task)]
+        if not lines:
+            return []
+        from engine.media.image import atomic_write_bytes
+
+        path = out_dir / "captions.jsonl"
+        atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+        return [path]
+
+
+# -- restoration -------------------------------------------------------------------------------
+
+
+class RestoreHandler(ModelHandler):
+    task = "restore"
+    batch_size = 1
+    default_formats = ("image",)
+    known_formats = ("image",)
+
+    def run_batch(self, images):
+        from engine.tasks.restore import restore
+
+        tile = self.options.get("tile_size")
+        return [restore(self.runner, image, tile_size=int(tile) if tile else None,
+                        tile_overlap=int(self.options.get("tile_overlap", 32)),
+                        precision=None if self.spec.precision == "auto" else self.spec.precision)
+                for image in images]
+
+    def write(self, image, out, restored) -> ItemResult:
+        ext = self.image_ext
+        if restored.image.dtype.itemsize == 2 and ext not in (".png", ".tif", ".tiff"):
+            ext = ".png"  # keep 16-bit input 16-bit: JPEG/WebP cannot hold it
+        out.write_image(f".x{restored.scale}{ext}", restored.image, kind="restored",
+                        quality=self.quality)
+        self.write_record(image, out, {"scale": restored.scale, "tile_size": restored.tile_size,
+                                       "size": [int(restored.image.shape[1]),
+                                                int(restored.image.shape[0])]})
+        return ItemResult(result=restored, written=list(out.written),
+                          info={"scale": restored.scale, "tile_size": restored.tile_size})
+
+
+# -- attention maps ------------------------------------------------------------------------------
+
+
+class ExplainHandler(ModelHandler):
+    task = "explain"
+    needs_attention = True
+    batch_size = 1
+    default_formats = ("overlay", "npy", "sheet")
+    known_formats = ("overlay", "npy", "sheet")
+
+    def run_batch(self, images):
+        from engine.explain import explain
+
+        method = self.options.get("method", "rollout")
+        keys = ("layer", "head", "head_fusion", "discard_ratio", "start_layer", "target",
+                "patch", "threshold", "keep_mass")
+        kwargs = {k: self.options[k] for k in keys if k in self.options}
+        return [explain(self.runner, image.rgb, method=method, **kwargs) for image in images]
+
+    def write(self, image, out, maps) -> ItemResult:
+        from engine.explain import overlay
+
+        if out.is_frame:
+            out.write_image(".overlay.png", overlay(image.rgb, maps.heatmap), kind="overlay")
+            return ItemResult(result=maps, written=list(out.written))
+        from engine.explain import save_maps
+
+        out.folder.mkdir(parents=True, exist_ok=True)
+        written = save_maps(maps, image.rgb, out.folder, out.stem)
+        self.write_record(image, out, {"method": maps.method, "notes": list(maps.notes),
+                                       "files": [os.fspath(p) for p in written]})
+        return ItemResult(result=maps, written=list(out.written) + list(written),
+                          info={"method": maps.method})
+
+
+for _handler in (DetectHandler, SegmentHandler, CaptionHandler, RestoreHandler, ExplainHandler):
+    register_handler(_handler.task, _handler)

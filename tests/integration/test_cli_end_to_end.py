@@ -1,0 +1,104 @@
+"""`ocula` end to end on the local hub: pull with progress, doctor, run detect on a folder
+with broken files, exports, exit codes. Real huggingface_hub, real tiny model."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.cli import main
+from tests.fixtures.tiny_detectors import build_detr, noise_image
+
+REPO = "tiny-org/detr-tiny"
+
+
+@pytest.fixture()
+def detr_repo(hub, tmp_path_factory):
+    folder = build_detr(tmp_path_factory.mktemp("detr"))
+    hub.add_repo(REPO, folder, pipeline_tag="object-detection", library_name="transformers",
+                 license="apache-2.0")
+    return hub
+
+
+def _inputs(root):
+    (root / "sub").mkdir(parents=True)
+    noise_image(120, 80, seed=1).save(root / "a.png")
+    noise_image(64, 96, seed=2).save(root / "sub" / "b.jpg")
+    (root / "notes.jpg").write_text("this is text, not an image")
+    (root / "empty.png").write_bytes(b"")
+    return root
+
+
+def test_pull_info_doctor(detr_repo, capsys):
+    assert main(["models", "pull", REPO, "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["models", "info", REPO, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["installed"] is True and info["runtime"] == "transformers"
+    assert info["tasks"][0] == "detect" and info["disk_bytes"] > 0
+    assert main(["doctor", "--model", REPO, "--json"]) == 0
+    doctor = json.loads(capsys.readouterr().out)
+    assert doctor["model"]["placement"]["device"] == "cpu"
+
+
+def test_run_detect_folder_with_bad_files(detr_repo, tmp_path, capsys):
+    inputs = _inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    code = main(["run", "detect", str(inputs), "--model", REPO, "--out", str(out),
+                 "--threshold", "0.0", "--formats", "coco,overlay,yolo,voc,csv", "--json"])
+    assert code == 1  # two inputs failed, the rest went on
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["done"] == 2 and summary["failed"] == 2
+
+    coco = json.loads((out / "detections.coco.json").read_text())
+    assert sorted(i["file_name"] for i in coco["images"]) == ["a.png", "sub/b.jpg"]
+    sizes = {i["file_name"]: (i["width"], i["height"]) for i in coco["images"]}
+    assert sizes == {"a.png": (120, 80), "sub/b.jpg": (64, 96)}
+    assert coco["annotations"], "threshold 0 keeps every query"
+    for ann in coco["annotations"]:
+        x, y, w, h = ann["bbox"]
+        img = next(i for i in coco["images"] if i["id"] == ann["image_id"])
+        assert -1e-3 <= x and x + w <= img["width"] + 1e-3
+        assert -1e-3 <= y and y + h <= img["height"] + 1e-3
+    # mirrored sub-folders; overlay is an image of the input's size
+    overlay = Image.open(out / "sub" / "b.overlay.png")
+    assert overlay.size == (64, 96)
+    assert (out / "a.txt").exists() and (out / "classes.txt").exists()
+    assert (out / "a.xml").read_text().startswith("<annotation")
+    assert (out / "detections.csv").read_text().count("\n") == len(coco["annotations"]) + 1
+    report = json.loads((out / "ocula-report.json").read_text())
+    reasons = " ".join(f["reason"] for f in report["failures"])
+    assert "empty file" in reasons and "not an image" in reasons
+    # the inputs were not touched
+    assert (inputs / "notes.jpg").read_text() == "this is text, not an image"
+    assert not any(p.name.endswith(".part") for p in out.rglob("*"))
+
+
+def test_run_restore_rejects_wrong_task_model(detr_repo, tmp_path, capsys):
+    inputs = _inputs(tmp_path / "in")
+    code = main(["run", "restore", str(inputs / "a.png"), "--model", REPO,
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "not restore" in err  # a usage error: wrong model for the task
+
+
+def test_usage_errors_exit_2(capsys):
+    assert main(["run", "detect"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "dance"])
+    assert exc.value.code == 2
+
+
+def test_unknown_model_is_a_clear_error(hub, tmp_path, capsys):
+    code = main(["models", "info", "yolos-tiyn"])
+    err = capsys.readouterr().err
+    assert code == 1 and "yolos-tiny" in err  # a suggestion, not a traceback
+
+
+def test_models_list_json(capsys):
+    assert main(["models", "list", "--task", "restore", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and all("restore" in r["tasks"] for r in rows)
+    assert np.all([r["license"] for r in rows])
