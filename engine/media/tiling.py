@@ -120,7 +120,8 @@ def even_tile_size(length: int, tile: int, overlap: int, multiple_of: int = 1) -
         return _ceil_to(length, multiple_of)
     count = math.ceil((length - overlap) / (tile - overlap))
     even = math.ceil((length + (count - 1) * overlap) / count)
-    return min(tile, _ceil_to(even, multiple_of))
+    # never below 2 × overlap: the seam ramps (and their exactness guard) need that room
+    return min(tile, _ceil_to(max(even, 2 * overlap), multiple_of))
 
 
 @dataclass(frozen=True)
@@ -295,7 +296,11 @@ class TiledRunner:
             if not is_out_of_memory(exc):
                 raise
             _free_cached_memory()
-            smaller = self.requirement.fit_tile(max(h, w) // 2)
+            # halve the tile size in force (not the evenly-shrunk edge of this tile), so
+            # tiles stay >= 2 × overlap as long as possible and seams stay exact
+            smaller = self.requirement.fit_tile(self.stats.tile_size // 2)
+            while smaller >= max(h, w) and smaller > self.min_tile:
+                smaller = self.requirement.fit_tile(smaller // 2)
             if smaller < self.min_tile or smaller >= max(h, w) or self.requirement.fixed:
                 raise MemoryError(
                     f"out of memory even with {max(h, w)}-pixel tiles ({exc}). Close other "
