@@ -165,3 +165,36 @@ def test_onnx_export_gives_same_boxes_through_the_same_task_code(folders, runner
         assert len(a.boxes) == 12
         np.testing.assert_allclose([x.xyxy for x in a.boxes], [x.xyxy for x in b.boxes], atol=1e-3)
         np.testing.assert_allclose([x.score for x in a.boxes], [x.score for x in b.boxes], atol=1e-5)
+
+
+def test_owlv2_open_vocabulary_equals_transformers(tmp_path) -> None:
+    import transformers
+
+    from engine.runtimes import load_runner
+
+    folder = td.build_owlv2(tmp_path / "owlv2")
+    runner = load_runner(card_for(folder, "owlv2", variant="open-vocab"), device="cpu",
+                         precision="fp32")
+    queries = ["cat", "red car"]
+    with pytest.raises(UsageError, match="open-vocabulary"):
+        detect(runner, images()[:1])
+    model = transformers.Owlv2ForObjectDetection.from_pretrained(folder).eval()
+    processor = transformers.AutoProcessor.from_pretrained(folder)
+    imgs = images()
+    results = detect(runner, imgs, threshold=0.6, classes=queries)
+    total = 0
+    for det, img in zip(results, imgs):
+        with torch.no_grad():
+            out = model(**processor(text=[queries], images=[img], return_tensors="pt"))
+        (res,) = processor.post_process_grounded_object_detection(
+            out, threshold=0.6, target_sizes=[(img.height, img.width)], text_labels=[queries])
+        boxes = res["boxes"].numpy().astype(np.float64)
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, img.width)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, img.height)
+        expected = sorted(zip(res["labels"].tolist(), res["scores"].tolist(), boxes),
+                          key=lambda r: -r[1])
+        assert_matches(det, expected, dict(enumerate(queries)))
+        assert [b.label for b in det.boxes] == [res["text_labels"][res["labels"].tolist().index(b.label_id)]
+                                                for b in det.boxes]
+        total += len(expected)
+    assert total > 0
