@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from engine.jobs.spec import JobSpec
@@ -238,48 +238,69 @@ class JobStore:
         """Queue inputs (a generator is fine), committing every `chunk`; return how many
         were added. The same path twice is queued once. Output keys are reserved here."""
         conn = self._conn()
-        row = conn.execute("SELECT COALESCE(MAX(seq), -1) FROM items WHERE job_id = ?",
-                           (job_id,)).fetchone()
-        seq = row[0] + 1
         added = 0
-        pending_in_tx = 0
-        conn.execute("BEGIN")
+        buffer: list[InputItem] = []
+        for item in items:
+            buffer.append(item)
+            if len(buffer) >= chunk:
+                added += self._add_chunk(conn, job_id, buffer)
+                buffer = []
+        if buffer:
+            added += self._add_chunk(conn, job_id, buffer)
+        return added
+
+    def _add_chunk(self, conn: sqlite3.Connection, job_id: str, chunk: list[InputItem]) -> int:
+        # IMMEDIATE takes the write lock before the next free seq is read, so two
+        # writers (a GUI thread and a worker) never hand out the same numbers.
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            for item in items:
-                if self._insert_item(conn, job_id, seq, item):
-                    seq += 1
-                    added += 1
-                    pending_in_tx += 1
-                if pending_in_tx >= chunk:
-                    conn.execute("COMMIT")
-                    conn.execute("BEGIN")
-                    pending_in_tx = 0
+            seq = conn.execute("SELECT COALESCE(MAX(seq), -1) FROM items WHERE job_id = ?",
+                               (job_id,)).fetchone()[0] + 1
+            before = conn.total_changes
+            now = time.time()
+            rows = []
+            for n, item in enumerate(chunk):
+                path = os.path.abspath(item.path)
+                if item.kind == "error":
+                    rows.append((job_id, seq + n, path, "", "error", "failed", item.error, now))
+                else:
+                    rows.append((job_id, seq + n, path, _first_key(item.rel), item.kind,
+                                 "pending", None, None))
+            conn.execute("SAVEPOINT chunk")
+            try:
+                # Fast path: no output-name collisions in this chunk (seq gaps left by
+                # duplicate paths are harmless: seq only orders the queue).
+                conn.executemany(_INSERT, rows)
+                conn.execute("RELEASE chunk")
+            except sqlite3.IntegrityError as exc:
+                if "out_key" not in str(exc):
+                    raise
+                conn.execute("ROLLBACK TO chunk")
+                conn.execute("RELEASE chunk")
+                before = conn.total_changes  # it counted the rolled-back rows too
+                for row, item in zip(rows, chunk):
+                    self._insert_one(conn, row, item)
+            added = conn.total_changes - before
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         return added
 
-    def _insert_item(self, conn: sqlite3.Connection, job_id: str, seq: int,
-                     item: InputItem) -> bool:
-        path = os.path.abspath(item.path)
-        if item.kind == "error":
-            cur = conn.execute(
-                "INSERT INTO items (job_id, seq, path, out_key, kind, state, error, finished) "
-                "VALUES (?, ?, ?, '', 'error', 'failed', ?, ?) "
-                "ON CONFLICT (job_id, path) DO NOTHING",
-                (job_id, seq, path, item.error, time.time()))
-            return cur.rowcount == 1
-        for key in _key_candidates(item.rel):
+    @staticmethod
+    def _insert_one(conn: sqlite3.Connection, row: tuple, item: InputItem) -> None:
+        if row[4] == "error":
+            conn.execute(_INSERT, row)
+            return
+        for attempt, key in enumerate(_key_candidates(item.rel)):
             try:
-                cur = conn.execute(
-                    "INSERT INTO items (job_id, seq, path, out_key, kind, state) "
-                    "VALUES (?, ?, ?, ?, ?, 'pending') ON CONFLICT (job_id, path) DO NOTHING",
-                    (job_id, seq, path, key, item.kind))
-            except sqlite3.IntegrityError:
-                continue  # this output name is taken by another input: try the next
-            return cur.rowcount == 1
-        raise RuntimeError(f"no free output name for {path}")  # unreachable in practice
+                conn.execute(_INSERT, row[:3] + (key,) + row[4:])
+                return
+            except sqlite3.IntegrityError as exc:
+                if "out_key" not in str(exc) or attempt > 100_000:
+                    raise
+                # this output name is taken by another input: try the next
 
     def pending_items(self, job_id: str, *, batch: int = 256) -> Iterator[ItemRecord]:
         """Pending and interrupted ("running") items in queue order, read in batches."""
@@ -372,28 +393,39 @@ class JobStore:
             conn.execute("DELETE FROM segments WHERE job_id = ? AND seq = ?", (job_id, seq))
 
 
+_INSERT = ("INSERT INTO items (job_id, seq, path, out_key, kind, state, error, finished) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, path) DO NOTHING")
 _ITEM_COLS = ("job_id, seq, path, out_key, kind, state, error, outputs, info, attempts, "
               "started, finished")
 
 
 def _item(row: tuple) -> ItemRecord:
     return ItemRecord(job_id=row[0], seq=row[1], path=row[2], out_key=row[3], kind=row[4],
-                      state=row[5], error=row[6], outputs=json.loads(row[7] or "[]"),
-                      info=json.loads(row[8] or "{}"), attempts=row[9], started=row[10],
+                      state=row[5], error=row[6], outputs=json.loads(row[7]) if row[7] else [],
+                      info=json.loads(row[8]) if row[8] else {}, attempts=row[9],
+                      started=row[10],
                       finished=row[11])
 
 
-def _key_candidates(rel: Path) -> Iterator[str]:
-    """`a/photo` first, then `a/photo_png`, then `a/photo_png-2`, -3…"""
-    rel = PurePosixPath(Path(rel).as_posix())
-    stem = rel.stem or rel.name or "input"
-    parent = "" if str(rel.parent) in (".", "") else str(rel.parent) + "/"
+def _first_key(rel: str | os.PathLike) -> str:
+    """The output key of an input: its relative path without the extension, `a/photo`."""
+    rel = os.fspath(rel).replace("\\", "/")
+    parent, _, name = rel.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:  # no extension, or a dot-file
+        stem = name or "input"
     if not parent and stem.startswith(_RESERVED_PREFIX):
         stem = "_" + stem  # the output root's "ocula-*" names belong to the job itself
-    base = parent + stem
+    return f"{parent}/{stem}" if parent and parent != "." else stem
+
+
+def _key_candidates(rel: str | os.PathLike) -> Iterator[str]:
+    """`a/photo` first, then `a/photo_png`, then `a/photo_png-2`, -3…"""
+    base = _first_key(rel)
     yield base
-    ext = rel.suffix.lstrip(".").lower()
-    with_ext = f"{base}_{ext}" if ext else f"{base}_"
+    name = os.fspath(rel).replace("\\", "/").rpartition("/")[2]
+    stem, dot, ext = name.rpartition(".")
+    with_ext = f"{base}_{ext.lower()}" if dot and stem else f"{base}_"
     yield with_ext
     n = 2
     while True:

@@ -24,17 +24,23 @@ _GLOB_CHARS = set("*?[")
 
 @dataclass(frozen=True)
 class InputItem:
-    path: Path  # the file (or the folder/pattern, for an error item)
-    rel: Path  # where its outputs go under the output folder, without suffix changes
+    path: str  # the file (or the folder/pattern, for an error item)
+    rel: str  # its place under the output folder ("a/b.jpg"); "/" separated
     kind: str  # "image" | "video" | "error"
     error: str | None = None
 
 
-def is_video_path(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_SUFFIXES
+def _suffix(path: str | os.PathLike) -> str:
+    name = os.path.basename(os.fspath(path))
+    dot = name.rfind(".")
+    return name[dot:].lower() if dot > 0 else ""
 
 
-def media_kind(path: Path) -> str:
+def is_video_path(path: str | os.PathLike) -> bool:
+    return _suffix(path) in VIDEO_SUFFIXES
+
+
+def media_kind(path: str | os.PathLike) -> str:
     """"video" by suffix, otherwise "image": an explicitly named file of unknown type is
     tried as an image and fails with the reader's own message if it is not one."""
     return "video" if is_video_path(path) else "image"
@@ -60,10 +66,15 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], *,
         elif path.is_dir():
             yield from _walk(path, path, excluded, recursive)
         elif path.exists():
-            yield InputItem(path, Path(path.name), media_kind(path))
+            yield InputItem(str(path), path.name, media_kind(path))
         else:
-            yield InputItem(path, Path(path.name), "error",
+            yield InputItem(str(path), path.name, "error",
                             f"{path}: not found (no such file or folder).")
+
+
+def _relative(path: str, root: str) -> str:
+    rel = path[len(root):].lstrip("/\\") if path.startswith(root) else os.path.relpath(path, root)
+    return rel.replace(os.sep, "/")
 
 
 def _real(path: str | os.PathLike) -> str:
@@ -74,26 +85,27 @@ def _expand_glob(pattern: str, excluded: set[str], recursive: bool) -> Iterator[
     matched = False
     # iglob streams matches directory by directory instead of building the whole list.
     for hit in glob.iglob(os.path.expanduser(pattern), recursive=recursive):
-        path = Path(hit)
-        if path.is_dir():
-            if _real(path) in excluded:
+        if os.path.isdir(hit):
+            if _real(hit) in excluded:
                 continue
             matched = True
-            yield from _walk(path, path, excluded, recursive)
-        elif _is_media(path):
+            yield from _walk(hit, hit, excluded, recursive)
+        elif _is_media(hit):
             matched = True
-            yield InputItem(path, Path(path.name), media_kind(path))
+            yield InputItem(hit, os.path.basename(hit), media_kind(hit))
     if not matched:
-        yield InputItem(Path(pattern), Path("glob"), "error",
+        yield InputItem(pattern, "glob", "error",
                         f"{pattern}: the pattern matched no image or video files.")
 
 
-def _is_media(path: Path) -> bool:
-    suffix = path.suffix.lower()
+def _is_media(path: str | os.PathLike) -> bool:
+    suffix = _suffix(path)
     return suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES
 
 
-def _walk(root: Path, folder: Path, excluded: set[str], recursive: bool) -> Iterator[InputItem]:
+def _walk(root: str | os.PathLike, folder: str | os.PathLike, excluded: set[str],
+          recursive: bool) -> Iterator[InputItem]:
+    root, folder = os.fspath(root), os.fspath(folder)
     if _real(folder) in excluded:
         return
     try:
@@ -101,11 +113,11 @@ def _walk(root: Path, folder: Path, excluded: set[str], recursive: bool) -> Iter
             entries = sorted(listing, key=lambda e: e.name)
     except OSError as exc:  # PermissionError, a folder removed meanwhile, I/O errors
         reason = exc.strerror or type(exc).__name__
-        yield InputItem(folder, folder.relative_to(root) if folder != root else Path("."),
+        yield InputItem(folder, _relative(folder, root) if folder != root else ".",
                         "error", f"{folder}: cannot read this folder ({reason}); its files "
                         f"were skipped. Check its permissions.")
         return
-    subfolders: list[Path] = []
+    subfolders: list[str] = []
     for entry in entries:
         if entry.name.startswith("."):
             continue
@@ -113,11 +125,10 @@ def _walk(root: Path, folder: Path, excluded: set[str], recursive: bool) -> Iter
             is_dir = entry.is_dir(follow_symlinks=False)
         except OSError:
             is_dir = False
-        path = Path(entry.path)
         if is_dir:
-            subfolders.append(path)
-        elif _is_media(path):
-            yield InputItem(path, path.relative_to(root), media_kind(path))
+            subfolders.append(entry.path)
+        elif _is_media(entry.name):
+            yield InputItem(entry.path, _relative(entry.path, root), media_kind(entry.name))
     del entries  # only one folder's listing is held at a time
     if recursive:
         for sub in subfolders:
