@@ -5,14 +5,15 @@ different runs of one model agree. Boxes arrive in original pixels (x0, y0, x1, 
 each format converts: COCO [x, y, w, h], YOLO normalised centre/size, VOC
 integer corners. Every file is written atomically and never over an input.
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 from xml.etree import ElementTree as ET
 
 from engine.media.image import atomic_write_bytes, ensure_not_input
@@ -57,6 +58,7 @@ def _check(results: Sequence[Detections], image_names: Sequence[str]) -> None:
 
 # -- COCO ---------------------------------------------------------------------------------------
 
+
 def coco_dict(results: Sequence[Detections], image_names: Sequence[str]) -> dict:
     """A COCO document: images (file name, size), categories, annotations with bbox [x,y,w,h]."""
     _check(results, image_names)
@@ -68,22 +70,33 @@ def coco_dict(results: Sequence[Detections], image_names: Sequence[str]) -> dict
         images.append({"id": image_id, "file_name": str(name), "width": int(w), "height": int(h)})
         for box in det.boxes:
             bw, bh = box.x1 - box.x0, box.y1 - box.y0
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": _box_id(box, by_name),
-                "bbox": [round(box.x0, 3), round(box.y0, 3), round(bw, 3), round(bh, 3)],
-                "area": round(max(0.0, bw) * max(0.0, bh), 3),
-                "iscrowd": 0,
-                "score": round(float(box.score), 6),
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": _box_id(box, by_name),
+                    "bbox": [round(box.x0, 3), round(box.y0, 3), round(bw, 3), round(bh, 3)],
+                    "area": round(max(0.0, bw) * max(0.0, bh), 3),
+                    "iscrowd": 0,
+                    "score": round(float(box.score), 6),
+                }
+            )
     categories = [{"id": i, "name": n, "supercategory": ""} for i, n in sorted(labels.items())]
-    return {"info": {"description": "Ocula detections"}, "images": images,
-            "annotations": annotations, "categories": categories}
+    return {
+        "info": {"description": "Ocula detections"},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
 
 
-def write_coco(path: str | os.PathLike, results: Sequence[Detections], image_names: Sequence[str],
-               *, inputs: Iterable[Path] = ()) -> Path:
+def write_coco(
+    path: str | os.PathLike,
+    results: Sequence[Detections],
+    image_names: Sequence[str],
+    *,
+    inputs: Iterable[Path] = (),
+) -> Path:
     """One COCO JSON file for a whole batch."""
     path = Path(path)
     ensure_not_input(path, inputs)
@@ -92,6 +105,7 @@ def write_coco(path: str | os.PathLike, results: Sequence[Detections], image_nam
 
 
 # -- YOLO txt -----------------------------------------------------------------------------------
+
 
 def yolo_lines(det: Detections, labels: dict[int, str], *, with_scores: bool = False) -> list[str]:
     """`class cx cy w h [score]` lines, coordinates normalised to the image size."""
@@ -108,9 +122,14 @@ def yolo_lines(det: Detections, labels: dict[int, str], *, with_scores: bool = F
     return lines
 
 
-def write_yolo(folder: str | os.PathLike, results: Sequence[Detections],
-               image_names: Sequence[str], *, with_scores: bool = False,
-               inputs: Iterable[Path] = ()) -> list[Path]:
+def write_yolo(
+    folder: str | os.PathLike,
+    results: Sequence[Detections],
+    image_names: Sequence[str],
+    *,
+    with_scores: bool = False,
+    inputs: Iterable[Path] = (),
+) -> list[Path]:
     """`<image stem>.txt` per image plus `classes.txt` (line i = name of class id i)."""
     _check(results, image_names)
     folder = Path(folder)
@@ -132,6 +151,7 @@ def write_yolo(folder: str | os.PathLike, results: Sequence[Detections],
 
 
 # -- Pascal VOC XML ----------------------------------------------------------------------------
+
 
 def voc_xml(det: Detections, image_name: str) -> str:
     """Pascal VOC annotation; corners rounded to integer pixels inside the image."""
@@ -155,16 +175,21 @@ def voc_xml(det: Detections, image_name: str) -> str:
         ET.SubElement(obj, "difficult").text = "0"
         ET.SubElement(obj, "score").text = f"{box.score:.6f}"
         bnd = ET.SubElement(obj, "bndbox")
-        ET.SubElement(bnd, "xmin").text = str(int(round(min(max(box.x0, 0), w))))
-        ET.SubElement(bnd, "ymin").text = str(int(round(min(max(box.y0, 0), h))))
-        ET.SubElement(bnd, "xmax").text = str(int(round(min(max(box.x1, 0), w))))
-        ET.SubElement(bnd, "ymax").text = str(int(round(min(max(box.y1, 0), h))))
+        ET.SubElement(bnd, "xmin").text = str(round(min(max(box.x0, 0), w)))
+        ET.SubElement(bnd, "ymin").text = str(round(min(max(box.y0, 0), h)))
+        ET.SubElement(bnd, "xmax").text = str(round(min(max(box.x1, 0), w)))
+        ET.SubElement(bnd, "ymax").text = str(round(min(max(box.y1, 0), h)))
     ET.indent(root)
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-def write_voc(folder: str | os.PathLike, results: Sequence[Detections],
-              image_names: Sequence[str], *, inputs: Iterable[Path] = ()) -> list[Path]:
+def write_voc(
+    folder: str | os.PathLike,
+    results: Sequence[Detections],
+    image_names: Sequence[str],
+    *,
+    inputs: Iterable[Path] = (),
+) -> list[Path]:
     """`<image stem>.xml` per image."""
     _check(results, image_names)
     folder = Path(folder)
@@ -180,8 +205,18 @@ def write_voc(folder: str | os.PathLike, results: Sequence[Detections],
 
 # -- CSV ------------------------------------------------------------------------------------------
 
-CSV_COLUMNS = ("image", "image_width", "image_height", "label", "label_id", "score",
-               "x0", "y0", "x1", "y1")
+CSV_COLUMNS = (
+    "image",
+    "image_width",
+    "image_height",
+    "label",
+    "label_id",
+    "score",
+    "x0",
+    "y0",
+    "x1",
+    "y1",
+)
 
 
 def csv_text(results: Sequence[Detections], image_names: Sequence[str]) -> str:
@@ -194,13 +229,30 @@ def csv_text(results: Sequence[Detections], image_names: Sequence[str]) -> str:
     for det, name in zip(results, image_names):
         w, h = det.image_size
         for box in det.boxes:
-            writer.writerow([name, w, h, box.label, _box_id(box, by_name), f"{box.score:.6f}",
-                             f"{box.x0:.3f}", f"{box.y0:.3f}", f"{box.x1:.3f}", f"{box.y1:.3f}"])
+            writer.writerow(
+                [
+                    name,
+                    w,
+                    h,
+                    box.label,
+                    _box_id(box, by_name),
+                    f"{box.score:.6f}",
+                    f"{box.x0:.3f}",
+                    f"{box.y0:.3f}",
+                    f"{box.x1:.3f}",
+                    f"{box.y1:.3f}",
+                ]
+            )
     return buf.getvalue()
 
 
-def write_csv(path: str | os.PathLike, results: Sequence[Detections], image_names: Sequence[str],
-              *, inputs: Iterable[Path] = ()) -> Path:
+def write_csv(
+    path: str | os.PathLike,
+    results: Sequence[Detections],
+    image_names: Sequence[str],
+    *,
+    inputs: Iterable[Path] = (),
+) -> Path:
     """One row per box (images without boxes have no rows)."""
     path = Path(path)
     ensure_not_input(path, inputs)

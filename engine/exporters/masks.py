@@ -6,23 +6,26 @@ of zeros, optionally compressed into pycocotools' ASCII form (5 bits per
 character, each count after the second stored as a difference from the count two
 before). Tests check it against a decode roundtrip and against pycocotools.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from engine.media.image import atomic_write_bytes, ensure_not_input, write_image
-from engine.results import SegmentInstance, Segmentation
+from engine.results import Segmentation, SegmentInstance
 
 VOID_INDEX = 255  # palette index of unlabelled pixels (PASCAL VOC's convention)
 
 
 # -- COCO RLE ------------------------------------------------------------------------------------
+
 
 def rle_counts(mask: np.ndarray) -> list[int]:
     """Uncompressed COCO run lengths of a (H, W) mask: column-major, zeros first."""
@@ -117,6 +120,7 @@ def mask_bbox(mask: np.ndarray) -> list[float]:
 
 # -- palette label maps -----------------------------------------------------------------------
 
+
 def voc_palette(n: int = 256) -> np.ndarray:
     """PASCAL VOC's colour map: distinct, deterministic colours by bit interleaving."""
     palette = np.zeros((n, 3), dtype=np.uint8)
@@ -148,8 +152,9 @@ def label_map_image(label_map: np.ndarray) -> Image.Image:
     return img
 
 
-def write_label_map(path: str | os.PathLike, seg: Segmentation, *,
-                    inputs: Iterable[Path] = ()) -> Path:
+def write_label_map(
+    path: str | os.PathLike, seg: Segmentation, *, inputs: Iterable[Path] = ()
+) -> Path:
     """Palette PNG of the semantic label map (16-bit grey PNG when ids exceed 254).
 
     Panoptic/instance results without a label map are rasterised from their instances.
@@ -173,6 +178,7 @@ def instances_to_label_map(seg: Segmentation) -> np.ndarray:
 
 # -- COCO JSON with RLE masks -------------------------------------------------------------------
 
+
 def coco_segmentation_dict(results: Sequence[Segmentation], image_names: Sequence[str]) -> dict:
     """COCO results-style document: images, categories, one annotation per instance (RLE)."""
     if len(results) != len(image_names):
@@ -188,16 +194,18 @@ def coco_segmentation_dict(results: Sequence[Segmentation], image_names: Sequenc
         images.append({"id": image_id, "file_name": str(name), "width": int(w), "height": int(h)})
         for inst in seg.instances or class_instances(seg):
             rle = rle_encode(inst.mask)
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": int(inst.label_id),
-                "segmentation": rle,
-                "area": rle_area(rle),
-                "bbox": mask_bbox(inst.mask),
-                "iscrowd": 0,
-                "score": round(float(inst.score), 6),
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(inst.label_id),
+                    "segmentation": rle,
+                    "area": rle_area(rle),
+                    "bbox": mask_bbox(inst.mask),
+                    "iscrowd": 0,
+                    "score": round(float(inst.score), 6),
+                }
+            )
     categories = [{"id": int(i), "name": n} for i, n in sorted(labels.items())]
     return {"images": images, "annotations": annotations, "categories": categories}
 
@@ -210,14 +218,24 @@ def class_instances(seg: Segmentation) -> list[SegmentInstance]:
     for label_id in np.unique(seg.label_map):
         if label_id < 0:
             continue
-        out.append(SegmentInstance(mask=seg.label_map == label_id, label_id=int(label_id),
-                                   label=seg.labels.get(int(label_id), str(int(label_id))),
-                                   segment_id=int(label_id)))
+        out.append(
+            SegmentInstance(
+                mask=seg.label_map == label_id,
+                label_id=int(label_id),
+                label=seg.labels.get(int(label_id), str(int(label_id))),
+                segment_id=int(label_id),
+            )
+        )
     return out
 
 
-def write_coco_segmentation(path: str | os.PathLike, results: Sequence[Segmentation],
-                            image_names: Sequence[str], *, inputs: Iterable[Path] = ()) -> Path:
+def write_coco_segmentation(
+    path: str | os.PathLike,
+    results: Sequence[Segmentation],
+    image_names: Sequence[str],
+    *,
+    inputs: Iterable[Path] = (),
+) -> Path:
     path = Path(path)
     ensure_not_input(path, inputs)
     doc = coco_segmentation_dict(results, image_names)
@@ -227,20 +245,25 @@ def write_coco_segmentation(path: str | os.PathLike, results: Sequence[Segmentat
 
 # -- alpha mattes ------------------------------------------------------------------------------
 
+
 def alpha_to_uint8(alpha: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(alpha, dtype=np.float32) * 255), 0, 255).astype(np.uint8)
 
 
-def write_alpha(path: str | os.PathLike, alpha: np.ndarray, *,
-                inputs: Iterable[Path] = ()) -> Path:
+def write_alpha(path: str | os.PathLike, alpha: np.ndarray, *, inputs: Iterable[Path] = ()) -> Path:
     """The matte itself as an 8-bit grey PNG (0 = background, 255 = foreground)."""
     path = Path(path)
     ensure_not_input(path, inputs)
     return write_image(path, alpha_to_uint8(alpha))
 
 
-def write_cutout(path: str | os.PathLike, rgb: Image.Image | np.ndarray, alpha: np.ndarray, *,
-                 inputs: Iterable[Path] = ()) -> Path:
+def write_cutout(
+    path: str | os.PathLike,
+    rgb: Image.Image | np.ndarray,
+    alpha: np.ndarray,
+    *,
+    inputs: Iterable[Path] = (),
+) -> Path:
     """Transparent PNG: the image's colours with the matte as its alpha channel.
 
     `rgb` may be 16-bit (H, W, 3) uint16; the PNG then stays 16-bit.

@@ -4,13 +4,14 @@ Colours are fixed per label id (so "person" is the same colour in every image of
 batch) and label text is black or white, whichever reads better on its colour.
 Drawn with Pillow; sizes scale with the image so labels stay legible on large photos.
 """
+
 from __future__ import annotations
 
 import colorsys
 import os
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -31,6 +32,7 @@ def label_colour(label_id: int) -> tuple[int, int, int]:
 
 def text_colour(background: tuple[int, int, int]) -> tuple[int, int, int]:
     """Black on light colours, white on dark ones (WCAG relative luminance)."""
+
     def channel(c: int) -> float:
         v = c / 255
         return v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4
@@ -62,8 +64,14 @@ def _sizes(image: Image.Image) -> tuple[int, int]:
     return max(2, round(side / 300)), max(11, round(side / 45))  # line width, font size
 
 
-def _label_tag(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str,
-               colour: tuple[int, int, int], font, bounds: tuple[int, int]) -> None:
+def _label_tag(
+    draw: ImageDraw.ImageDraw,
+    xy: tuple[float, float],
+    text: str,
+    colour: tuple[int, int, int],
+    font,
+    bounds: tuple[int, int],
+) -> None:
     """A filled tag above (or, at the top edge, inside) the box's top-left corner."""
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     tw, th = right - left, bottom - top
@@ -75,8 +83,9 @@ def _label_tag(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str,
     draw.text((x + pad - left, y_tag + pad - top), text, fill=text_colour(colour), font=font)
 
 
-def draw_detections(image: Image.Image | np.ndarray, det: Detections, *,
-                    show_scores: bool = True) -> Image.Image:
+def draw_detections(
+    image: Image.Image | np.ndarray, det: Detections, *, show_scores: bool = True
+) -> Image.Image:
     """A copy of the image with each box outlined and tagged `label score`."""
     canvas = _as_rgb(image).copy()
     draw = ImageDraw.Draw(canvas)
@@ -90,8 +99,9 @@ def draw_detections(image: Image.Image | np.ndarray, det: Detections, *,
     return canvas
 
 
-def draw_segmentation(image: Image.Image | np.ndarray, seg: Segmentation, *,
-                      opacity: float = 0.5, legend: bool = True) -> Image.Image:
+def draw_segmentation(
+    image: Image.Image | np.ndarray, seg: Segmentation, *, opacity: float = 0.5, legend: bool = True
+) -> Image.Image:
     """Masks blended over the image, coloured by class, with a legend of the classes shown.
 
     Instances are outlined so touching objects of one class stay apart. A matte result
@@ -154,15 +164,21 @@ def _with_legend(canvas: Image.Image, present: dict[int, str]) -> Image.Image:
     draw = ImageDraw.Draw(out)
     for i, (label_id, name) in enumerate(rows):
         x, y = canvas.width + 6, 4 + i * row_h
-        draw.rectangle([x, y, x + swatch, y + swatch], fill=label_colour(label_id),
-                       outline=(0, 0, 0))
+        draw.rectangle(
+            [x, y, x + swatch, y + swatch], fill=label_colour(label_id), outline=(0, 0, 0)
+        )
         draw.text((x + swatch + font_size // 2, y), name, fill=(0, 0, 0), font=font)
     return out
 
 
-def write_overlay(path: str | os.PathLike, image: Image.Image | np.ndarray,
-                  result: Detections | Segmentation, *, inputs: Iterable[Path] = (),
-                  quality: int | None = 92) -> Path:
+def write_overlay(
+    path: str | os.PathLike,
+    image: Image.Image | np.ndarray,
+    result: Detections | Segmentation,
+    *,
+    inputs: Iterable[Path] = (),
+    quality: int | None = 92,
+) -> Path:
     """Draw the result over the image and write it atomically (never over an input)."""
     path = Path(path)
     ensure_not_input(path, inputs)

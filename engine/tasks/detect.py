@@ -13,12 +13,14 @@ All boxes come back in original pixels (x0, y0, x1, y1), clipped to the image, s
 by decreasing score. Images of one size are batched together, so results never
 depend on which other images shared a batch (no padding between sizes).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -30,7 +32,6 @@ from engine.results import Box, Detections
 if TYPE_CHECKING:
     from engine.media.image import LoadedImage
     from engine.runtimes.base import Runner
-
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,9 @@ _FAMILIES: dict[str, FamilyEntry] = {}
 _BY_MODEL_TYPE: dict[str, str] = {}
 
 
-def register_family(name: str, *model_types: str,
-                    open_vocabulary: bool = False) -> Callable[[Family], Family]:
+def register_family(
+    name: str, *model_types: str, open_vocabulary: bool = False
+) -> Callable[[Family], Family]:
     """Register a detector family for transformers model types (and/or sidecar `family`)."""
 
     def deco(fn: Family) -> Family:
@@ -70,13 +72,14 @@ def register_family(name: str, *model_types: str,
 
 # -- what a runner is ---------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ModelInfo:
     model_type: str | None
     id2label: dict[int, str]
 
 
-def model_info(runner: "Runner") -> ModelInfo:
+def model_info(runner: Runner) -> ModelInfo:
     """model_type and label map from the loaded module's config, else the folder's config.json.
 
     ONNX exports carry no config object, so their card's folder (the export sits next to
@@ -103,7 +106,7 @@ def model_info(runner: "Runner") -> ModelInfo:
     return ModelInfo(model_type, {int(k): str(v) for k, v in id2label.items()})
 
 
-def _config_json(runner: "Runner") -> dict[str, Any]:
+def _config_json(runner: Runner) -> dict[str, Any]:
     local = getattr(runner.card, "local_path", None)
     candidates = []
     if local:
@@ -122,7 +125,7 @@ def _config_json(runner: "Runner") -> dict[str, Any]:
     return {}
 
 
-def family_for(runner: "Runner") -> FamilyEntry:
+def family_for(runner: Runner) -> FamilyEntry:
     sidecar = getattr(runner.card, "sidecar", {}) or {}
     name = sidecar.get("family")
     if name is None:
@@ -132,34 +135,49 @@ def family_for(runner: "Runner") -> FamilyEntry:
             raise UnsupportedModelError(
                 f"Model '{runner.card.id}' (model type {model_type or 'unknown'}) is not a "
                 f"detector Ocula knows. Known model types: {', '.join(sorted(_BY_MODEL_TYPE))}; "
-                f"for a YOLO-style ONNX file set family = \"yolo\" in its sidecar.")
+                f'for a YOLO-style ONNX file set family = "yolo" in its sidecar.'
+            )
     try:
         return _FAMILIES[name]
     except KeyError:
         raise UnsupportedModelError(
             f"Model '{runner.card.id}': unknown detector family '{name}'. "
-            f"Known: {', '.join(sorted(_FAMILIES))}.") from None
+            f"Known: {', '.join(sorted(_FAMILIES))}."
+        ) from None
 
 
 # -- the entry point ----------------------------------------------------------------------------
 
-def detect(runner: "Runner", images: Sequence["LoadedImage | Image.Image"], *,
-           threshold: float = 0.5, nms_iou: float | None = None, max_detections: int = 100,
-           classes: Sequence[str] | None = None, batch_size: int = 8,
-           progress: ProgressCallback | None = None,
-           cancel: CancelToken | None = None) -> list[Detections]:
+
+def detect(
+    runner: Runner,
+    images: Sequence[LoadedImage | Image.Image],
+    *,
+    threshold: float = 0.5,
+    nms_iou: float | None = None,
+    max_detections: int = 100,
+    classes: Sequence[str] | None = None,
+    batch_size: int = 8,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> list[Detections]:
     """Detect objects in each image; one Detections per image, in input order."""
     if batch_size < 1:
         raise UsageError("batch_size must be at least 1.")
     if max_detections < 1:
         raise UsageError("max_detections must be at least 1.")
     family = family_for(runner)
-    opts = DetectOptions(threshold=float(threshold), nms_iou=nms_iou,
-                         max_detections=int(max_detections),
-                         classes=tuple(classes) if classes else None)
+    opts = DetectOptions(
+        threshold=float(threshold),
+        nms_iou=nms_iou,
+        max_detections=int(max_detections),
+        classes=tuple(classes) if classes else None,
+    )
     if family.open_vocabulary and not opts.classes:
-        raise UsageError(f"Model '{runner.card.id}' is open-vocabulary: say what to look for "
-                         f"with classes (e.g. --classes \"cat,red car\").")
+        raise UsageError(
+            f"Model '{runner.card.id}' is open-vocabulary: say what to look for "
+            f'with classes (e.g. --classes "cat,red car").'
+        )
     pils = [as_pil(img) for img in images]
     results: list[Detections | None] = [None] * len(pils)
     done = 0
@@ -174,7 +192,7 @@ def detect(runner: "Runner", images: Sequence["LoadedImage | Image.Image"], *,
     return [r for r in results if r is not None]
 
 
-def as_pil(image: "LoadedImage | Image.Image") -> Image.Image:
+def as_pil(image: LoadedImage | Image.Image) -> Image.Image:
     """8-bit RGB Pillow image (a LoadedImage already has EXIF orientation applied)."""
     rgb = getattr(image, "rgb", None)
     if rgb is not None:
@@ -189,10 +207,13 @@ def size_batches(images: Sequence[Image.Image], batch_size: int) -> list[list[in
     groups: dict[tuple[int, int], list[int]] = {}
     for i, img in enumerate(images):
         groups.setdefault(img.size, []).append(i)
-    return [idx[k:k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
+    return [
+        idx[k : k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)
+    ]
 
 
 # -- shared post-processing ---------------------------------------------------------------------
+
 
 def _class_filter(opts: DetectOptions, id2label: dict[int, str], model_id: str) -> set[int] | None:
     if not opts.classes:
@@ -201,15 +222,25 @@ def _class_filter(opts: DetectOptions, id2label: dict[int, str], model_id: str) 
     unknown = [c for c in opts.classes if c.lower() not in by_name]
     if unknown:
         sample = ", ".join(list(id2label.values())[:12])
-        raise UsageError(f"Model '{model_id}' has no class {', '.join(map(repr, unknown))}. "
-                         f"Its classes include: {sample}…")
+        raise UsageError(
+            f"Model '{model_id}' has no class {', '.join(map(repr, unknown))}. "
+            f"Its classes include: {sample}…"
+        )
     return {by_name[c.lower()] for c in opts.classes}
 
 
-def finish(scores: np.ndarray, label_ids: np.ndarray, boxes: np.ndarray, *,
-           image_size: tuple[int, int], id2label: dict[int, str], opts: DetectOptions,
-           keep_ids: set[int] | None = None, label_names: Sequence[str] | None = None,
-           nms_iou: float | None = None) -> Detections:
+def finish(
+    scores: np.ndarray,
+    label_ids: np.ndarray,
+    boxes: np.ndarray,
+    *,
+    image_size: tuple[int, int],
+    id2label: dict[int, str],
+    opts: DetectOptions,
+    keep_ids: set[int] | None = None,
+    label_names: Sequence[str] | None = None,
+    nms_iou: float | None = None,
+) -> Detections:
     """Clip, filter, optional class-wise NMS, sort by score, cap, and wrap as Detections."""
     from engine.tasks.yolo import batched_nms
 
@@ -226,14 +257,18 @@ def finish(scores: np.ndarray, label_ids: np.ndarray, boxes: np.ndarray, *,
     iou = nms_iou if nms_iou is not None else opts.nms_iou
     if iou is not None and len(idx):
         idx = idx[batched_nms(boxes[idx], scores[idx], label_ids[idx], float(iou))]
-    idx = idx[np.argsort(-scores[idx], kind="stable")][:opts.max_detections]
+    idx = idx[np.argsort(-scores[idx], kind="stable")][: opts.max_detections]
     out = []
     for i in idx:
-        name = label_names[i] if label_names is not None else id2label.get(int(label_ids[i]),
-                                                                            str(int(label_ids[i])))
+        name = (
+            label_names[i]
+            if label_names is not None
+            else id2label.get(int(label_ids[i]), str(int(label_ids[i])))
+        )
         x0, y0, x1, y1 = (float(v) for v in boxes[i])
-        out.append(Box(x0, y0, x1, y1, label=name, score=float(scores[i]),
-                       label_id=int(label_ids[i])))
+        out.append(
+            Box(x0, y0, x1, y1, label=name, score=float(scores[i]), label_id=int(label_ids[i]))
+        )
     return Detections(boxes=out, image_size=(w, h), labels=dict(id2label))
 
 
@@ -241,12 +276,13 @@ def _image_processor(processor: Any) -> Any:
     return getattr(processor, "image_processor", None) or processor
 
 
-def _require_processor(runner: "Runner") -> Any:
+def _require_processor(runner: Runner) -> Any:
     if runner.processor is None:
         raise UnsupportedModelError(
             f"Model '{runner.card.id}' has no image processor (preprocessor_config.json); "
             f"it cannot be prepared for detection. Re-download or re-export it with its "
-            f"processor files.")
+            f"processor files."
+        )
     return runner.processor
 
 
@@ -256,11 +292,25 @@ def _numpy(t: Any) -> np.ndarray:
 
 # -- families: closed-vocabulary transformers detectors -------------------------------------------
 
-@register_family("transformers-detection", "detr", "conditional_detr", "deformable_detr",
-                 "dab-detr", "table-transformer", "yolos", "rt_detr", "rt_detr_v2", "d_fine",
-                 "deimv2", "lw_detr", "rf_detr")
-def _run_processor_detection(runner: "Runner", images: list[Image.Image],
-                             opts: DetectOptions) -> list[Detections]:
+
+@register_family(
+    "transformers-detection",
+    "detr",
+    "conditional_detr",
+    "deformable_detr",
+    "dab-detr",
+    "table-transformer",
+    "yolos",
+    "rt_detr",
+    "rt_detr_v2",
+    "d_fine",
+    "deimv2",
+    "lw_detr",
+    "rf_detr",
+)
+def _run_processor_detection(
+    runner: Runner, images: list[Image.Image], opts: DetectOptions
+) -> list[Detections]:
     """DETR-likes: the processor prepares, the processor's post_process_object_detection decodes."""
     processor = _image_processor(_require_processor(runner))
     info = model_info(runner)
@@ -268,18 +318,28 @@ def _run_processor_detection(runner: "Runner", images: list[Image.Image],
     inputs = processor(images=images, return_tensors="pt")
     outputs = runner.forward(dict(inputs))
     target_sizes = [(img.height, img.width) for img in images]
-    decoded = processor.post_process_object_detection(outputs, threshold=opts.threshold,
-                                                      target_sizes=target_sizes)
-    return [finish(_numpy(d["scores"]), _numpy(d["labels"]), _numpy(d["boxes"]),
-                   image_size=img.size, id2label=info.id2label, opts=opts, keep_ids=keep_ids)
-            for d, img in zip(decoded, images)]
+    decoded = processor.post_process_object_detection(
+        outputs, threshold=opts.threshold, target_sizes=target_sizes
+    )
+    return [
+        finish(
+            _numpy(d["scores"]),
+            _numpy(d["labels"]),
+            _numpy(d["boxes"]),
+            image_size=img.size,
+            id2label=info.id2label,
+            opts=opts,
+            keep_ids=keep_ids,
+        )
+        for d, img in zip(decoded, images)
+    ]
 
 
 # -- families: open vocabulary ---------------------------------------------------------------------
 
+
 @register_family("owl", "owlv2", "owlvit", open_vocabulary=True)
-def _run_owl(runner: "Runner", images: list[Image.Image],
-             opts: DetectOptions) -> list[Detections]:
+def _run_owl(runner: Runner, images: list[Image.Image], opts: DetectOptions) -> list[Detections]:
     """OWL-ViT / OWLv2: text queries from `classes`; boxes scaled by the processor (OWLv2 pads
     to a square, which its post-processing undoes given the original sizes)."""
     processor = _require_processor(runner)
@@ -288,17 +348,29 @@ def _run_owl(runner: "Runner", images: list[Image.Image],
     outputs = runner.forward(dict(inputs))
     target_sizes = [(img.height, img.width) for img in images]
     decoded = processor.post_process_grounded_object_detection(
-        outputs, threshold=opts.threshold, target_sizes=target_sizes,
-        text_labels=[queries] * len(images))
+        outputs,
+        threshold=opts.threshold,
+        target_sizes=target_sizes,
+        text_labels=[queries] * len(images),
+    )
     id2label = dict(enumerate(queries))
-    return [finish(_numpy(d["scores"]), _numpy(d["labels"]), _numpy(d["boxes"]),
-                   image_size=img.size, id2label=id2label, opts=opts)
-            for d, img in zip(decoded, images)]
+    return [
+        finish(
+            _numpy(d["scores"]),
+            _numpy(d["labels"]),
+            _numpy(d["boxes"]),
+            image_size=img.size,
+            id2label=id2label,
+            opts=opts,
+        )
+        for d, img in zip(decoded, images)
+    ]
 
 
 @register_family("grounding-dino", "grounding-dino", "mm-grounding-dino", open_vocabulary=True)
-def _run_grounding_dino(runner: "Runner", images: list[Image.Image],
-                        opts: DetectOptions) -> list[Detections]:
+def _run_grounding_dino(
+    runner: Runner, images: list[Image.Image], opts: DetectOptions
+) -> list[Detections]:
     """Grounding DINO: phrases come back as text; those equal to a query get its index."""
     processor = _require_processor(runner)
     queries = list(opts.classes or ())
@@ -306,22 +378,36 @@ def _run_grounding_dino(runner: "Runner", images: list[Image.Image],
     outputs = runner.forward(dict(inputs))
     target_sizes = [(img.height, img.width) for img in images]
     decoded = processor.post_process_grounded_object_detection(
-        outputs, input_ids=inputs["input_ids"], threshold=opts.threshold,
-        text_threshold=opts.threshold, target_sizes=target_sizes)
+        outputs,
+        input_ids=inputs["input_ids"],
+        threshold=opts.threshold,
+        text_threshold=opts.threshold,
+        target_sizes=target_sizes,
+    )
     by_text = {q.lower().strip(): i for i, q in enumerate(queries)}
     results = []
     for d, img in zip(decoded, images):
         names = [str(t) for t in d["text_labels"]]
         ids = np.array([by_text.get(n.lower().strip(), -1) for n in names], dtype=np.int64)
-        results.append(finish(_numpy(d["scores"]), ids, _numpy(d["boxes"]), image_size=img.size,
-                              id2label=dict(enumerate(queries)), opts=opts, label_names=names,
-                              nms_iou=opts.nms_iou))
+        results.append(
+            finish(
+                _numpy(d["scores"]),
+                ids,
+                _numpy(d["boxes"]),
+                image_size=img.size,
+                id2label=dict(enumerate(queries)),
+                opts=opts,
+                label_names=names,
+                nms_iou=opts.nms_iou,
+            )
+        )
     return results
 
 
 # -- families: YOLO-style ONNX exports -------------------------------------------------------------
 
-def yolo_spec(runner: "Runner"):
+
+def yolo_spec(runner: Runner):
     from engine.tasks.yolo import YoloSpec
 
     local = getattr(runner.card, "local_path", None)
@@ -330,8 +416,7 @@ def yolo_spec(runner: "Runner"):
 
 
 @register_family("yolo")
-def _run_yolo(runner: "Runner", images: list[Image.Image],
-              opts: DetectOptions) -> list[Detections]:
+def _run_yolo(runner: Runner, images: list[Image.Image], opts: DetectOptions) -> list[Detections]:
     """Letterbox -> ONNX -> decode v5/v8 -> class-wise NMS -> undo letterbox (original pixels)."""
     from engine.tasks import yolo
 
@@ -339,8 +424,10 @@ def _run_yolo(runner: "Runner", images: list[Image.Image],
     id2label = dict(enumerate(spec.class_names))
     keep_ids = _class_filter(opts, id2label, runner.card.id) if id2label else None
     if opts.classes and not id2label:
-        raise UsageError(f"Model '{runner.card.id}' has no class names (sidecar `labels` or ONNX "
-                         f"metadata `names`), so it cannot filter by class.")
+        raise UsageError(
+            f"Model '{runner.card.id}' has no class names (sidecar `labels` or ONNX "
+            f"metadata `names`), so it cannot filter by class."
+        )
     iou = opts.nms_iou if opts.nms_iou is not None else 0.45
     results = []
     # one image per call: most YOLO exports have a fixed batch dimension of 1
@@ -348,18 +435,34 @@ def _run_yolo(runner: "Runner", images: list[Image.Image],
         batch, geos = yolo.preprocess([np.asarray(img)], spec)
         outputs = runner.forward({spec.input_name or "images": batch})
         raw = outputs[spec.output_name] if spec.output_name else next(iter(outputs.values()))
-        (dets,) = yolo.postprocess(_numpy(raw), geos, spec, threshold=opts.threshold,
-                                   nms_iou=iou, max_detections=opts.max_detections,
-                                   class_filter=keep_ids)
+        (dets,) = yolo.postprocess(
+            _numpy(raw),
+            geos,
+            spec,
+            threshold=opts.threshold,
+            nms_iou=iou,
+            max_detections=opts.max_detections,
+            class_filter=keep_ids,
+        )
         names = [id2label.get(int(c), f"class_{int(c)}") for c in dets.class_ids]
-        results.append(finish(dets.scores, dets.class_ids, dets.boxes, image_size=img.size,
-                              id2label=id2label, opts=opts, label_names=names))
+        results.append(
+            finish(
+                dets.scores,
+                dets.class_ids,
+                dets.boxes,
+                image_size=img.size,
+                id2label=id2label,
+                opts=opts,
+                label_names=names,
+            )
+        )
     return results
 
 
 # -- family: MTCNN face detector (facenet-pytorch, weights ship inside the package) -------------
 
-def load_mtcnn(card: Any, *, device: str = "cpu", **_: Any) -> "Runner":
+
+def load_mtcnn(card: Any, *, device: str = "cpu", **_: Any) -> Runner:
     """facenet-pytorch's MTCNN as a Runner (card.sidecar family = "mtcnn").
 
     `forward({"image": PIL})` returns boxes [N, 4] and scores [N]. The three cascaded
@@ -374,17 +477,22 @@ def load_mtcnn(card: Any, *, device: str = "cpu", **_: Any) -> "Runner":
     except ImportError as exc:
         raise UnsupportedModelError(
             f"Model '{card.id}' needs the facenet-pytorch package "
-            f"(pip install --no-deps facenet-pytorch requests).") from exc
+            f"(pip install --no-deps facenet-pytorch requests)."
+        ) from exc
     sidecar = getattr(card, "sidecar", {}) or {}
     torch_device = device if device not in ("auto", "") else "cpu"
 
     class _Mtcnn(Runner):
         def __init__(self) -> None:
-            super().__init__(card, Placement(backend="facenet-pytorch", device=torch_device,
-                                             precision="fp32"))
-            self.detector = MTCNN(keep_all=True, device=torch_device,
-                                  min_face_size=int(sidecar.get("min_face_size", 20)),
-                                  thresholds=list(sidecar.get("stage_thresholds", [0.6, 0.7, 0.7])))
+            super().__init__(
+                card, Placement(backend="facenet-pytorch", device=torch_device, precision="fp32")
+            )
+            self.detector = MTCNN(
+                keep_all=True,
+                device=torch_device,
+                min_face_size=int(sidecar.get("min_face_size", 20)),
+                thresholds=list(sidecar.get("stage_thresholds", [0.6, 0.7, 0.7])),
+            )
 
         def forward(self, inputs: Any) -> Outputs:
             import torch
@@ -393,8 +501,10 @@ def load_mtcnn(card: Any, *, device: str = "cpu", **_: Any) -> "Runner":
                 boxes, probs = self.detector.detect(inputs["image"])
             if boxes is None:  # facenet returns None, not an empty array, when it finds nothing
                 return Outputs(boxes=torch.zeros((0, 4)), scores=torch.zeros(0))
-            return Outputs(boxes=torch.as_tensor(np.asarray(boxes, dtype=np.float32)),
-                           scores=torch.as_tensor(np.asarray(probs, dtype=np.float32)))
+            return Outputs(
+                boxes=torch.as_tensor(np.asarray(boxes, dtype=np.float32)),
+                scores=torch.as_tensor(np.asarray(probs, dtype=np.float32)),
+            )
 
         def release(self) -> None:
             self.detector = None
@@ -403,8 +513,7 @@ def load_mtcnn(card: Any, *, device: str = "cpu", **_: Any) -> "Runner":
 
 
 @register_family("mtcnn")
-def _run_mtcnn(runner: "Runner", images: list[Image.Image],
-               opts: DetectOptions) -> list[Detections]:
+def _run_mtcnn(runner: Runner, images: list[Image.Image], opts: DetectOptions) -> list[Detections]:
     id2label = {0: "face"}
     keep_ids = _class_filter(opts, id2label, runner.card.id)
     results = []
@@ -412,7 +521,15 @@ def _run_mtcnn(runner: "Runner", images: list[Image.Image],
         outputs = runner.forward({"image": img})
         scores = _numpy(outputs.scores)
         keep = scores > opts.threshold
-        results.append(finish(scores[keep], np.zeros(int(keep.sum()), np.int64),
-                              _numpy(outputs.boxes)[keep], image_size=img.size,
-                              id2label=id2label, opts=opts, keep_ids=keep_ids))
+        results.append(
+            finish(
+                scores[keep],
+                np.zeros(int(keep.sum()), np.int64),
+                _numpy(outputs.boxes)[keep],
+                image_size=img.size,
+                id2label=id2label,
+                opts=opts,
+                keep_ids=keep_ids,
+            )
+        )
     return results

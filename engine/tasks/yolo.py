@@ -11,14 +11,16 @@ models trained with it see what they expect.
 Everything here is numpy (plus torchvision's NMS when already imported) so it runs the
 same whatever backend produced the raw tensor.
 """
+
 from __future__ import annotations
 
 import ast
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -60,31 +62,37 @@ def letterbox_geometry(source_size: tuple[int, int], input_size: tuple[int, int]
     w, h = source_size
     in_w, in_h = input_size
     scale = min(in_w / w, in_h / h)
-    new_w, new_h = int(round(w * scale)), int(round(h * scale))
+    new_w, new_h = round(w * scale), round(h * scale)
     dw, dh = (in_w - new_w) / 2, (in_h - new_h) / 2
     # Ultralytics rounds (d - 0.1) for left/top so odd padding puts the extra pixel right/bottom
-    pad_x, pad_y = int(round(dw - 0.1)), int(round(dh - 0.1))
-    return Letterbox(scale=scale, pad_x=pad_x, pad_y=pad_y, source_size=(w, h),
-                     input_size=(in_w, in_h))
+    pad_x, pad_y = round(dw - 0.1), round(dh - 0.1)
+    return Letterbox(
+        scale=scale, pad_x=pad_x, pad_y=pad_y, source_size=(w, h), input_size=(in_w, in_h)
+    )
 
 
-def letterbox(rgb: np.ndarray, input_size: tuple[int, int], *,
-              pad_value: int = PAD_VALUE) -> tuple[np.ndarray, Letterbox]:
+def letterbox(
+    rgb: np.ndarray, input_size: tuple[int, int], *, pad_value: int = PAD_VALUE
+) -> tuple[np.ndarray, Letterbox]:
     """Resize (H, W, 3) uint8 keeping aspect and pad to `input_size` (width, height)."""
     import cv2
 
     h, w = rgb.shape[:2]
     geo = letterbox_geometry((w, h), input_size)
-    new_w, new_h = int(round(w * geo.scale)), int(round(h * geo.scale))
-    resized = rgb if (new_w, new_h) == (w, h) else cv2.resize(
-        rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    new_w, new_h = round(w * geo.scale), round(h * geo.scale)
+    resized = (
+        rgb
+        if (new_w, new_h) == (w, h)
+        else cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    )
     in_w, in_h = input_size
     canvas = np.full((in_h, in_w, 3), pad_value, dtype=np.uint8)
-    canvas[geo.pad_y:geo.pad_y + new_h, geo.pad_x:geo.pad_x + new_w] = resized
+    canvas[geo.pad_y : geo.pad_y + new_h, geo.pad_x : geo.pad_x + new_w] = resized
     return canvas, geo
 
 
 # -- the sidecar -------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class YoloSpec:
@@ -100,7 +108,7 @@ class YoloSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_sidecar(cls, sidecar: Mapping[str, Any], *, onnx_path: str | None = None) -> "YoloSpec":
+    def from_sidecar(cls, sidecar: Mapping[str, Any], *, onnx_path: str | None = None) -> YoloSpec:
         meta = onnx_metadata(onnx_path) if onnx_path else {}
         size = sidecar.get("input_size")
         for key in ("input_hw", "imgsz"):  # both [height, width]; a fixed graph input wins
@@ -114,8 +122,9 @@ class YoloSpec:
         elif isinstance(size, (list, tuple)) and len(size) == 2:
             input_size = (int(size[0]), int(size[1]))  # [width, height]
         else:
-            raise CatalogError(f"YOLO sidecar: 'input_size' must be an int or [width, height], "
-                               f"got {size!r}.")
+            raise CatalogError(
+                f"YOLO sidecar: 'input_size' must be an int or [width, height], got {size!r}."
+            )
         layout = str(sidecar.get("layout", "auto")).lower()
         if layout not in ("auto", "v5", "v8"):
             raise CatalogError(f"YOLO sidecar: 'layout' must be v5, v8 or auto, got {layout!r}.")
@@ -123,10 +132,15 @@ class YoloSpec:
         class_names = _names_tuple(names) if names is not None else ()
         if not class_names and "names" in meta:
             class_names = _names_tuple(meta["names"])
-        return cls(input_size=input_size, layout=layout, class_names=class_names,
-                   input_name=sidecar.get("input_name"), output_name=sidecar.get("output_name"),
-                   pad_value=int(sidecar.get("pad_value", PAD_VALUE)),
-                   scale=float(sidecar.get("scale", 1 / 255)))
+        return cls(
+            input_size=input_size,
+            layout=layout,
+            class_names=class_names,
+            input_name=sidecar.get("input_name"),
+            output_name=sidecar.get("output_name"),
+            pad_value=int(sidecar.get("pad_value", PAD_VALUE)),
+            scale=float(sidecar.get("scale", 1 / 255)),
+        )
 
 
 def _names_tuple(names: Any) -> tuple[str, ...]:
@@ -145,8 +159,9 @@ def _parse_names_text(text: str) -> Any:
             return parse(text)
         except (ValueError, SyntaxError):
             continue
-    raise CatalogError(f"YOLO model metadata 'names' is neither JSON nor a Python literal: "
-                       f"{text[:80]!r}")
+    raise CatalogError(
+        f"YOLO model metadata 'names' is neither JSON nor a Python literal: {text[:80]!r}"
+    )
 
 
 def onnx_metadata(path: str | Path) -> dict[str, str]:
@@ -158,14 +173,16 @@ def onnx_metadata(path: str | Path) -> dict[str, str]:
 
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # unreadable metadata just means none; the loader reports bad files
+    except Exception:  # noqa: BLE001 - unreadable metadata means none; the loader reports bad files
         return {}
     meta = {prop.key: prop.value for prop in model.metadata_props}
     initializers = {init.name for init in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(inputs) == 1:
-        dims = [d.dim_value if d.HasField("dim_value") else 0
-                for d in inputs[0].type.tensor_type.shape.dim]
+        dims = [
+            d.dim_value if d.HasField("dim_value") else 0
+            for d in inputs[0].type.tensor_type.shape.dim
+        ]
         if len(dims) == 4 and dims[2] > 0 and dims[3] > 0:
             meta["input_hw"] = json.dumps([dims[2], dims[3]])
     return meta
@@ -179,6 +196,7 @@ def names_from_onnx(path: str | Path) -> tuple[str, ...]:
 
 # -- pre-processing ---------------------------------------------------------------------------
 
+
 def preprocess(rgb_images: list[np.ndarray], spec: YoloSpec) -> tuple[np.ndarray, list[Letterbox]]:
     """Letterbox each (H, W, 3) uint8 image, stack to float32 NCHW scaled by `spec.scale`."""
     tensors, geos = [], []
@@ -191,6 +209,7 @@ def preprocess(rgb_images: list[np.ndarray], spec: YoloSpec) -> tuple[np.ndarray
 
 
 # -- decoding ---------------------------------------------------------------------------------
+
 
 @dataclass
 class RawDetections:
@@ -213,8 +232,14 @@ def guess_layout(shape: tuple[int, ...], num_classes: int | None) -> str:
     return "v8" if a < b else "v5"
 
 
-def decode(raw: np.ndarray, *, layout: str, threshold: float, num_classes: int | None = None,
-           class_filter: set[int] | None = None) -> list[RawDetections]:
+def decode(
+    raw: np.ndarray,
+    *,
+    layout: str,
+    threshold: float,
+    num_classes: int | None = None,
+    class_filter: set[int] | None = None,
+) -> list[RawDetections]:
     """Turn one raw output batch into per-image candidates above `threshold` (before NMS)."""
     raw = np.asarray(raw, dtype=np.float32)
     if layout == "auto":
@@ -239,8 +264,13 @@ def decode(raw: np.ndarray, *, layout: str, threshold: float, num_classes: int |
         keep = scores > threshold
         cx, cy, w, h = (pred[keep, i] for i in range(4))
         boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
-        results.append(RawDetections(boxes=boxes.reshape(-1, 4), scores=scores[keep],
-                                     class_ids=class_ids[keep].astype(np.int64)))
+        results.append(
+            RawDetections(
+                boxes=boxes.reshape(-1, 4),
+                scores=scores[keep],
+                class_ids=class_ids[keep].astype(np.int64),
+            )
+        )
     return results
 
 
@@ -265,8 +295,9 @@ def nms_numpy(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np
     return np.asarray(keep, dtype=np.int64)
 
 
-def batched_nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray,
-                iou_threshold: float) -> np.ndarray:
+def batched_nms(
+    boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float
+) -> np.ndarray:
     """Class-wise NMS: boxes of different classes never suppress each other."""
     if len(boxes) == 0:
         return np.zeros(0, dtype=np.int64)
@@ -274,17 +305,21 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray,
         import torch
         from torchvision.ops import batched_nms as tv_batched_nms
 
-        keep = tv_batched_nms(torch.as_tensor(boxes, dtype=torch.float32),
-                              torch.as_tensor(scores, dtype=torch.float32),
-                              torch.as_tensor(class_ids), iou_threshold)
+        keep = tv_batched_nms(
+            torch.as_tensor(boxes, dtype=torch.float32),
+            torch.as_tensor(scores, dtype=torch.float32),
+            torch.as_tensor(class_ids),
+            iou_threshold,
+        )
         return keep.numpy().astype(np.int64)
     # importing torchvision.ops costs seconds (it pulls in torch._dynamo), so the ONNX path
     # stays on the numpy NMS, which keeps the same boxes (tested against torchvision)
     return batched_nms_numpy(boxes, scores, class_ids, iou_threshold)
 
 
-def batched_nms_numpy(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray,
-                      iou_threshold: float) -> np.ndarray:
+def batched_nms_numpy(
+    boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float
+) -> np.ndarray:
     if len(boxes) == 0:
         return np.zeros(0, dtype=np.int64)
     # offsetting each class far apart is torchvision's own trick for class-wise NMS
@@ -292,18 +327,31 @@ def batched_nms_numpy(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarr
     return nms_numpy(boxes + offset[:, None], scores, iou_threshold)
 
 
-def postprocess(raw: np.ndarray, geos: list[Letterbox], spec: YoloSpec, *, threshold: float,
-                nms_iou: float = 0.45, max_detections: int = 300,
-                class_filter: set[int] | None = None) -> list[RawDetections]:
+def postprocess(
+    raw: np.ndarray,
+    geos: list[Letterbox],
+    spec: YoloSpec,
+    *,
+    threshold: float,
+    nms_iou: float = 0.45,
+    max_detections: int = 300,
+    class_filter: set[int] | None = None,
+) -> list[RawDetections]:
     """Decode, NMS, keep the best `max_detections`, map boxes to original pixels."""
     num_classes = len(spec.class_names) or None
-    decoded = decode(raw, layout=spec.layout, threshold=threshold, num_classes=num_classes,
-                     class_filter=class_filter)
+    decoded = decode(
+        raw,
+        layout=spec.layout,
+        threshold=threshold,
+        num_classes=num_classes,
+        class_filter=class_filter,
+    )
     out = []
     for det, geo in zip(decoded, geos):
         keep = batched_nms(det.boxes, det.scores, det.class_ids, nms_iou)
         keep = keep[np.argsort(-det.scores[keep], kind="stable")][:max_detections]
         boxes = geo.to_original(det.boxes[keep]) if len(keep) else np.zeros((0, 4))
-        out.append(RawDetections(boxes=boxes, scores=det.scores[keep],
-                                 class_ids=det.class_ids[keep]))
+        out.append(
+            RawDetections(boxes=boxes, scores=det.scores[keep], class_ids=det.class_ids[keep])
+        )
     return out

@@ -4,6 +4,7 @@ Oracle: the model and processor loaded straight from the saved folder with trans
 one image at a time, `post_process_object_detection` with the original size; boxes then
 clipped to the image (what `detect` promises) and sorted by score.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,16 +34,25 @@ def folders(tmp_path_factory) -> dict:
 
 
 def card_for(folder, name: str = "tiny", runtime: str = "transformers", **kw) -> ModelCard:
-    return ModelCard(id=f"tiny-{name}", name=name, tasks=("detect",), runtime=runtime,
-                     local_path=str(folder), source=Source.LOCAL, **kw)
+    return ModelCard(
+        id=f"tiny-{name}",
+        name=name,
+        tasks=("detect",),
+        runtime=runtime,
+        local_path=str(folder),
+        source=Source.LOCAL,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
 def runners(folders) -> dict:
     from engine.runtimes import load_runner
 
-    return {name: load_runner(card_for(f, name), device="cpu", precision="fp32")
-            for name, f in folders.items()}
+    return {
+        name: load_runner(card_for(f, name), device="cpu", precision="fp32")
+        for name, f in folders.items()
+    }
 
 
 def images() -> list[Image.Image]:
@@ -58,12 +68,15 @@ def oracle(folder, cls_name: str, image: Image.Image, threshold: float) -> list[
     with torch.no_grad():
         outputs = model(**processor(images=[image], return_tensors="pt"))
     (res,) = processor.post_process_object_detection(
-        outputs, threshold=threshold, target_sizes=[(image.height, image.width)])
+        outputs, threshold=threshold, target_sizes=[(image.height, image.width)]
+    )
     boxes = res["boxes"].numpy().astype(np.float64)
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, image.width)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, image.height)
-    rows = [(int(l), float(s), tuple(b)) for l, s, b in
-            zip(res["labels"].tolist(), res["scores"].tolist(), boxes)]
+    rows = [
+        (int(l), float(s), tuple(b))
+        for l, s, b in zip(res["labels"].tolist(), res["scores"].tolist(), boxes)
+    ]
     return sorted(rows, key=lambda r: -r[1])
 
 
@@ -71,8 +84,11 @@ def assert_matches(det: Detections, expected: list[tuple], labels: dict[int, str
     assert [b.label_id for b in det.boxes] == [r[0] for r in expected]
     assert [b.label for b in det.boxes] == [labels[r[0]] for r in expected]
     np.testing.assert_allclose([b.score for b in det.boxes], [r[1] for r in expected], atol=1e-6)
-    np.testing.assert_allclose(np.array([b.xyxy for b in det.boxes]).reshape(-1, 4),
-                               np.array([r[2] for r in expected]).reshape(-1, 4), atol=1e-4)
+    np.testing.assert_allclose(
+        np.array([b.xyxy for b in det.boxes]).reshape(-1, 4),
+        np.array([r[2] for r in expected]).reshape(-1, 4),
+        atol=1e-4,
+    )
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -105,9 +121,12 @@ def test_class_filter_max_detections_and_nms(folders, runners) -> None:
     top3 = detect(runners["detr"], [img], threshold=0.0, max_detections=3)[0]
     assert_matches(top3, everything[:3], td.LABELS)
     nms = detect(runners["detr"], [img], threshold=0.0, nms_iou=0.5)[0]
-    keep = batched_nms(torch.tensor(np.array([r[2] for r in everything]), dtype=torch.float32),
-                       torch.tensor([r[1] for r in everything], dtype=torch.float32),
-                       torch.tensor([r[0] for r in everything]), 0.5).tolist()
+    keep = batched_nms(
+        torch.tensor(np.array([r[2] for r in everything]), dtype=torch.float32),
+        torch.tensor([r[1] for r in everything], dtype=torch.float32),
+        torch.tensor([r[0] for r in everything]),
+        0.5,
+    ).tolist()
     assert_matches(nms, [everything[i] for i in sorted(keep)], td.LABELS)
     assert len(nms.boxes) < len(everything)
 
@@ -147,7 +166,9 @@ def test_size_batches_group_by_size_and_cap() -> None:
     assert size_batches(imgs, 2) == [[0, 2], [3], [1, 4]]
 
 
-def test_onnx_export_gives_same_boxes_through_the_same_task_code(folders, runners, tmp_path) -> None:
+def test_onnx_export_gives_same_boxes_through_the_same_task_code(
+    folders, runners, tmp_path
+) -> None:
     """torch.onnx export of the tiny DETR, run by OnnxRunner: same labels, boxes within 1e-3 px."""
     import shutil
 
@@ -156,15 +177,20 @@ def test_onnx_export_gives_same_boxes_through_the_same_task_code(folders, runner
     folder = tmp_path / "detr-onnx"
     shutil.copytree(folders["detr"], folder)
     onnx_path = td.export_onnx(folder, "DetrForObjectDetection", height=64, width=85)
-    runner = load_runner(card_for(onnx_path, "detr-onnx", runtime="onnx"), device="cpu",
-                         precision="fp32")
+    runner = load_runner(
+        card_for(onnx_path, "detr-onnx", runtime="onnx"), device="cpu", precision="fp32"
+    )
     assert type(runner).__name__ == "OnnxRunner"
     imgs = images()  # includes a portrait size the export never saw (dynamic height/width)
-    for a, b in zip(detect(runner, imgs, threshold=0.0), detect(runners["detr"], imgs, threshold=0.0)):
+    for a, b in zip(
+        detect(runner, imgs, threshold=0.0), detect(runners["detr"], imgs, threshold=0.0)
+    ):
         assert [x.label for x in a.boxes] == [x.label for x in b.boxes]
         assert len(a.boxes) == 12
         np.testing.assert_allclose([x.xyxy for x in a.boxes], [x.xyxy for x in b.boxes], atol=1e-3)
-        np.testing.assert_allclose([x.score for x in a.boxes], [x.score for x in b.boxes], atol=1e-5)
+        np.testing.assert_allclose(
+            [x.score for x in a.boxes], [x.score for x in b.boxes], atol=1e-5
+        )
 
 
 def test_owlv2_open_vocabulary_equals_transformers(tmp_path) -> None:
@@ -173,8 +199,9 @@ def test_owlv2_open_vocabulary_equals_transformers(tmp_path) -> None:
     from engine.runtimes import load_runner
 
     folder = td.build_owlv2(tmp_path / "owlv2")
-    runner = load_runner(card_for(folder, "owlv2", variant="open-vocab"), device="cpu",
-                         precision="fp32")
+    runner = load_runner(
+        card_for(folder, "owlv2", variant="open-vocab"), device="cpu", precision="fp32"
+    )
     queries = ["cat", "red car"]
     with pytest.raises(UsageError, match="open-vocabulary"):
         detect(runner, images()[:1])
@@ -187,14 +214,58 @@ def test_owlv2_open_vocabulary_equals_transformers(tmp_path) -> None:
         with torch.no_grad():
             out = model(**processor(text=[queries], images=[img], return_tensors="pt"))
         (res,) = processor.post_process_grounded_object_detection(
-            out, threshold=0.6, target_sizes=[(img.height, img.width)], text_labels=[queries])
+            out, threshold=0.6, target_sizes=[(img.height, img.width)], text_labels=[queries]
+        )
         boxes = res["boxes"].numpy().astype(np.float64)
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, img.width)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, img.height)
-        expected = sorted(zip(res["labels"].tolist(), res["scores"].tolist(), boxes),
-                          key=lambda r: -r[1])
+        expected = sorted(
+            zip(res["labels"].tolist(), res["scores"].tolist(), boxes), key=lambda r: -r[1]
+        )
         assert_matches(det, expected, dict(enumerate(queries)))
-        assert [b.label for b in det.boxes] == [res["text_labels"][res["labels"].tolist().index(b.label_id)]
-                                                for b in det.boxes]
+        assert [b.label for b in det.boxes] == [
+            res["text_labels"][res["labels"].tolist().index(b.label_id)] for b in det.boxes
+        ]
         total += len(expected)
+    assert total > 0
+
+
+def test_grounding_dino_phrases_and_boxes_equal_transformers(tmp_path) -> None:
+    import transformers
+
+    from engine.runtimes import load_runner
+
+    folder = td.build_grounding_dino(tmp_path / "gdino")
+    runner = load_runner(card_for(folder, "gdino"), device="cpu", precision="fp32")
+    queries = ["cat", "red car"]
+    model = transformers.GroundingDinoForObjectDetection.from_pretrained(folder).eval()
+    processor = transformers.AutoProcessor.from_pretrained(folder)
+    imgs = images()[:2]
+    results = detect(runner, imgs, threshold=0.8, classes=queries)
+    total = 0
+    for det, img in zip(results, imgs):
+        inputs = processor(images=[img], text=[queries], return_tensors="pt")
+        with torch.no_grad():
+            out = model(**inputs)
+        (res,) = processor.post_process_grounded_object_detection(
+            out,
+            input_ids=inputs["input_ids"],
+            threshold=0.8,
+            text_threshold=0.8,
+            target_sizes=[(img.height, img.width)],
+        )
+        boxes = res["boxes"].numpy().astype(np.float64)
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, img.width)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, img.height)
+        order = np.argsort(-res["scores"].numpy(), kind="stable")
+        assert [b.label for b in det.boxes] == [res["text_labels"][i] for i in order]
+        np.testing.assert_allclose(
+            [b.score for b in det.boxes], res["scores"].numpy()[order], atol=1e-6
+        )
+        np.testing.assert_allclose(
+            np.array([b.xyxy for b in det.boxes]).reshape(-1, 4), boxes[order], atol=1e-4
+        )
+        for b in det.boxes:  # phrases equal to a query get its id; others none
+            assert b.label_id == (queries.index(b.label) if b.label in queries else -1)
+        total += len(det.boxes)
     assert total > 0

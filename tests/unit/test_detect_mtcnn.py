@@ -1,5 +1,6 @@
 """Real weights: facenet-pytorch's MTCNN behind the same detect() entry, and exports of its
 boxes. MTCNN's weights ship inside the facenet-pytorch wheel (no download)."""
+
 from __future__ import annotations
 
 import json
@@ -10,14 +11,22 @@ from PIL import Image
 
 from engine.catalog.card import ModelCard, Source
 
-pytest.importorskip("facenet_pytorch", reason="test extra: pip install --no-deps facenet-pytorch requests")
+pytest.importorskip(
+    "facenet_pytorch", reason="test extra: pip install --no-deps facenet-pytorch requests"
+)
 skimage_data = pytest.importorskip("skimage.data")
 
 pytestmark = pytest.mark.slow
 
-CARD = ModelCard(id="mtcnn", name="MTCNN faces", tasks=("detect",), runtime="facenet-pytorch",
-                 source=Source.LOCAL, sidecar={"family": "mtcnn"},
-                 seed="Zhang et al. 2016, joint face detection and alignment (MTCNN)")
+CARD = ModelCard(
+    id="mtcnn",
+    name="MTCNN faces",
+    tasks=("detect",),
+    runtime="facenet-pytorch",
+    source=Source.LOCAL,
+    sidecar={"family": "mtcnn"},
+    seed="Zhang et al. 2016, joint face detection and alignment (MTCNN)",
+)
 
 
 @pytest.fixture(scope="module")

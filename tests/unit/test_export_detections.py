@@ -1,4 +1,5 @@
 """COCO JSON, YOLO txt, Pascal VOC XML and CSV exports of detections."""
+
 from __future__ import annotations
 
 import csv
@@ -18,11 +19,15 @@ LABELS = {0: "person", 1: "bicycle", 2: "car"}
 
 
 def _results() -> tuple[list[Detections], list[str]]:
-    a = Detections(boxes=[Box(10, 20, 110, 70, "car", 0.91, 2), Box(0, 0, 40, 100, "person", 0.6, 0)],
-                   image_size=(200, 100), labels=LABELS)
+    a = Detections(
+        boxes=[Box(10, 20, 110, 70, "car", 0.91, 2), Box(0, 0, 40, 100, "person", 0.6, 0)],
+        image_size=(200, 100),
+        labels=LABELS,
+    )
     b = Detections(boxes=[], image_size=(64, 48), labels=LABELS)
-    c = Detections(boxes=[Box(5.5, 6.25, 30.5, 40.75, "person", 0.75, 0)], image_size=(50, 60),
-                   labels=LABELS)
+    c = Detections(
+        boxes=[Box(5.5, 6.25, 30.5, 40.75, "person", 0.75, 0)], image_size=(50, 60), labels=LABELS
+    )
     return [a, b, c], ["dir/a.jpg", "b.png", "c.jpeg"]
 
 
@@ -52,8 +57,14 @@ def test_coco_json_loads_in_pycocotools(tmp_path) -> None:
 
 
 def test_open_vocabulary_labels_get_stable_ids() -> None:
-    det = Detections(boxes=[Box(0, 0, 1, 1, "red cup", 0.5), Box(0, 0, 2, 2, "dog", 0.4),
-                            Box(0, 0, 3, 3, "red cup", 0.3)], image_size=(10, 10))
+    det = Detections(
+        boxes=[
+            Box(0, 0, 1, 1, "red cup", 0.5),
+            Box(0, 0, 2, 2, "dog", 0.4),
+            Box(0, 0, 3, 3, "red cup", 0.3),
+        ],
+        image_size=(10, 10),
+    )
     assert dx.label_ids([det]) == {0: "red cup", 1: "dog"}
     doc = dx.coco_dict([det], ["x.jpg"])
     assert [a["category_id"] for a in doc["annotations"]] == [0, 1, 0]
@@ -71,8 +82,11 @@ def test_yolo_txt_numbers(tmp_path) -> None:
     assert (tmp_path / "yolo/b.txt").read_text() == ""
     cx, cy, w, h = (float(v) for v in (tmp_path / "yolo/c.txt").read_text().split()[1:])
     # decoding the normalised numbers gives back the original pixel box
-    np.testing.assert_allclose([(cx - w / 2) * 50, (cy - h / 2) * 60, (cx + w / 2) * 50,
-                                (cy + h / 2) * 60], [5.5, 6.25, 30.5, 40.75], atol=1e-4)
+    np.testing.assert_allclose(
+        [(cx - w / 2) * 50, (cy - h / 2) * 60, (cx + w / 2) * 50, (cy + h / 2) * 60],
+        [5.5, 6.25, 30.5, 40.75],
+        atol=1e-4,
+    )
 
 
 def test_voc_xml_parses(tmp_path) -> None:

@@ -1,4 +1,5 @@
 """COCO RLE, palette label maps, COCO segmentation JSON, alpha mattes and cut-outs."""
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,12 @@ def test_mask_bbox_is_xywh_of_true_pixels() -> None:
 
 def test_palette_label_map_png(tmp_path) -> None:
     label_map = np.array([[-1, 0, 1], [2, 2, 20]], np.int32)
-    seg = Segmentation(kind="semantic", image_size=(3, 2), label_map=label_map,
-                       labels={0: "a", 1: "b", 2: "c", 20: "d"})
+    seg = Segmentation(
+        kind="semantic",
+        image_size=(3, 2),
+        label_map=label_map,
+        labels={0: "a", 1: "b", 2: "c", 20: "d"},
+    )
     out = mx.write_label_map(tmp_path / "labels.png", seg)
     with Image.open(out) as img:
         assert img.mode == "P"
@@ -93,9 +98,12 @@ def test_coco_segmentation_json(tmp_path) -> None:
     m1[2:10, 4:12] = True
     m2 = np.zeros((20, 30), bool)
     m2[12:19, 20:29] = True
-    seg = Segmentation(kind="instance", image_size=(30, 20), labels={0: "cat", 1: "dog"},
-                       instances=[SegmentInstance(m1, "cat", 0, 0.9, 1),
-                                  SegmentInstance(m2, "dog", 1, 0.8, 2)])
+    seg = Segmentation(
+        kind="instance",
+        image_size=(30, 20),
+        labels={0: "cat", 1: "dog"},
+        instances=[SegmentInstance(m1, "cat", 0, 0.9, 1), SegmentInstance(m2, "dog", 1, 0.8, 2)],
+    )
     out = mx.write_coco_segmentation(tmp_path / "seg.json", [seg], ["a.jpg"])
     doc = json.loads(out.read_text())
     assert doc["images"] == [{"id": 1, "file_name": "a.jpg", "width": 30, "height": 20}]
@@ -119,7 +127,7 @@ def test_cutout_png_has_matte_as_alpha(tmp_path) -> None:
 
 
 def test_cutout_keeps_16_bit(tmp_path) -> None:
-    rgb = (np.arange(4 * 5 * 3, dtype=np.uint16).reshape(4, 5, 3) * 1000)
+    rgb = np.arange(4 * 5 * 3, dtype=np.uint16).reshape(4, 5, 3) * 1000
     alpha = np.ones((4, 5), np.float32)
     out = mx.write_cutout(tmp_path / "cut16.png", rgb, alpha)
     import cv2

@@ -1,5 +1,6 @@
 """segment(): label maps, panoptic segments, instance masks and SAM masks equal transformers'
 own post-processing for the same tiny models; mattes come back at the original size."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +16,11 @@ from engine.tasks.segment import segment
 from tests.fixtures import tiny_segmenters as ts
 from tests.fixtures.tiny_detectors import noise_image
 
-BUILDERS = {"segformer": ts.build_segformer, "mask2former": ts.build_mask2former,
-            "sam": ts.build_sam}
+BUILDERS = {
+    "segformer": ts.build_segformer,
+    "mask2former": ts.build_mask2former,
+    "sam": ts.build_sam,
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +32,15 @@ def folders(tmp_path_factory) -> dict:
 def load(path, name: str, runtime: str = "transformers", **kw):
     from engine.runtimes import load_runner
 
-    card = ModelCard(id=f"tiny-{name}", name=name, tasks=("segment",), runtime=runtime,
-                     local_path=str(path), source=Source.LOCAL, **kw)
+    card = ModelCard(
+        id=f"tiny-{name}",
+        name=name,
+        tasks=("segment",),
+        runtime=runtime,
+        local_path=str(path),
+        source=Source.LOCAL,
+        **kw,
+    )
     return load_runner(card, device="cpu", precision="fp32")
 
 
@@ -56,7 +67,8 @@ def test_segformer_label_map_equals_processor(folders, runners) -> None:
         with torch.no_grad():
             out = model(**processor(images=[img], return_tensors="pt"))
         (expected,) = processor.post_process_semantic_segmentation(
-            out, target_sizes=[(img.height, img.width)])
+            out, target_sizes=[(img.height, img.width)]
+        )
         assert seg.kind == "semantic" and seg.image_size == img.size
         assert seg.label_map.shape == (img.height, img.width) and seg.label_map.dtype == np.int32
         assert np.array_equal(seg.label_map, expected.numpy())
@@ -71,12 +83,14 @@ def test_mask2former_panoptic_segments_equal_transformers(folders, runners) -> N
         with torch.no_grad():
             out = model(**processor(images=[img], return_tensors="pt"))
         (expected,) = processor.post_process_panoptic_segmentation(
-            out, threshold=0.3, target_sizes=[(img.height, img.width)], label_ids_to_fuse=set())
+            out, threshold=0.3, target_sizes=[(img.height, img.width)], label_ids_to_fuse=set()
+        )
         assert seg.kind == "panoptic"
         ids = expected["segmentation"].numpy()
         info = expected["segments_info"]
-        assert [(i.segment_id, i.label_id, round(i.score, 6)) for i in seg.instances] == \
-            [(s["id"], s["label_id"], s["score"]) for s in info]
+        assert [(i.segment_id, i.label_id, round(i.score, 6)) for i in seg.instances] == [
+            (s["id"], s["label_id"], s["score"]) for s in info
+        ]
         for inst in seg.instances:
             assert inst.mask.shape == (img.height, img.width)
             assert np.array_equal(inst.mask, ids == inst.segment_id)
@@ -93,7 +107,8 @@ def test_mask2former_instance_mode(folders, runners) -> None:
     with torch.no_grad():
         out = model(**processor(images=[img], return_tensors="pt"))
     (expected,) = processor.post_process_instance_segmentation(
-        out, threshold=0.1, target_sizes=[(img.height, img.width)], return_binary_maps=True)
+        out, threshold=0.1, target_sizes=[(img.height, img.width)], return_binary_maps=True
+    )
     assert seg.kind == "instance" and len(seg.instances) == len(expected["segments_info"]) > 0
     for inst, mask in zip(seg.instances, expected["segmentation"].numpy()):
         assert np.array_equal(inst.mask, mask.astype(bool))
@@ -116,10 +131,16 @@ def test_sam_masks_equal_transformers(folders, runners, prompt) -> None:
     (seg,) = segment(runners["sam"], [img], **kwargs)
     inputs = processor(images=[img], return_tensors="pt", **hf)
     with torch.no_grad():
-        out = model(**{k: v for k, v in inputs.items()
-                       if k in ("pixel_values", "input_points", "input_labels", "input_boxes")})
-    masks = processor.post_process_masks(out.pred_masks, inputs["original_sizes"],
-                                         inputs["reshaped_input_sizes"])[0].numpy()
+        out = model(
+            **{
+                k: v
+                for k, v in inputs.items()
+                if k in ("pixel_values", "input_points", "input_labels", "input_boxes")
+            }
+        )
+    masks = processor.post_process_masks(
+        out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"]
+    )[0].numpy()
     scores = out.iou_scores[0].numpy()
     assert len(seg.instances) == masks.shape[0] == (2 if prompt == "boxes" else 1)
     for p, inst in enumerate(seg.instances):
@@ -143,8 +164,13 @@ def test_prompt_and_mode_errors(runners) -> None:
 
 def test_matting_onnx_alpha_at_original_size(tmp_path) -> None:
     onnx_path = ts.build_matting_onnx(tmp_path / "birefnet.onnx", input_size=(64, 48))
-    runner = load(onnx_path, "matte", runtime="onnx", variant="matting",
-                  sidecar={"input_size": [64, 48], "input_name": "input_image"})
+    runner = load(
+        onnx_path,
+        "matte",
+        runtime="onnx",
+        variant="matting",
+        sidecar={"input_size": [64, 48], "input_name": "input_image"},
+    )
     rgb = np.zeros((150, 200, 3), np.uint8)
     rgb[30:120, 50:150, 0] = 255  # a red square: the "subject"
     (seg,) = segment(runner, [Image.fromarray(rgb)])
@@ -161,8 +187,9 @@ def test_segformer_onnx_export_gives_same_label_map(folders, runners, tmp_path) 
 
     folder = tmp_path / "segformer-onnx"
     shutil.copytree(folders["segformer"], folder)
-    onnx_path = export_onnx(folder, "SegformerForSemanticSegmentation", height=64, width=64,
-                            output_names=("logits",))
+    onnx_path = export_onnx(
+        folder, "SegformerForSemanticSegmentation", height=64, width=64, output_names=("logits",)
+    )
     runner = load(onnx_path, "segformer-onnx", runtime="onnx")
     for a, b in zip(segment(runner, images()), segment(runners["segformer"], images())):
         # argmax ties can flip only where two logits agree to ~1e-6: allow none here
@@ -188,5 +215,7 @@ def test_exports_of_results(folders, runners, tmp_path) -> None:
     assert drawn.height == img.height and drawn.width > img.width  # legend column added
     arr = np.asarray(drawn)[:, : img.width].astype(int)
     ys, xs = np.nonzero(sem.label_map == sem.label_map[0, 0])
-    expected = (np.asarray(img)[ys[0], xs[0]] * 0.5 + np.array(label_colour(int(sem.label_map[0, 0]))) * 0.5)
+    expected = (
+        np.asarray(img)[ys[0], xs[0]] * 0.5 + np.array(label_colour(int(sem.label_map[0, 0]))) * 0.5
+    )
     assert np.abs(arr[ys[0], xs[0]] - expected).max() <= 1

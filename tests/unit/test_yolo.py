@@ -1,4 +1,5 @@
 """YOLO-style ONNX: letterbox undo against a model that really finds rectangles, decode, NMS."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,9 +19,15 @@ NAMES = {0: "white", 1: "red"}
 def _runner(path, **sidecar):
     from engine.runtimes import load_runner
 
-    card = ModelCard(id="box-finder", name="box finder", tasks=("detect",), runtime="onnx",
-                     local_path=str(path), source=Source.LOCAL,
-                     sidecar={"family": "yolo", **sidecar})
+    card = ModelCard(
+        id="box-finder",
+        name="box finder",
+        tasks=("detect",),
+        runtime="onnx",
+        local_path=str(path),
+        source=Source.LOCAL,
+        sidecar={"family": "yolo", **sidecar},
+    )
     return load_runner(card, device="cpu", precision="fp32")
 
 
@@ -29,8 +36,10 @@ def finders(tmp_path_factory):
     root = tmp_path_factory.mktemp("yolo")
     v8 = td.build_box_finder_onnx(root / "v8.onnx", input_size=(160, 160), layout="v8", names=NAMES)
     v5 = td.build_box_finder_onnx(root / "v5.onnx", input_size=(160, 160), layout="v5")
-    return {"v8": _runner(v8), "v5": _runner(v5, input_size=160, layout="v5",
-                                              labels=["white", "red"])}
+    return {
+        "v8": _runner(v8),
+        "v5": _runner(v5, input_size=160, layout="v5", labels=["white", "red"]),
+    }
 
 
 CASES = {
@@ -75,8 +84,9 @@ def test_class_filter_and_names_from_metadata(finders) -> None:
     img = Image.fromarray(td.draw_rectangles((320, 240), (40, 60, 200, 180), (240, 20, 300, 100)))
     (det,) = detect(finders["v8"], [img], threshold=0.5, classes=["red"])
     assert [b.label for b in det.boxes] == ["red"]
-    (none,) = detect(finders["v8"], [Image.fromarray(td.draw_rectangles((64, 64), None, None))],
-                     threshold=0.5)
+    (none,) = detect(
+        finders["v8"], [Image.fromarray(td.draw_rectangles((64, 64), None, None))], threshold=0.5
+    )
     assert none.boxes == []
     (low,) = detect(finders["v8"], [img], threshold=0.005, max_detections=3)
     assert len(low.boxes) == 3 and low.boxes[0].score >= low.boxes[-1].score
@@ -107,8 +117,9 @@ def test_numpy_nms_equals_torchvision() -> None:
     classes = rng.integers(0, 3, 200)
     keep = yolo.batched_nms_numpy(boxes, scores, classes, 0.5)
     assert len(keep) > len(ours)  # other classes never suppress each other
-    theirs = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores),
-                         torch.from_numpy(classes), 0.5).numpy()
+    theirs = batched_nms(
+        torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(classes), 0.5
+    ).numpy()
     assert keep.tolist() == theirs.tolist()
     assert yolo.batched_nms(boxes, scores, classes, 0.5).tolist() == theirs.tolist()
 
@@ -129,8 +140,9 @@ def test_decode_v5_multiplies_objectness_and_guesses_layout() -> None:
 def test_spec_reads_ultralytics_metadata(tmp_path) -> None:
     import onnx
 
-    path = td.build_box_finder_onnx(tmp_path / "m.onnx", input_size=(96, 64), layout="v8",
-                                    names={0: "a", 1: "b"})
+    path = td.build_box_finder_onnx(
+        tmp_path / "m.onnx", input_size=(96, 64), layout="v8", names={0: "a", 1: "b"}
+    )
     model = onnx.load(str(path))
     entry = model.metadata_props.add()
     entry.key, entry.value = "imgsz", "[64, 96]"  # Ultralytics: [height, width]
