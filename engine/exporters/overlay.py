@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import colorsys
 import os
+import zlib
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -92,7 +93,10 @@ def draw_detections(
     line, font_size = _sizes(canvas)
     font = _font(font_size)
     for box in sorted(det.boxes, key=lambda b: b.score):  # best boxes drawn on top
-        colour = label_colour(box.label_id if box.label_id >= 0 else hash(box.label) % 97)
+        # labels without an id (open-vocabulary phrases): a colour from the text itself, stable
+        # across runs (str hash() is salted per process)
+        key = box.label_id if box.label_id >= 0 else zlib.crc32(box.label.encode()) % 997
+        colour = label_colour(key)
         draw.rectangle([box.x0, box.y0, box.x1, box.y1], outline=colour, width=line)
         text = f"{box.label} {box.score:.2f}" if show_scores else box.label
         _label_tag(draw, (box.x0, box.y0), text, colour, font, canvas.size)

@@ -144,3 +144,32 @@ def test_exports_refuse_to_overwrite_inputs(tmp_path) -> None:
         mx.write_cutout(src, np.zeros((4, 4, 3), np.uint8), np.ones((4, 4)), inputs=[src])
     with Image.open(src) as img:
         assert img.mode == "RGB"
+
+
+def test_instance_overlay_outlines_and_legend() -> None:
+    from engine.exporters.overlay import draw_segmentation, label_colour
+
+    m1 = np.zeros((60, 80), bool)
+    m1[10:40, 10:40] = True
+    m2 = np.zeros((60, 80), bool)
+    m2[10:40, 40:70] = True  # touches m1: same class, told apart by the outline
+    seg = Segmentation(
+        kind="panoptic",
+        image_size=(80, 60),
+        labels={3: "person"},
+        instances=[
+            SegmentInstance(m1, "person", 3, 0.9, 1),
+            SegmentInstance(m2, "person", 3, 0.8, 2),
+        ],
+    )
+    img = np.full((60, 80, 3), 100, np.uint8)
+    drawn = np.asarray(draw_segmentation(img, seg))
+    assert drawn.shape[0] == 60 and drawn.shape[1] > 80  # legend column on the right
+    assert tuple(drawn[25, 39]) == (255, 255, 255) and tuple(drawn[25, 40]) == (255, 255, 255)
+    inside = (np.array([100, 100, 100]) * 0.5 + np.array(label_colour(3)) * 0.5).round()
+    assert np.abs(drawn[25, 25].astype(int) - inside).max() <= 1
+    assert tuple(drawn[50, 75]) == (100, 100, 100)  # uncovered pixels untouched
+    legend = drawn[:, 80:]
+    assert (legend == np.array(label_colour(3), np.uint8)).all(axis=2).any()  # the class swatch
+    matte = Segmentation(kind="matting", image_size=(80, 60), alpha=np.zeros((60, 80), np.float32))
+    assert (np.asarray(draw_segmentation(img, matte)) == 40).all()  # background dimmed
