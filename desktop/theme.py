@@ -65,6 +65,9 @@ def _light_palette() -> QPalette:
     p.setColor(QPalette.ColorRole.HighlightedText, QColor(255, 255, 255))
     p.setColor(QPalette.ColorRole.Link, QColor(30, 100, 200))
     p.setColor(QPalette.ColorRole.Mid, QColor(150, 155, 162))
+    for role in (QPalette.ColorRole.Text, QPalette.ColorRole.ButtonText,
+                 QPalette.ColorRole.WindowText):
+        p.setColor(QPalette.ColorGroup.Disabled, role, QColor(160, 164, 170))
     return p
 
 

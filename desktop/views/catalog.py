@@ -30,7 +30,12 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.format import human_bytes
-from desktop.views.catalog_model import CatalogModel, CatalogRow, ProgressDelegate
+from desktop.views.catalog_model import (
+    STATE_COLUMN,
+    CatalogModel,
+    CatalogRow,
+    ProgressDelegate,
+)
 from desktop.views.errors import describe, show_error
 from desktop.views.model_details import card_markdown, installed_snapshot, read_readme
 from desktop.workers import Operation, Pools, call_operation, download_operation
@@ -110,6 +115,8 @@ class CatalogView(QWidget):
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(True)
         self.table.setColumnWidth(0, 250)
+        header.setSectionResizeMode(STATE_COLUMN, QHeaderView.ResizeMode.Interactive)
+        self.table.setColumnWidth(STATE_COLUMN, 130)  # room for the progress bar
         self.table.setWordWrap(False)
         self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.table.doubleClicked.connect(lambda _: self.use_selected())
@@ -220,8 +227,9 @@ class CatalogView(QWidget):
             where = str(cache_dir(self.settings))
         except Exception:  # noqa: BLE001
             pass
-        self.disk_label.setText(self.tr("{} models installed, {} in {}").format(
-            count, human_bytes(total), where))
+        text = self.tr("1 model installed") if count == 1 else \
+            self.tr("{} models installed").format(count)
+        self.disk_label.setText(self.tr("{}, {} in {}").format(text, human_bytes(total), where))
 
     # -- filtering ----------------------------------------------------------------------------
     def apply_filter(self, keep_selection: bool = False) -> None:

@@ -16,9 +16,10 @@ from PySide6.QtWidgets import (
 
 from desktop.format import human_bytes, human_params
 
-COLUMNS = ("Name", "Task", "Download", "Parameters", "License", "Runtime", "Attention",
-           "Installed")
-STATE_COLUMN = COLUMNS.index("Installed")
+COLUMNS = ("Name", "Installed", "Task", "Download", "Parameters", "License (commercial)",
+           "Runtime", "Attention")
+NAME, STATE, TASK, DOWNLOAD, PARAMS, LICENSE, RUNTIME, ATTENTION = range(len(COLUMNS))
+STATE_COLUMN = STATE
 
 
 @dataclass
@@ -40,11 +41,17 @@ class CatalogRow:
 
 
 def license_text(card: Any) -> str:
+    """Licence and commercial-use flag: ✓ allowed, ✗ not allowed, ? check the terms."""
+    mark = {True: "✓", False: "✗"}.get(card.commercial_use, "?")
+    return f"{card.license} {mark}"
+
+
+def license_tooltip(card: Any) -> str:
     if card.commercial_use is True:
-        return f"{card.license} · commercial use OK"
+        return f"{card.license}: commercial use allowed"
     if card.commercial_use is False:
-        return f"{card.license} · non-commercial"
-    return f"{card.license} · check terms"
+        return f"{card.license}: non-commercial use only"
+    return f"{card.license}: commercial use unclear — read the licence terms"
 
 
 class CatalogModel(QAbstractTableModel):
@@ -89,19 +96,21 @@ class CatalogModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.DisplayRole:
             return self._display(row, col)
         if role == Qt.ItemDataRole.ToolTipRole:
-            if col == 0:
+            if col == NAME:
                 return f"{card.id}\n{card.repo or card.local_path or ''}\n{card.seed}"
-            if col == STATE_COLUMN and row.message:
+            if col == STATE and row.message:
                 return row.message
+            if col == LICENSE:
+                return license_tooltip(card)
             return self._display(row, col)
         if role == Qt.ItemDataRole.ForegroundRole:
-            if col == 4 and card.commercial_use is False:
+            if col == LICENSE and card.commercial_use is False:
                 return QColor(200, 80, 60)
-            if col == STATE_COLUMN and row.state == "failed":
+            if col == STATE and row.state == "failed":
                 return QColor(210, 60, 60)
         if role == Qt.ItemDataRole.UserRole:
             return row
-        if role == Qt.ItemDataRole.TextAlignmentRole and col in (2, 3):
+        if role == Qt.ItemDataRole.TextAlignmentRole and col in (DOWNLOAD, PARAMS):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None
 
@@ -115,35 +124,35 @@ class CatalogModel(QAbstractTableModel):
                 "CatalogModel", "From the hub search; select it to read its metadata.")
         if role != Qt.ItemDataRole.DisplayRole:
             return None
-        if col == 0:
+        if col == NAME:
             return getattr(hit, "repo_id", str(hit))
-        if col == 1:
+        if col == TASK:
             return getattr(hit, "pipeline_tag", "") or ""
-        if col == 4:
+        if col == LICENSE:
             lic = getattr(hit, "license", None)
             return lic or "?"
-        if col == 5:
+        if col == RUNTIME:
             return getattr(hit, "library_name", None) or "?"
-        if col == STATE_COLUMN:
+        if col == STATE:
             downloads = getattr(hit, "downloads", None)
             return f"hub · {downloads:,} downloads" if downloads is not None else "hub"
         return "?"
 
     def _display(self, row: CatalogRow, col: int) -> str:
         card = row.card
-        if col == 0:
+        if col == NAME:
             return card.name
-        if col == 1:
+        if col == TASK:
             return ", ".join(card.tasks)
-        if col == 2:
+        if col == DOWNLOAD:
             return human_bytes(card.download_bytes)
-        if col == 3:
+        if col == PARAMS:
             return human_params(card.params)
-        if col == 4:
+        if col == LICENSE:
             return license_text(card)
-        if col == 5:
+        if col == RUNTIME:
             return card.runtime
-        if col == 6:
+        if col == ATTENTION:
             return getattr(card.attention, "value", str(card.attention))
         if row.state == "downloading":
             frac = row.fraction

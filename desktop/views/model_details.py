@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from desktop.format import human_bytes, human_params
-from desktop.views.catalog_model import license_text
+from desktop.views.catalog_model import license_tooltip
 
 _FRONT_MATTER = re.compile(r"\A---\s*\n.*?\n---\s*\n", re.DOTALL)
 
@@ -28,7 +28,7 @@ def card_markdown(card: Any, *, installed: bool = False, disk_bytes: int = 0,
         ("Memory (fp32 / fp16)", " / ".join(
             f"{m} MB" if m else "?" for m in (card.memory_estimate_mb("fp32"),
                                                card.memory_estimate_mb("fp16")))),
-        ("License", license_text(card)),
+        ("License", license_tooltip(card)),
         ("Attention maps", getattr(card.attention, "value", str(card.attention))),
         ("Installed", f"yes, {human_bytes(disk_bytes)} on disk" if installed else "no"),
     ]
@@ -39,7 +39,7 @@ def card_markdown(card: Any, *, installed: bool = False, disk_bytes: int = 0,
                                      "and downloads only if you trust the author"))
     if card.gated:
         facts.append(("Access", "gated: accept the terms on the hub and add a token in Settings"))
-    lines += ["| | |", "|---|---|"] + [f"| **{k}** | {v} |" for k, v in facts] + [""]
+    lines += [f"- **{k}:** {v}" for k, v in facts] + [""]
     if card.seed:
         lines += ["## Seed paper", "", card.seed, ""]
     if readme.strip():

@@ -10,7 +10,7 @@ from PySide6.QtTest import QTest
 from desktop.views.imaging import label_color, qimage_to_array
 from desktop.views.overlays import render_segmentation
 from desktop.views.viewer import ImageViewer
-from engine.results import Box, Detections, RestoredImage, SegmentInstance, Segmentation
+from engine.results import Box, Detections, RestoredImage, Segmentation, SegmentInstance
 
 W, H = 200, 100
 
