@@ -325,7 +325,9 @@ class _JobRun:
 
     def _record_success(self, item: ItemRecord, out: OutputPlan, res: ItemResult,
                         began: float, finished: float) -> None:
-        written = [str(p) for p in (res.written or out.written)]
+        if not res.written:
+            res.written = list(out.written)  # what went through the plan, for the events
+        written = [str(p) for p in res.written]
         self.pending_records.append((item.seq, "done", None, written, res.info, finished))
         self.done += 1
         self.processed_now += 1

@@ -170,6 +170,7 @@ class VideoPipeline:
             else:
                 first_index = last.next_frame
             self._load_state(last.state)
+        self.resumed_from = last.next_frame if done_segments else 0
         q_in: queue.Queue = queue.Queue(maxsize=2 * self.batch_size + 4)
         q_out: queue.Queue = queue.Queue(maxsize=8)
         decoder = threading.Thread(
@@ -459,6 +460,7 @@ class VideoPipeline:
                 f"{expected} frames decode. Set allow_partial_video to keep what decodes.")
         written: list[Path] = []
         info: dict[str, Any] = {"frames": decoded_total, "processed_frames": self.frames_processed,
+                                "resumed_from_frame": self.resumed_from,
                                 "bad_packets": self.stats.bad_packets}
         if self.video_output:
             name = ".restored" if self.job.spec.task == "restore" else ".overlay"

@@ -202,7 +202,8 @@ def choose_output(info: VideoInfo, codec: str | None) -> tuple[str, str, str]:
         have = ", ".join(sorted(encoders)) or "none"
         raise InputError(f"video codec '{codec}' is not available in this FFmpeg build "
                          f"(available: {have}). Choose another video_codec.")
-    if suffix not in _CONTAINER_FORMATS or not _format_holds(output_format_for(suffix), codec):
+    if (suffix not in _CONTAINER_FORMATS or codec == "ffv1"  # FFV1 lives in Matroska
+            or not _format_holds(output_format_for(suffix), codec)):
         suffix = ".mkv"
     return codec, encoders[codec], suffix
 
@@ -326,7 +327,7 @@ def segment_time_base(tb: Fraction) -> Fraction:
 
 
 class SegmentWriter:
-    """Encode frames into one segment file (MOV: exact time base, any of our codecs).
+    """Encode frames into one segment file (MP4: exact time base, holds all our codecs).
 
     Written to `<name>.part` and renamed by `close`, so a finished segment on disk
     is always complete.
@@ -342,7 +343,7 @@ class SegmentWriter:
         self.last_pts: int | None = None
         tb = segment_time_base(settings.time_base)
         self._scale = settings.time_base / tb  # an integer: input ticks → segment ticks
-        self.container = av.open(str(self.part), "w", format="mov",
+        self.container = av.open(str(self.part), "w", format="mp4",
                                  options={"video_track_timescale": str(tb.denominator)})
         stream = self.container.add_stream(settings.encoder, rate=settings.fps or 25)
         stream.width, stream.height = settings.width, settings.height
