@@ -1,7 +1,7 @@
 ; Inno Setup script: a per-user (or all-users) installer for the PyInstaller folder.
 ;
 ;   pyinstaller --noconfirm packaging\ocula.spec
-;   iscc /DAppVersion=0.1.0 /DVariant=cpu packaging\windows\ocula.iss
+;   iscc /DAppVersion=X.Y.Z /DVariant=cpu packaging\windows\ocula.iss
 ;
 ; AppVersion must be pyproject.toml's version (the one source of truth); build_windows.ps1
 ; reads it from there and passes it in. The installer lands in dist\.
