@@ -92,7 +92,7 @@ def caption_maps(model: Any, processor: Any, image: Any, *, options: Any, max_ne
     generate_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
     if start is not None:
         generate_kwargs["input_ids"] = start.to(param.device)
-    with eager_attention(model, notes), torch.inference_mode():
+    with eager_attention(model, notes), torch.no_grad():
         # only BLIP's generate takes interpolate_pos_encoding; the others' processors give native sizes
         extra = kwargs if model_type == "blip" else {}
         sequence = model.generate(pixel_values=pixel_values, **generate_kwargs, **extra)

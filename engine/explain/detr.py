@@ -38,7 +38,7 @@ def detr_maps(model: Any, processor: Any, image: Any, *, method: str, options: A
         lambda _mod, _inp, out: shapes.append(tuple(out.shape[-2:]))
     )
     try:
-        with eager_attention(model, notes), torch.inference_mode():
+        with eager_attention(model, notes), torch.no_grad():
             outputs = model(pixel_values=pixel_values, output_attentions=True, return_dict=True)
     finally:
         hook.remove()

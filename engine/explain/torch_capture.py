@@ -171,7 +171,8 @@ def _score(outputs: Any, features: "torch.Tensor | None", layout: TokenLayout, t
     if target is not None:
         notes.append(f"model has no classification head: target {target} read as feature channel {target}")
         return vector[int(target)], int(target)
-    notes.append("model has no classification head: relevance of the CLS feature's squared norm")
+    which = "CLS feature" if token is not None else "mean patch feature"
+    notes.append(f"model has no classification head: relevance of the {which}'s squared norm")
     return (vector * vector.detach()).sum() / 2, None
 
 
@@ -193,7 +194,7 @@ def capture(
         pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
     kwargs = forward_kwargs(tower, vision_config(config), pixel_values, notes)
     with eager_attention(model, notes):
-        grad_context = torch.enable_grad() if with_gradients else torch.inference_mode()
+        grad_context = torch.enable_grad() if with_gradients else torch.no_grad()
         with grad_context:
             outputs = tower(
                 pixel_values=pixel_values,

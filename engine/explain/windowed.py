@@ -83,7 +83,7 @@ def capture_windows(model: Any, pixel_values: Any, notes: list[str]) -> list[Win
         hooks.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
         hooks.append(layer.attention.register_forward_hook(post))
     try:
-        with eager_attention(model, notes), torch.inference_mode():
+        with eager_attention(model, notes), torch.no_grad():
             model(pixel_values=pixel_values, output_attentions=True)
     finally:
         for hook in hooks:

@@ -165,3 +165,39 @@ def test_gradcam_matches_a_hand_computed_cam(image):
     cam = torch.relu((grad[0].mean((1, 2))[:, None, None] * store["a"][0]).sum(0)).detach().numpy()
     np.testing.assert_allclose(maps.grid_map, cam, rtol=1e-5, atol=1e-7)
     assert maps.params["target"] == 2 and maps.heatmap.shape == (48, 64)
+
+
+# -- token layouts of the other ViT families ----------------------------------------------
+_V = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
+          patch_size=8)
+
+
+def _family(name):
+    import transformers as tf
+
+    torch.manual_seed(0)
+    return {
+        "beit": lambda: tf.BeitModel(tf.BeitConfig(**_V, use_relative_position_bias=True)),
+        "clip-vision": lambda: tf.CLIPVisionModel(tf.CLIPVisionConfig(**_V)),
+        "clip": lambda: tf.CLIPModel(tf.CLIPConfig(vision_config=_V, text_config=dict(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))),
+        "siglip": lambda: tf.SiglipVisionModel(tf.SiglipVisionConfig(**_V)),
+        "yolos": lambda: tf.YolosForObjectDetection(tf.YolosConfig(**{**_V, "image_size": [32, 48]},
+                                                                   num_detection_tokens=5, num_labels=3)),
+    }[name]().eval()
+
+
+@pytest.mark.parametrize("name,size,special,patch_start", [
+    ("beit", (32, 32), {"cls": (0,)}, 1),
+    ("clip-vision", (32, 32), {"cls": (0,)}, 1),
+    ("clip", (32, 32), {"cls": (0,)}, 1),
+    ("siglip", (32, 32), {}, 0),
+    ("yolos", (32, 48), {"cls": (0,), "detection": tuple(range(25, 30))}, 1),  # detection tokens trail
+])
+@pytest.mark.parametrize("method", ["rollout", "relevance"])
+def test_family_token_layouts(name, size, special, patch_start, method, image):
+    maps = explain(_family(name), image, method=method, processor=processor_for(size))
+    assert maps.layout.special == special and maps.layout.patch_start == patch_start
+    assert maps.layout.grid == (size[0] // 8, size[1] // 8)
+    np.testing.assert_allclose(maps.attentions.sum(-1), 1.0, atol=1e-5)
+    assert maps.heatmap.shape == (48, 64) and np.isfinite(maps.heatmap).all()
