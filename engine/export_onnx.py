@@ -1,0 +1,601 @@
+"""Export a loaded torch model to ONNX for the CPU fast path (`ocula models optimize`).
+
+    path = optimize(card, runner, sample_image)
+
+Three shapes of model are exported:
+
+* image-to-image (restoration: spandrel checkpoints, Swin2SR): one graph
+  `pixel_values` [B,3,H,W] in [0, 1] -> `reconstruction`, dynamic height/width. The
+  model's scale and size requirement travel inside the file (ONNX metadata
+  `ocula.scale`, `ocula.multiple_of`, `ocula.minimum`), where restore() reads them.
+* single-forward models (detectors, segmenters, feature extractors): one graph from
+  the model's named inputs to its named tensor outputs (transformers names).
+* VisionEncoderDecoder captioners: `encoder_model.onnx` + `decoder_model_merged.onnx`
+  (optimum / Transformers.js layout: one decoder with `use_cache_branch` choosing
+  between the first step and the KV-cached steps), plus the processor and generation
+  config, so engine.tasks.caption_onnx runs it.
+
+Nothing is used before it is verified: the export runs on the sample next to torch
+(at two input sizes for image models, so a shape baked in by tracing is caught) and
+is refused with `ExportVerificationError` when they differ by more than the bound.
+Verified exports are cached under `paths.app_home()/optimized/<card id>/<revision>/`.
+
+Exports use torch's TorchScript-based exporter (`dynamo=False`): the dynamo exporter
+needs `onnxscript`, which is not a dependency.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from engine import paths
+from engine.errors import OculaError, UnsupportedModelError
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine.catalog.card import ModelCard
+    from engine.runtimes.base import Runner
+
+OPSET = 17
+IMAGE_TOLERANCE = 1e-3  # max abs difference on [0, 1] pixels
+LOGITS_TOLERANCE = 1e-3  # relative to the largest |value| of the torch output
+MANIFEST = "optimized.json"
+
+
+class ExportVerificationError(OculaError):
+    """The ONNX export does not reproduce the torch model closely enough to be used."""
+
+
+# -- where exports live ----------------------------------------------------------------------
+
+
+def _safe(part: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", part).strip("._") or "model"
+
+
+def optimized_dir(card: "ModelCard") -> Path:
+    return paths.app_home() / "optimized" / _safe(card.id) / _safe(card.revision or "local")
+
+
+def find_optimized(card: "ModelCard") -> Path | None:
+    """The verified export of `card` (file or folder, as `optimize` returned it), or None."""
+    folder = optimized_dir(card)
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    target = folder / data.get("path", "model.onnx")
+    return target if target.exists() else None
+
+
+# -- the entry point --------------------------------------------------------------------------
+
+
+def optimize(card: "ModelCard", runner: "Runner", sample_image: Any, *,
+             tolerance: float | None = None, force: bool = False) -> Path:
+    """Export, verify and cache the ONNX fast path of a torch model; return its path.
+
+    Returns `.../model.onnx` for one-graph models and the folder (encoder_model.onnx +
+    decoder_model_merged.onnx + processor files) for captioners. A cached, verified
+    export is returned as is unless `force`.
+    """
+    module = runner.module
+    if module is None:
+        raise UnsupportedModelError(f"{card.name}: only torch models can be optimized; this one "
+                                    f"already runs on {runner.placement.describe()}.")
+    existing = None if force else find_optimized(card)
+    if existing is not None:
+        return existing
+    kind = export_kind(card, runner)
+    final = optimized_dir(card)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
+    try:
+        pil = _sample_pil(sample_image)
+        if kind == "image":
+            report = _optimize_image(runner, pil, staging, tolerance or IMAGE_TOLERANCE)
+            target = "model.onnx"
+        elif kind == "seq2seq":
+            report = _optimize_seq2seq(runner, pil, staging, tolerance or LOGITS_TOLERANCE)
+            target = "."
+        else:
+            report = _optimize_single(runner, pil, staging, tolerance or LOGITS_TOLERANCE)
+            target = "model.onnx"
+        manifest = dict(report, card=card.id, revision=card.revision, kind=kind, path=target)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final if target == "." else final / target
+
+
+def export_kind(card: "ModelCard", runner: "Runner") -> str:
+    """image | seq2seq | single: which export fits this model."""
+    module = runner.module
+    model_type = getattr(getattr(module, "config", None), "model_type", None)
+    if card.runtime == "spandrel" or card.primary_task == "restore":
+        return "image"
+    if card.primary_task == "caption":
+        if model_type == "vision-encoder-decoder":
+            return "seq2seq"
+        raise UnsupportedModelError(
+            f"{card.name}: ONNX export of {model_type or 'this'} captioners is not supported "
+            f"(VisionEncoderDecoder only); it keeps running on torch.")
+    return "single"
+
+
+def _sample_pil(sample: Any):
+    from engine.tasks.caption import to_pil
+
+    return to_pil(sample)
+
+
+# -- image-to-image ------------------------------------------------------------------------
+
+
+def _cpu_copy(runner: "Runner") -> "torch.nn.Module":
+    """An fp32 CPU copy of the runner's module: the CPU fast path is exported in fp32."""
+    import copy
+
+    return copy.deepcopy(runner.module).float().cpu().eval()
+
+
+def _image_module(module: "torch.nn.Module") -> "torch.nn.Module":
+    import torch
+
+    class ImageToImage(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = module
+
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            out = self.inner(pixel_values)
+            return getattr(out, "reconstruction", out)
+
+    return ImageToImage().eval()
+
+
+def export_image_to_image(module: "torch.nn.Module", sample: "torch.Tensor", path: Path, *,
+                          metadata: Mapping[str, Any] | None = None) -> Path:
+    """`pixel_values` -> `reconstruction` with dynamic batch/height/width."""
+    import torch
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python code
+        torch.onnx.export(
+            module, (sample,), str(path), input_names=["pixel_values"],
+            output_names=["reconstruction"], opset_version=OPSET, dynamo=False,
+            dynamic_axes={"pixel_values": {0: "batch", 2: "height", 3: "width"},
+                          "reconstruction": {0: "batch", 2: "out_height", 3: "out_width"}})
+    if metadata:
+        set_metadata(path, metadata)
+    return path
+
+
+def set_metadata(path: Path, metadata: Mapping[str, Any]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in metadata.items():
+        prop = existing.get(key) or model.metadata_props.add()
+        prop.key, prop.value = key, str(value)
+    onnx.save(model, str(path))
+
+
+def _optimize_image(runner: "Runner", pil: Any, folder: Path, tolerance: float) -> dict:
+    import torch
+
+    from engine.tasks.restore import spec_for
+
+    spec = spec_for(runner)
+    req = spec.requirement
+    m = max(1, req.multiple_of)
+    edge = max(req.minimum, 32)
+    # two different sizes: a size that tracing baked into the graph shows up as a mismatch
+    sizes = [(_ceil(edge, m), _ceil(edge + 8, m)), (_ceil(edge + 16, m), _ceil(edge, m))]
+    samples = [_crop_to(pil, h, w) for h, w in sizes]
+    module = _image_module(_cpu_copy(runner))
+    path = folder / "model.onnx"
+    export_image_to_image(module, samples[0], path, metadata={
+        "ocula.task": "restore", "ocula.scale": spec.scale, "ocula.multiple_of": m,
+        "ocula.minimum": req.minimum, "ocula.source": runner.card.id})
+    session = _session(path)
+    worst = 0.0
+    for x in samples:
+        with torch.no_grad():
+            ref = module(x).numpy()
+        got = session.run(None, {"pixel_values": x.numpy()})[0]
+        if got.shape != ref.shape:
+            raise ExportVerificationError(
+                f"{runner.card.name}: the ONNX export returns {got.shape} for input "
+                f"{tuple(x.shape)} where torch returns {ref.shape} (a size was fixed by tracing). "
+                f"Not used; the model keeps running on torch.")
+        worst = max(worst, float(np.abs(np.clip(got, 0, 1) - np.clip(ref, 0, 1)).max()))
+    _check(runner, worst, tolerance, "pixel")
+    return {"max_abs_diff": worst, "tolerance": tolerance, "verified_sizes": sizes}
+
+
+def _ceil(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def _crop_to(pil: Any, height: int, width: int) -> "torch.Tensor":
+    """A (1, 3, height, width) [0, 1] tensor from the sample: resized to cover, centre-cropped."""
+    import torch
+    from PIL import Image
+
+    w, h = pil.size
+    s = max(width / w, height / h)
+    resized = pil.resize((max(width, round(w * s)), max(height, round(h * s))), Image.BICUBIC)
+    left = (resized.width - width) // 2
+    top = (resized.height - height) // 2
+    crop = np.asarray(resized.crop((left, top, left + width, top + height)), np.float32) / 255
+    return torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None]
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options,
+                                providers=["CPUExecutionProvider"])
+
+
+def _check(runner: "Runner", worst: float, tolerance: float, what: str) -> None:
+    if not np.isfinite(worst) or worst > tolerance:
+        raise ExportVerificationError(
+            f"{runner.card.name}: the ONNX export differs from torch by up to {worst:.3g} "
+            f"({what} max abs difference; allowed {tolerance:g}). It is not used; the model "
+            f"keeps running on torch.")
+
+
+# -- single-forward models -----------------------------------------------------------------
+
+
+def _tensor_outputs(raw: Any) -> dict[str, "torch.Tensor"]:
+    import torch
+
+    items = raw.items() if isinstance(raw, Mapping) else (
+        (f"output_{i}", v) for i, v in enumerate(raw if isinstance(raw, (tuple, list)) else [raw]))
+    return {k: v for k, v in items if isinstance(v, torch.Tensor)}
+
+
+def _optimize_single(runner: "Runner", pil: Any, folder: Path, tolerance: float) -> dict:
+    import torch
+
+    processor = runner.processor
+    if processor is None:
+        raise UnsupportedModelError(f"{runner.card.name}: no image processor to build a sample "
+                                    f"input; it cannot be exported.")
+    images = getattr(processor, "image_processor", processor)
+    inputs = {k: v for k, v in images(images=pil, return_tensors="pt").items()
+              if isinstance(v, torch.Tensor)}
+    module = _cpu_copy(runner)
+    names = list(inputs)
+    with torch.no_grad():
+        reference = _tensor_outputs(module(**inputs))
+    output_names = list(reference)
+
+    class Forward(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = module
+
+        def forward(self, *args: torch.Tensor):
+            out = _tensor_outputs(self.inner(**dict(zip(names, args))))
+            return tuple(out[name] for name in output_names)
+
+    path = folder / "model.onnx"
+    dynamic = {name: {0: "batch"} for name in names + output_names}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Forward().eval(), tuple(inputs[n] for n in names), str(path),
+                          input_names=names, output_names=output_names, opset_version=OPSET,
+                          dynamic_axes=dynamic, dynamo=False)
+    got = _session(path).run(output_names, {n: inputs[n].numpy() for n in names})
+    worst = 0.0
+    for name, value in zip(output_names, got):
+        ref = reference[name].float().numpy()
+        scale = max(1.0, float(np.abs(ref).max()))
+        worst = max(worst, float(np.abs(value - ref).max()) / scale)
+    _check(runner, worst, tolerance, "relative output")
+    set_metadata(path, {"ocula.task": runner.card.primary_task, "ocula.source": runner.card.id})
+    return {"max_rel_diff": worst, "tolerance": tolerance, "inputs": names, "outputs": output_names}
+
+
+# -- VisionEncoderDecoder captioners -----------------------------------------------------------
+
+
+@dataclass
+class Seq2SeqFiles:
+    encoder: Path
+    decoder: Path  # decoder_model.onnx: first step, no past
+    decoder_with_past: Path
+    merged: Path | None = None
+
+
+def _past_names(layers: int) -> tuple[list[str], list[str]]:
+    past = [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+    present = [name.replace("past_key_values", "present") for name in past]
+    return past, present
+
+
+def export_seq2seq(model: Any, pixel_values: "torch.Tensor", folder: Path, *,
+                   merge: bool = True) -> Seq2SeqFiles:
+    """Export a VisionEncoderDecoderModel as encoder + decoder (+ with-past, + merged).
+
+    The decoder graphs take the encoder's raw output (`encoder_hidden_states`) and
+    apply the encoder->decoder projection themselves when the model has one; the
+    self-attention KV cache travels as `past_key_values.{i}.key/value` ->
+    `present.{i}.key/value` ([batch, heads, length, head_dim]); cross-attention is
+    recomputed from `encoder_hidden_states` each step.
+    """
+    import torch
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    model = model.float().eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    decoder = model.decoder
+    projection = getattr(model, "enc_to_dec_proj", None)
+    layers = _decoder_layers(decoder.config)
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = model.encoder
+
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            return self.encoder(pixel_values=pixel_values).last_hidden_state
+
+    class Decoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.decoder = decoder
+            self.projection = projection
+
+        def forward(self, input_ids: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                    *past: torch.Tensor):
+            if self.projection is not None:
+                encoder_hidden_states = self.projection(encoder_hidden_states)
+            self_cache = DynamicCache()
+            for i in range(len(past) // 2):
+                self_cache.update(past[2 * i], past[2 * i + 1], i)
+            cache = EncoderDecoderCache(self_cache, DynamicCache())
+            out = self.decoder(input_ids=input_ids, encoder_hidden_states=encoder_hidden_states,
+                               past_key_values=cache, use_cache=True, return_dict=True)
+            presents = []
+            for layer in out.past_key_values.self_attention_cache.layers:
+                presents += [layer.keys, layer.values]
+            return (out.logits, *presents)
+
+    past_names, present_names = _past_names(layers)
+    with torch.no_grad():
+        encoded = Encoder()(pixel_values)
+    batch = pixel_values.shape[0]
+    files = Seq2SeqFiles(folder / "encoder_model.onnx", folder / "decoder_model.onnx",
+                         folder / "decoder_with_past_model.onnx")
+    start = torch.full((batch, 3), int(model.generation_config.decoder_start_token_id or 0))
+    with torch.no_grad():
+        first = Decoder()(start, encoded)
+    step_ids = torch.zeros((batch, 1), dtype=torch.long)
+    dyn_out = {"logits": {0: "batch", 1: "sequence"}}
+    dyn_out.update({n: {0: "batch", 2: "total_sequence"} for n in present_names})
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Encoder().eval(), (pixel_values,), str(files.encoder),
+                          input_names=["pixel_values"], output_names=["last_hidden_state"],
+                          dynamic_axes={"pixel_values": {0: "batch"},
+                                        "last_hidden_state": {0: "batch"}},
+                          opset_version=OPSET, dynamo=False)
+        # first step: traced with a 3-token prompt so the causal mask stays general
+        torch.onnx.export(Decoder().eval(), (start, encoded), str(files.decoder),
+                          input_names=["input_ids", "encoder_hidden_states"],
+                          output_names=["logits"] + present_names,
+                          dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
+                                        "encoder_hidden_states": {0: "batch", 1: "encoder_sequence"},
+                                        **dyn_out},
+                          opset_version=OPSET, dynamo=False)
+        torch.onnx.export(Decoder().eval(), (step_ids, encoded, *first[1:]),
+                          str(files.decoder_with_past),
+                          input_names=["input_ids", "encoder_hidden_states"] + past_names,
+                          output_names=["logits"] + present_names,
+                          dynamic_axes={"input_ids": {0: "batch"},
+                                        "encoder_hidden_states": {0: "batch", 1: "encoder_sequence"},
+                                        **{n: {0: "batch", 2: "past_sequence"} for n in past_names},
+                                        **dyn_out},
+                          opset_version=OPSET, dynamo=False)
+    if merge:
+        files.merged = merge_decoders(files.decoder, files.decoder_with_past,
+                                      folder / "decoder_model_merged.onnx")
+    return files
+
+
+def _decoder_layers(config: Any) -> int:
+    for name in ("n_layer", "num_hidden_layers", "decoder_layers", "num_layers"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    raise UnsupportedModelError(f"cannot tell how many layers the decoder "
+                                f"({type(config).__name__}) has.")
+
+
+def merge_decoders(no_past: Path, with_past: Path, out: Path) -> Path:
+    """One decoder graph with a `use_cache_branch` input, as optimum merges them.
+
+    An `If` node runs the with-past graph (then) or the first-step graph (else);
+    weights both graphs share are stored once, in the outer graph. The merged graph
+    takes every input of both (the first step is fed empty past tensors).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    first = onnx.load(str(no_past))
+    cached = onnx.load(str(with_past))
+    shared: dict[tuple, str] = {}
+    outer_inits: list = []
+
+    def key(init) -> tuple:
+        array = numpy_helper.to_array(init)
+        return (array.dtype.str, array.shape, array.tobytes())
+
+    def branch(model, prefix: str):
+        graph = model.graph
+        outer_names = {i.name for i in graph.input}
+        rename: dict[str, str] = {}
+        private = []
+        for init in graph.initializer:
+            k = key(init)
+            if k not in shared:
+                shared[k] = f"shared_{len(shared)}"
+                outer_init = onnx.TensorProto()
+                outer_init.CopyFrom(init)
+                outer_init.name = shared[k]
+                outer_inits.append(outer_init)
+            rename[init.name] = shared[k]
+        for node in graph.node:
+            for name in node.output:
+                if name and name not in outer_names:
+                    rename.setdefault(name, prefix + name)
+        nodes = []
+        for node in graph.node:
+            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                   for a in node.attribute):
+                raise UnsupportedModelError("cannot merge decoders that contain subgraphs.")
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            copy.name = prefix + node.name
+            copy.input[:] = [rename.get(n, n) for n in node.input]
+            copy.output[:] = [rename.get(n, n) for n in node.output]
+            nodes.append(copy)
+        outputs = []
+        for value in graph.output:
+            copy = onnx.ValueInfoProto()
+            copy.CopyFrom(value)
+            copy.name = rename.get(value.name, value.name)
+            outputs.append(copy)
+        return helper.make_graph(nodes, prefix.strip("_/") or "branch", [], outputs, private)
+
+    then_graph = branch(cached, "with_past/")
+    else_graph = branch(first, "first_step/")
+    flag = helper.make_tensor_value_info("use_cache_branch", TensorProto.BOOL, [1])
+    inputs = [_relaxed(value, {v.name: v for v in first.graph.input}.get(value.name))
+              for value in cached.graph.input] + [flag]
+    outputs = []
+    for value in first.graph.output:
+        copy = onnx.ValueInfoProto()
+        copy.CopyFrom(value)
+        outputs.append(copy)
+    if_node = helper.make_node("If", ["use_cache_branch"], [o.name for o in outputs],
+                               name="use_cache_branch_if", then_branch=then_graph,
+                               else_branch=else_graph)
+    # the condition must be a scalar
+    squeeze = helper.make_node("Squeeze", ["use_cache_branch"], ["use_cache_branch_scalar"],
+                               name="use_cache_branch_squeeze")
+    if_node.input[0] = "use_cache_branch_scalar"
+    graph = helper.make_graph([squeeze, if_node], "decoder_model_merged", inputs, outputs,
+                              outer_inits)
+    merged = helper.make_model(graph, opset_imports=list(cached.opset_import),
+                               producer_name="ocula")
+    merged.ir_version = cached.ir_version
+    onnx.checker.check_model(merged)
+    onnx.save(merged, str(out))
+    return out
+
+
+def _relaxed(value: Any, other: Any) -> Any:
+    """`value`'s ValueInfo with every dimension that differs from `other`'s made symbolic."""
+    import onnx
+
+    copy = onnx.ValueInfoProto()
+    copy.CopyFrom(value)
+    if other is None:
+        return copy
+    dims = copy.type.tensor_type.shape.dim
+    other_dims = other.type.tensor_type.shape.dim
+    for i, (dim, theirs) in enumerate(zip(dims, other_dims)):
+        if dim.SerializeToString() != theirs.SerializeToString():
+            dim.Clear()
+            dim.dim_param = f"{value.name}_dim{i}"
+    return copy
+
+
+def _optimize_seq2seq(runner: "Runner", pil: Any, folder: Path, tolerance: float) -> dict:
+    import torch
+
+    from engine.tasks.caption import caption
+
+    model = _cpu_copy(runner)
+    inputs = runner.processor(images=[pil], return_tensors="pt")
+    files = export_seq2seq(model, inputs["pixel_values"].float(), folder)
+    for extra in (files.decoder, files.decoder_with_past):
+        extra.unlink()  # the merged decoder replaces both
+    runner.processor.save_pretrained(folder)
+    model.config.save_pretrained(folder)
+    model.generation_config.save_pretrained(folder)
+    # verify: the encoder's output, then whole greedy captions (ids must be identical)
+    with torch.no_grad():
+        ref_enc = model.encoder(pixel_values=inputs["pixel_values"].float()).last_hidden_state
+    got_enc = _session(files.encoder).run(None, {"pixel_values": inputs["pixel_values"].numpy()})[0]
+    scale = max(1.0, float(ref_enc.abs().max()))
+    worst = float(np.abs(got_enc - ref_enc.float().numpy()).max()) / scale
+    _check(runner, worst, tolerance, "relative encoder output")
+    onnx_runner = _onnx_runner_for(runner.card, folder)
+    torch_caption = caption(runner, [pil], max_new_tokens=20)[0]
+    onnx_caption = caption(onnx_runner, [pil], max_new_tokens=20)[0]
+    if torch_caption.token_ids != onnx_caption.token_ids:
+        raise ExportVerificationError(
+            f"{runner.card.name}: the ONNX export captions the sample as "
+            f"{onnx_caption.text!r} where torch says {torch_caption.text!r}. It is not used; "
+            f"the model keeps running on torch.")
+    return {"max_rel_diff": worst, "tolerance": tolerance,
+            "verified_caption": torch_caption.text, "verified_tokens": len(torch_caption.token_ids)}
+
+
+def _onnx_runner_for(card: "ModelCard", folder: Path) -> "Runner":
+    import dataclasses
+
+    from engine.runtimes.base import Placement
+    from engine.runtimes.onnx_backend import load_onnx
+
+    onnx_card = dataclasses.replace(card, runtime="onnx", local_path=str(folder), sidecar={})
+    return load_onnx(onnx_card, folder, Placement("onnx", "cpu", "fp32",
+                                                  provider="CPUExecutionProvider"))
+
+
+def onnx_runner_for_export(card: "ModelCard", path: Path) -> "Runner":
+    """An OnnxRunner over an `optimize` result (file or folder), for tests and the CLI."""
+    folder = path if path.is_dir() else path.parent
+    import dataclasses
+
+    from engine.runtimes.base import Placement
+    from engine.runtimes.onnx_backend import load_onnx
+
+    onnx_card = dataclasses.replace(card, runtime="onnx", local_path=str(path), sidecar={})
+    target = path if path.is_file() else folder
+    return load_onnx(onnx_card, target, Placement("onnx", "cpu", "fp32",
+                                                  provider="CPUExecutionProvider"))
+
+
+__all__: Sequence[str] = (
+    "optimize", "find_optimized", "optimized_dir", "export_kind", "export_image_to_image",
+    "export_seq2seq", "merge_decoders", "set_metadata", "ExportVerificationError",
+    "onnx_runner_for_export",
+)
