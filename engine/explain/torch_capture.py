@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -33,70 +34,68 @@ class Captured:
     notes: list[str] = field(default_factory=list)
 
 
-def _attn_implementation(model: Any) -> str | None:
-    config = getattr(model, "config", None)
-    return getattr(config, "_attn_implementation", None)
+_CONFIGS: "weakref.WeakKeyDictionary[Any, list[Any]]" = weakref.WeakKeyDictionary()
 
 
-def _sub_implementations(model: Any) -> dict[str, str]:
-    """attn implementation of every sub-model with a config (composite models)."""
-    found: dict[str, str] = {}
-    for name, module in model.named_modules():
-        impl = _attn_implementation(module)
-        if impl is not None:
-            found[name] = impl
+def _configs(model: Any) -> list[Any]:
+    """Every distinct config object the model's modules read (composite models have several);
+    cached per model because walking the module tree costs more than a tiny forward."""
+    try:
+        return _CONFIGS[model]
+    except (KeyError, TypeError):
+        pass
+    seen: dict[int, Any] = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            seen.setdefault(id(config), config)
+    found = list(seen.values())
+    try:
+        _CONFIGS[model] = found
+    except TypeError:
+        pass
     return found
+
+
+def _implementation(config: Any) -> Any:
+    return getattr(config, "_attn_implementation_internal", None) or getattr(config, "_attn_implementation", None)
 
 
 @contextlib.contextmanager
 def eager_attention(model: Any, notes: list[str]) -> Iterator[None]:
-    """Run the block with eager attention; switch back afterwards. Always says so."""
-    before = _sub_implementations(model)
-    non_eager = {name: impl for name, impl in before.items() if impl != "eager"}
+    """Run the block with eager attention; switch back afterwards. Always says so.
+
+    transformers' attention layers read `config._attn_implementation` on every call, so
+    flipping that flag on each config (what set_attn_implementation ends up doing, minus
+    its kernel checks) is enough, and cheap enough to do per image.
+    """
+    configs = _configs(model)
+    before = [(config, _implementation(config)) for config in configs]
+    non_eager = sorted({str(impl) for _, impl in before if impl not in ("eager", None)})
     if not non_eager:
         yield
         return
-    name = type(model).__name__
-    kinds = ", ".join(sorted(set(non_eager.values())))
-    switched = False
-    if hasattr(model, "set_attn_implementation"):
-        try:
-            model.set_attn_implementation("eager")
-            switched = True
-        except (ValueError, TypeError, AttributeError) as exc:
-            notes.append(f"set_attn_implementation('eager') failed on {name}: {exc}")
-    if not switched or any(impl != "eager" for impl in _sub_implementations(model).values()):
-        for module in model.modules():  # last resort: the config flag the attention layers read
-            config = getattr(module, "config", None)
-            if config is not None and hasattr(config, "_attn_implementation"):
-                config._attn_implementation = "eager"
-    left = {n: i for n, i in _sub_implementations(model).items() if i != "eager"}
-    if left:
+    for config, _ in before:
+        config._attn_implementation_internal = "eager"
+    if any(getattr(config, "_attn_implementation", "eager") != "eager" for config in configs):
+        _restore(before)
         raise RuntimeError(
-            f"{name} could not be switched to eager attention ({left}); load it with "
+            f"{type(model).__name__} could not be switched to eager attention; load it with "
             f"attn_implementation='eager' (engine.runtimes.load_runner(card, attention=True))."
         )
     notes.append(
-        f"{name} was loaded with {kinds} attention, which returns no attention weights; "
-        f"switched to eager attention for this run and back afterwards."
+        f"{type(model).__name__} was loaded with {', '.join(non_eager)} attention, which returns no attention "
+        f"weights; switched to eager attention for this run and back afterwards."
     )
     try:
         yield
     finally:
-        _restore(model, before)
+        _restore(before)
 
 
-def _restore(model: Any, before: dict[str, str]) -> None:
-    top = before.get("")
-    if top is not None and hasattr(model, "set_attn_implementation"):
-        with contextlib.suppress(ValueError, TypeError, AttributeError, ImportError):
-            model.set_attn_implementation(top)
-    modules = dict(model.named_modules())
-    for name, impl in before.items():
-        config = getattr(modules.get(name), "config", None)
-        if config is not None and getattr(config, "_attn_implementation", impl) != impl:
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                config._attn_implementation = impl
+def _restore(before: list[tuple[Any, Any]]) -> None:
+    for config, impl in before:
+        config._attn_implementation_internal = impl
 
 
 def vision_tower(model: Any) -> tuple[Any, Any]:
@@ -199,7 +198,8 @@ def capture(
             outputs = tower(
                 pixel_values=pixel_values,
                 output_attentions=True,
-                output_hidden_states=True,
+                # heads (…ForImageClassification) return no last_hidden_state: take the last hidden state
+                output_hidden_states=not type(tower).__name__.endswith("Model"),
                 return_dict=True,
                 **kwargs,
             )
