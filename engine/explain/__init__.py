@@ -23,8 +23,18 @@ from typing import Any
 from engine.explain.maps import METHODS, AttentionMaps, TokenLayout, TokenMap
 
 __all__ = [
-    "METHODS", "AttentionMaps", "TokenLayout", "TokenMap", "ExplainCapabilities", "OnnxAttentionModel",
-    "capabilities", "contact_sheet", "explain", "expose_attention", "overlay", "save_maps",
+    "METHODS",
+    "AttentionMaps",
+    "ExplainCapabilities",
+    "OnnxAttentionModel",
+    "TokenLayout",
+    "TokenMap",
+    "capabilities",
+    "contact_sheet",
+    "explain",
+    "expose_attention",
+    "overlay",
+    "save_maps",
 ]
 
 _LAZY = {

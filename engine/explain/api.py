@@ -82,8 +82,8 @@ def explain(
 ) -> AttentionMaps:
     """Explain what a model looks at in `image` (PIL). See engine/explain/__init__.py for
     the methods and their options."""
-    from engine.explain.support import capabilities
     from engine.explain.self_attention import Options
+    from engine.explain.support import capabilities
 
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")

@@ -89,7 +89,7 @@ def caption_maps(model: Any, processor: Any, image: Any, *, options: Any, max_ne
     pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
     kwargs = forward_kwargs(tower, tower_config, pixel_values, notes)
     start = _start_ids(model, processor, model_type, prompt, notes)
-    generate_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+    generate_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": False, "num_beams": 1}
     if start is not None:
         generate_kwargs["input_ids"] = start.to(param.device)
     with eager_attention(model, notes), torch.no_grad():
@@ -139,7 +139,7 @@ def caption_maps(model: Any, processor: Any, image: Any, *, options: Any, max_ne
         valid=valid,
         per_token=per_token,
         notes=notes,
-        params=dict(layer=options.layer, head=options.head, head_fusion=options.head_fusion,
-                    caption=caption, token_ids=generated, prompt_tokens=prefix,
-                    attentions="cross: (decoder layers, heads, decoder positions, encoder tokens)"),
+        params={"layer": options.layer, "head": options.head, "head_fusion": options.head_fusion,
+                    "caption": caption, "token_ids": generated, "prompt_tokens": prefix,
+                    "attentions": "cross: (decoder layers, heads, decoder positions, encoder tokens)"},
     )

@@ -86,6 +86,6 @@ def detr_maps(model: Any, processor: Any, image: Any, *, method: str, options: A
         valid=geometry.valid_mask(),
         per_token=per_token,
         notes=notes,
-        params=dict(layer=layer, head=options.head, head_fusion=options.head_fusion, threshold=threshold,
-                    attentions="cross: (decoder layers, heads, queries, feature-map cells)"),
+        params={"layer": layer, "head": options.head, "head_fusion": options.head_fusion, "threshold": threshold,
+                    "attentions": "cross: (decoder layers, heads, queries, feature-map cells)"},
     )

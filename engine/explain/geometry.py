@@ -90,7 +90,7 @@ def _aspect_size(height: int, width: int, size: int, max_size: int | None) -> tu
         lo, hi = float(min(height, width)), float(max(height, width))
         if hi / lo * size > max_size:
             raw_size = max_size * lo / hi
-            size = int(round(raw_size))
+            size = round(raw_size)
     if (height <= width and height == size) or (width <= height and width == size):
         return height, width
     if width < height:

@@ -79,5 +79,5 @@ def gradcam_maps(model: Any, processor: Any, image: Any, *, target: int | None =
         layout=layout,
         valid=geometry.valid_mask(),
         notes=notes,
-        params=dict(target=index, layer=layer_name),
+        params={"target": index, "layer": layer_name},
     )

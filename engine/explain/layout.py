@@ -108,7 +108,7 @@ def layout_from_config(config: Any, input_size: tuple[int, int], num_tokens: int
     if num_tokens is not None and num_tokens != index:
         raise ValueError(
             f"'{model_type}' config predicts {index} tokens for a {input_size[0]}×{input_size[1]} input "
-            f"(grid {grid[0]}×{grid[1]}, special {dict((k, len(v)) for k, v in special.items())}) "
+            f"(grid {grid[0]}×{grid[1]}, special { {k: len(v) for k, v in special.items()} }) "
             f"but the model produced {num_tokens}"
         )
     return TokenLayout(

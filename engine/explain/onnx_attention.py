@@ -10,9 +10,10 @@ square-root guess.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ _PASS_THROUGH_AFTER = {"Cast", "Dropout", "Identity"}
 _PASS_THROUGH_BEFORE = {"Add", "Mul", "Div", "Sub", "Where", "Cast", "Reshape"}
 
 
-def _consumers(graph: "onnx.GraphProto") -> dict[str, list[Any]]:
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[Any]]:
     found: dict[str, list[Any]] = {}
     for node in graph.node:
         for name in node.input:
@@ -36,7 +37,7 @@ def _consumers(graph: "onnx.GraphProto") -> dict[str, list[Any]]:
     return found
 
 
-def _producers(graph: "onnx.GraphProto") -> dict[str, Any]:
+def _producers(graph: onnx.GraphProto) -> dict[str, Any]:
     return {out: node for node in graph.node for out in node.output}
 
 
@@ -60,7 +61,7 @@ def _from_matmul(name: str, producers: dict[str, Any], hops: int = 4) -> bool:
     return False
 
 
-def attention_softmax_nodes(model: "onnx.ModelProto") -> list[Any]:
+def attention_softmax_nodes(model: onnx.ModelProto) -> list[Any]:
     """Softmax nodes of attention blocks: fed by a Q·Kᵀ MatMul (through scale/mask ops)
     and multiplying the values in a MatMul. Graph order = layer order."""
     graph = model.graph
@@ -73,7 +74,7 @@ def attention_softmax_nodes(model: "onnx.ModelProto") -> list[Any]:
     ]
 
 
-def expose_attention(model: "onnx.ModelProto") -> tuple["onnx.ModelProto", list[str]]:
+def expose_attention(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """A copy of `model` whose outputs also include every attention Softmax output."""
     import onnx
     from onnx import TensorProto, helper, shape_inference
@@ -100,7 +101,7 @@ def expose_attention(model: "onnx.ModelProto") -> tuple["onnx.ModelProto", list[
     return exposed, names
 
 
-def patch_embedding_conv(model: "onnx.ModelProto") -> tuple[int, int] | None:
+def patch_embedding_conv(model: onnx.ModelProto) -> tuple[int, int] | None:
     """(height, width) stride of the first Conv whose kernel equals its stride (patchify)."""
     for node in model.graph.node:
         if node.op_type != "Conv":
@@ -129,11 +130,11 @@ class OnnxAttentionModel:
     explain_methods: tuple[str, ...] = ("raw", "rollout", "dino")
 
     @classmethod
-    def from_model(cls, model: "onnx.ModelProto", *, name: str = "onnx", input_name: str | None = None,
+    def from_model(cls, model: onnx.ModelProto, *, name: str = "onnx", input_name: str | None = None,
                    image_size: Sequence[int] | None = None, patch_size: Sequence[int] | int | None = None,
                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                    prefix_tokens: Sequence[str] | None = None, providers: Sequence[str] | None = None
-                   ) -> "OnnxAttentionModel":
+                   ) -> OnnxAttentionModel:
         import onnxruntime as ort
 
         exposed, names = expose_attention(model)
@@ -173,7 +174,7 @@ class OnnxAttentionModel:
         )
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike, **options: Any) -> "OnnxAttentionModel":
+    def from_path(cls, path: str | os.PathLike, **options: Any) -> OnnxAttentionModel:
         import onnx
 
         path = Path(path)

@@ -175,7 +175,7 @@ def save_maps(maps: AttentionMaps, image: Any, out_dir: str | os.PathLike, stem:
         if token.box is not None:
             import cv2
 
-            x0, y0, x1, y1 = (int(round(v)) for v in token.box)
+            x0, y0, x1, y1 = (round(v) for v in token.box)
             picture = np.ascontiguousarray(picture)
             cv2.rectangle(picture, (x0, y0), (x1, y1), (255, 255, 255), max(1, min(picture.shape[:2]) // 250))
         put(f"{base}.tok{index:02d}-{_slug(token.label)}.png", _png_bytes(picture))

@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import inspect
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ class Captured:
     notes: list[str] = field(default_factory=list)
 
 
-_CONFIGS: "weakref.WeakKeyDictionary[Any, list[Any]]" = weakref.WeakKeyDictionary()
+_CONFIGS: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
 
 
 def _configs(model: Any) -> list[Any]:
@@ -126,7 +127,7 @@ def _config_image_size(config: Any) -> tuple[int, int] | None:
     return int(size), int(size)
 
 
-def forward_kwargs(module: Any, config: Any, pixel_values: "torch.Tensor", notes: list[str]) -> dict[str, Any]:
+def forward_kwargs(module: Any, config: Any, pixel_values: torch.Tensor, notes: list[str]) -> dict[str, Any]:
     """Extra forward arguments: interpolate position embeddings for other input sizes."""
     kwargs: dict[str, Any] = {}
     size = tuple(pixel_values.shape[-2:])
@@ -140,7 +141,7 @@ def forward_kwargs(module: Any, config: Any, pixel_values: "torch.Tensor", notes
     return kwargs
 
 
-def _final_features(outputs: Any, tower: Any) -> "torch.Tensor | None":
+def _final_features(outputs: Any, tower: Any) -> torch.Tensor | None:
     hidden = getattr(outputs, "last_hidden_state", None)
     if hidden is None:
         states = getattr(outputs, "hidden_states", None)
@@ -155,8 +156,8 @@ def _final_features(outputs: Any, tower: Any) -> "torch.Tensor | None":
     return hidden
 
 
-def _score(outputs: Any, features: "torch.Tensor | None", layout: TokenLayout, target: int | None,
-           notes: list[str]) -> tuple["torch.Tensor", int | None]:
+def _score(outputs: Any, features: torch.Tensor | None, layout: TokenLayout, target: int | None,
+           notes: list[str]) -> tuple[torch.Tensor, int | None]:
     logits = getattr(outputs, "logits", None)
     if logits is not None and logits.dim() == 2:
         index = int(logits[0].argmax()) if target is None else int(target)
@@ -177,7 +178,7 @@ def _score(outputs: Any, features: "torch.Tensor | None", layout: TokenLayout, t
 
 def capture(
     model: Any,
-    pixel_values: "torch.Tensor",
+    pixel_values: torch.Tensor,
     *,
     with_gradients: bool = False,
     target: int | None = None,

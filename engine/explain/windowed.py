@@ -136,6 +136,6 @@ def windowed_maps(model: Any, processor: Any, image: Any, *, options: Any) -> At
         head_maps=head_maps,
         valid=geometry.valid_mask(),
         notes=notes,
-        params=dict(layer=index, layer_name=chosen.name, head=options.head, head_fusion=options.head_fusion,
-                    window=chosen.window, shift=chosen.shift, layers=len(layers)),
+        params={"layer": index, "layer_name": chosen.name, "head": options.head, "head_fusion": options.head_fusion,
+                    "window": chosen.window, "shift": chosen.shift, "layers": len(layers)},
     )

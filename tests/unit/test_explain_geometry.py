@@ -13,7 +13,11 @@ from tests.fixtures.tiny_vits import crafted_vit
 
 def _processors():
     from transformers import (
-        BitImageProcessor, CLIPImageProcessor, ConvNextImageProcessor, DetrImageProcessor, ViTImageProcessor,
+        BitImageProcessor,
+        CLIPImageProcessor,
+        ConvNextImageProcessor,
+        DetrImageProcessor,
+        ViTImageProcessor,
     )
 
     return {

@@ -10,7 +10,10 @@ import torch
 
 from engine.explain import explain
 from engine.explain.onnx_attention import (
-    OnnxAttentionModel, attention_softmax_nodes, expose_attention, patch_embedding_conv,
+    OnnxAttentionModel,
+    attention_softmax_nodes,
+    expose_attention,
+    patch_embedding_conv,
 )
 from tests.fixtures.tiny_vits import bright_patch_image, crafted_vit, processor_for, random_like
 
@@ -76,8 +79,8 @@ def test_onnx_maps_equal_torch_maps(vit_and_onnx, method):
     # the two resize implementations (PIL vs torchvision) differ by a grey level at most
     np.testing.assert_allclose(from_onnx.attentions, from_torch.attentions, atol=2e-3)
     pixels, _ = onnx_model.preprocess(image)
-    from engine.explain.self_attention import Options, compute
     from engine.explain.geometry import stretch_geometry
+    from engine.explain.self_attention import Options, compute
     from engine.explain.torch_capture import capture
 
     captured = capture(model, torch.from_numpy(pixels))

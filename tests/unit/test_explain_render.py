@@ -10,7 +10,11 @@ from PIL import Image
 from engine.explain import contact_sheet, explain, overlay, save_maps
 from engine.explain.render import colorize
 from tests.fixtures.tiny_vits import (
-    bright_patch_image, processor_for, tiny_ved_captioner, word_tokenizer, crafted_vit,
+    bright_patch_image,
+    crafted_vit,
+    processor_for,
+    tiny_ved_captioner,
+    word_tokenizer,
 )
 
 

@@ -168,8 +168,8 @@ def test_gradcam_matches_a_hand_computed_cam(image):
 
 
 # -- token layouts of the other ViT families ----------------------------------------------
-_V = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
-          patch_size=8)
+_V = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "image_size": 32,
+          "patch_size": 8}
 
 
 def _family(name):
@@ -179,8 +179,8 @@ def _family(name):
     return {
         "beit": lambda: tf.BeitModel(tf.BeitConfig(**_V, use_relative_position_bias=True)),
         "clip-vision": lambda: tf.CLIPVisionModel(tf.CLIPVisionConfig(**_V)),
-        "clip": lambda: tf.CLIPModel(tf.CLIPConfig(vision_config=_V, text_config=dict(
-            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))),
+        "clip": lambda: tf.CLIPModel(tf.CLIPConfig(vision_config=_V, text_config={
+            "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64})),
         "siglip": lambda: tf.SiglipVisionModel(tf.SiglipVisionConfig(**_V)),
         "yolos": lambda: tf.YolosForObjectDetection(tf.YolosConfig(**{**_V, "image_size": [32, 48]},
                                                                    num_detection_tokens=5, num_labels=3)),
