@@ -34,7 +34,9 @@ def _onnx_from_runner(runner: Any) -> Any:
     sidecar = dict(getattr(card, "sidecar", {}) or {})
     options = {k: sidecar[k] for k in ("input_name", "image_size", "patch_size", "mean", "std", "prefix_tokens")
                if k in sidecar}
-    return OnnxAttentionModel.from_path(path, name=getattr(card, "id", Path(path).name), **options)
+    model = OnnxAttentionModel.from_path(path, name=getattr(card, "id", Path(path).name), **options)
+    model.processor = getattr(runner, "processor", None)
+    return model
 
 
 def resolve(runner_or_model: Any, processor: Any = None) -> tuple[str, Any, Any]:
@@ -158,7 +160,7 @@ def _explain_torch(model: Any, processor: Any, image: Any, method: str, options:
 def _explain_onnx(model: Any, image: Any, method: str, options: Any) -> AttentionMaps:
     from engine.explain.self_attention import compute
 
-    pixel_values, geometry = model.preprocess(image)
+    pixel_values, geometry = model.preprocess(image, notes=options.notes)
     attentions = model.run(pixel_values)
     layout = model.layout(tuple(pixel_values.shape[-2:]), attentions.shape[-1])
     if model.prefix_tokens is None and len(layout.special.get("registers", ())) > 0:

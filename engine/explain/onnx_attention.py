@@ -128,6 +128,7 @@ class OnnxAttentionModel:
     name: str = "onnx"
     notes: list[str] = field(default_factory=list)
     explain_methods: tuple[str, ...] = ("raw", "rollout", "dino")
+    processor: Any = None  # a transformers image processor; when set, preprocessing goes through it
 
     @classmethod
     def from_model(cls, model: onnx.ModelProto, *, name: str = "onnx", input_name: str | None = None,
@@ -184,9 +185,17 @@ class OnnxAttentionModel:
         return cls.from_model(model, name=options.pop("name", path.name), **options)
 
     # -- running ----------------------------------------------------------------------
-    def preprocess(self, image: Any, size: tuple[int, int] | None = None) -> tuple[np.ndarray, Geometry]:
-        """PIL image -> (1, 3, H, W) float32 normalised, plus the geometry (plain resize)."""
+    def preprocess(self, image: Any, size: tuple[int, int] | None = None,
+                   notes: list[str] | None = None) -> tuple[np.ndarray, Geometry]:
+        """PIL image -> (1, 3, H, W) float32 normalised, plus the geometry (plain resize, or
+        the processor's own resize/crop when one is attached)."""
         from PIL import Image
+
+        if self.processor is not None and size is None:
+            from engine.explain.api import pixel_inputs
+
+            pixels, geometry = pixel_inputs(self.processor, image.convert("RGB"), [] if notes is None else notes)
+            return pixels.numpy().astype(np.float32), geometry
 
         target = size or self.image_size
         if target is None:
