@@ -156,19 +156,37 @@ def _cpu_copy(runner: "Runner") -> "torch.nn.Module":
     return copy.deepcopy(runner.module).float().cpu().eval()
 
 
-def _image_module(module: "torch.nn.Module") -> "torch.nn.Module":
+def _image_module(runner: "Runner") -> "torch.nn.Module":
+    """fp32 CPU module mapping [0, 1] pixels to the restored image, as the runner computes it.
+
+    spandrel descriptors may wrap their network in a call function (DRUNet adds a
+    noise-level channel); that function is part of the model, so it is exported too.
+    """
+    import copy
+
     import torch
+
+    descriptor = getattr(runner, "descriptor", None)
+    call_fn = getattr(descriptor, "_call_fn", None)  # spandrel's per-architecture call
+    inner = copy.deepcopy(runner.module).float().cpu().eval()
 
     class ImageToImage(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.inner = module
+            self.inner = inner
 
         def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-            out = self.inner(pixel_values)
+            out = call_fn(self.inner, pixel_values) if call_fn else self.inner(pixel_values)
             return getattr(out, "reconstruction", out)
 
     return ImageToImage().eval()
+
+
+def _export_failed(runner: "Runner", exc: Exception) -> UnsupportedModelError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return UnsupportedModelError(
+        f"{runner.card.name}: torch could not export this model to ONNX ({reason[:300]}). "
+        f"It keeps running on torch.")
 
 
 def export_image_to_image(module: "torch.nn.Module", sample: "torch.Tensor", path: Path, *,
@@ -211,11 +229,14 @@ def _optimize_image(runner: "Runner", pil: Any, folder: Path, tolerance: float) 
     # two different sizes: a size that tracing baked into the graph shows up as a mismatch
     sizes = [(_ceil(edge, m), _ceil(edge + 8, m)), (_ceil(edge + 16, m), _ceil(edge, m))]
     samples = [_crop_to(pil, h, w) for h, w in sizes]
-    module = _image_module(_cpu_copy(runner))
+    module = _image_module(runner)
     path = folder / "model.onnx"
-    export_image_to_image(module, samples[0], path, metadata={
-        "ocula.task": "restore", "ocula.scale": spec.scale, "ocula.multiple_of": m,
-        "ocula.minimum": req.minimum, "ocula.source": runner.card.id})
+    try:
+        export_image_to_image(module, samples[0], path, metadata={
+            "ocula.task": "restore", "ocula.scale": spec.scale, "ocula.multiple_of": m,
+            "ocula.minimum": req.minimum, "ocula.source": runner.card.id})
+    except Exception as exc:  # noqa: BLE001 - torch's exporter raises many kinds
+        raise _export_failed(runner, exc) from exc
     session = _session(path)
     worst = 0.0
     for x in samples:
@@ -305,11 +326,14 @@ def _optimize_single(runner: "Runner", pil: Any, folder: Path, tolerance: float)
 
     path = folder / "model.onnx"
     dynamic = {name: {0: "batch"} for name in names + output_names}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Forward().eval(), tuple(inputs[n] for n in names), str(path),
-                          input_names=names, output_names=output_names, opset_version=OPSET,
-                          dynamic_axes=dynamic, dynamo=False)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(Forward().eval(), tuple(inputs[n] for n in names), str(path),
+                              input_names=names, output_names=output_names, opset_version=OPSET,
+                              dynamic_axes=dynamic, dynamo=False)
+    except Exception as exc:  # noqa: BLE001 - torch's exporter raises many kinds
+        raise _export_failed(runner, exc) from exc
     got = _session(path).run(output_names, {n: inputs[n].numpy() for n in names})
     worst = 0.0
     for name, value in zip(output_names, got):
@@ -544,7 +568,10 @@ def _optimize_seq2seq(runner: "Runner", pil: Any, folder: Path, tolerance: float
 
     model = _cpu_copy(runner)
     inputs = runner.processor(images=[pil], return_tensors="pt")
-    files = export_seq2seq(model, inputs["pixel_values"].float(), folder)
+    try:
+        files = export_seq2seq(model, inputs["pixel_values"].float(), folder)
+    except Exception as exc:  # noqa: BLE001 - torch's exporter raises many kinds
+        raise _export_failed(runner, exc) from exc
     for extra in (files.decoder, files.decoder_with_past):
         extra.unlink()  # the merged decoder replaces both
     runner.processor.save_pretrained(folder)

@@ -129,8 +129,9 @@ def _spandrel_spec(runner: "Runner") -> RestorerSpec:
 @register_spec("onnx")
 def _onnx_spec(runner: "Runner") -> RestorerSpec:
     sessions = getattr(runner, "sessions", None) or {}
-    session = next(iter(sessions.values()), None)
+    session = sessions.get("model") or next(iter(sessions.values()), None)
     input_name, output_name, half, fixed = "pixel_values", "reconstruction", False, None
+    scale, multiple, minimum = 0, 1, 0
     if session is not None:
         first_in, first_out = session.get_inputs()[0], session.get_outputs()[0]
         input_name, output_name = first_in.name, first_out.name
@@ -138,9 +139,15 @@ def _onnx_spec(runner: "Runner") -> RestorerSpec:
         shape = list(first_in.shape)
         if len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[2:]):
             fixed = (int(shape[2]), int(shape[3]))
-    return RestorerSpec(scale=0, input_name=input_name, output_name=output_name,
-                        supports_half=half,
-                        requirement=SizeRequirement(fixed=fixed) if fixed else SizeRequirement())
+        # exports made by `ocula models optimize` describe themselves (engine.export_onnx)
+        meta = session.get_modelmeta().custom_metadata_map
+        scale = int(meta.get("ocula.scale", 0))
+        multiple = int(meta.get("ocula.multiple_of", 1))
+        minimum = int(meta.get("ocula.minimum", 0))
+    requirement = SizeRequirement(fixed=fixed) if fixed else SizeRequirement(
+        multiple_of=multiple, minimum=minimum)
+    return RestorerSpec(scale=scale, input_name=input_name, output_name=output_name,
+                        supports_half=half, requirement=requirement)
 
 
 def _apply_sidecar(spec: RestorerSpec, sidecar: Mapping[str, Any]) -> RestorerSpec:
@@ -244,7 +251,9 @@ class _TileCaller:
         y = y[0].float()
         if spec.output_range != 1.0:
             y = y / spec.output_range
-        out = y.cpu().numpy()
+        # clamp each tile before blending, as spandrel does: blending out-of-range values
+        # and clamping afterwards would make torch and ONNX runs of one model disagree
+        out = y.clamp(0.0, 1.0).cpu().numpy()
         if out.shape[0] == 1:
             out = np.repeat(out, 3, axis=0)
         return out[:3]

@@ -1,0 +1,141 @@
+"""`ocula models optimize`: verified ONNX exports run through the same task code."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine import paths
+from engine.catalog.card import ModelCard
+from engine.export_onnx import (ExportVerificationError, find_optimized, onnx_runner_for_export,
+                                optimize, optimized_dir)
+from engine.runtimes.base import Placement
+from engine.tasks.restore import restore, spec_for
+from tests.fixtures import tiny_restorers as tr
+from tests.unit.test_restore import loaded, photo
+
+
+def sample() -> Image.Image:
+    from skimage import data
+
+    return Image.fromarray(data.astronaut())
+
+
+def test_restorer_export_gives_the_same_restoration(tmp_path):
+    runner = tr.spandrel_runner(tr.compact_descriptor(scale=2), "tiny-compact-optimize")
+    path = optimize(runner.card, runner, sample())
+    assert path == optimized_dir(runner.card) / "model.onnx" and path.is_file()
+    assert paths.app_home() in path.parents
+    onnx_runner = onnx_runner_for_export(runner.card, path)
+    assert spec_for(onnx_runner).scale == 2  # read from the file's own metadata
+    image = loaded(photo(72, 88, np.uint16))
+    for tile in (4096, 40):
+        ref = restore(runner, image, tile_size=tile, tile_overlap=16).image / 65535
+        got = restore(onnx_runner, image, tile_size=tile, tile_overlap=16).image / 65535
+        assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-4
+    # cached: a second call reuses the verified export
+    mtime = path.stat().st_mtime_ns
+    assert optimize(runner.card, runner, sample()) == path and path.stat().st_mtime_ns == mtime
+    assert find_optimized(runner.card) == path
+
+
+def test_size_requirements_and_call_functions_travel_with_the_export():
+    runner = tr.spandrel_runner(tr.drunet_descriptor(), "tiny-drunet-optimize")
+    assert spec_for(runner).requirement.multiple_of == 8
+    path = optimize(runner.card, runner, sample())
+    onnx_runner = onnx_runner_for_export(runner.card, path)
+    assert spec_for(onnx_runner).requirement.multiple_of == 8
+    assert spec_for(onnx_runner).scale == 1
+    image = loaded(photo(37, 53, np.uint16))
+    ref = restore(runner, image, tile_size=24, tile_overlap=8).image / 65535
+    got = restore(onnx_runner, image, tile_size=24, tile_overlap=8).image / 65535
+    assert got.shape == (37, 53, 3) and np.abs(got - ref).max() < 1e-4
+
+
+def test_models_torch_cannot_export_are_refused_clearly():
+    from engine.errors import UnsupportedModelError
+
+    # SAFMN pools to a size computed from the input: no dynamic-shape ONNX export
+    runner = tr.spandrel_runner(tr.safmn_descriptor(scale=2), "tiny-safmn-optimize")
+    with pytest.raises(UnsupportedModelError, match="could not export.*keeps running on torch"):
+        optimize(runner.card, runner, sample())
+    assert find_optimized(runner.card) is None
+
+
+class SizeDependent(torch.nn.Module):
+    """Takes a Python branch on the input height: tracing bakes in the branch it saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 12, 3, padding=1)
+        self.shuffle = torch.nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.sigmoid(self.shuffle(self.conv(x)))
+        if x.shape[-2] > 40:
+            y = 1.0 - y
+        return y
+
+
+def test_an_export_that_does_not_reproduce_torch_is_refused():
+    import spandrel
+    from spandrel.architectures.Compact import CompactArch
+
+    model = SizeDependent().eval()
+    descriptor = spandrel.ImageModelDescriptor(
+        model, model.state_dict(), architecture=CompactArch(), purpose="SR", tags=[],
+        supports_half=True, supports_bfloat16=True, scale=2, input_channels=3, output_channels=3)
+    runner = tr.spandrel_runner(descriptor, "size-dependent")
+    with pytest.raises(ExportVerificationError, match="keeps running on torch"):
+        optimize(runner.card, runner, sample())
+    assert find_optimized(runner.card) is None
+    folder = optimized_dir(runner.card)
+    assert not folder.exists() and not list(folder.parent.glob("*.part"))
+
+
+def test_single_forward_model_export():
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    from engine.runtimes.transformers_backend import TransformersRunner
+
+    torch.manual_seed(0)
+    model = ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                               num_attention_heads=2, intermediate_size=64)).eval()
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    card = ModelCard(id="tiny-vit-features", name="tiny vit", tasks=("features",),
+                     runtime="transformers")
+    runner = TransformersRunner(card, Placement("transformers", "cpu", "fp32"), model, processor)
+    path = optimize(card, runner, sample())
+    onnx_runner = onnx_runner_for_export(card, path)
+    inputs = processor(images=[sample(), sample().rotate(90)], return_tensors="pt")
+    got = onnx_runner.forward(dict(inputs))  # batch of 2: the batch axis is dynamic
+    ref = runner.forward(dict(inputs))
+    assert torch.allclose(got["last_hidden_state"], ref["last_hidden_state"], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_captioner_export_captions_like_torch():
+    from engine.tasks.caption import caption
+    from tests.fixtures import tiny_captioners as tc
+    from tests.unit.test_caption import photos, runner_for
+
+    runner = runner_for(tc.vit_gpt2())
+    folder = optimize(runner.card, runner, sample())
+    assert (folder / "encoder_model.onnx").is_file()
+    assert (folder / "decoder_model_merged.onnx").is_file()
+    assert not (folder / "decoder_model.onnx").exists()
+    onnx_runner = onnx_runner_for_export(runner.card, folder)
+    images = photos()
+    assert [c.token_ids for c in caption(onnx_runner, images, max_new_tokens=10)] == \
+        [c.token_ids for c in caption(runner, images, max_new_tokens=10)]
+
+
+def test_optimize_refuses_models_without_torch(tmp_path):
+    from engine.errors import UnsupportedModelError
+
+    runner = tr.spandrel_runner(tr.compact_descriptor(scale=2), "tiny-compact-optimize-2")
+    path = optimize(runner.card, runner, sample())
+    onnx_runner = onnx_runner_for_export(runner.card, path)
+    with pytest.raises(UnsupportedModelError, match="only torch models"):
+        optimize(onnx_runner.card, onnx_runner, sample())
