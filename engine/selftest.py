@@ -137,7 +137,20 @@ def _check_detect(result: Any, rgb: np.ndarray) -> str:
         if not inside or not 0.0 <= box.score <= 1.0:
             raise CheckFailed(f"box {box} is outside the {width}x{height} image or its score "
                               f"is not in [0, 1].")
-    return f"{len(boxes)} boxes, labels {sorted({b.label for b in boxes})}"
+    for i, a in enumerate(boxes):  # class-wise NMS at 0.5 ran (torchvision's kernel if loaded)
+        for b in boxes[i + 1:]:
+            if a.label == b.label and _iou(a, b) > 0.5 + 1e-6:
+                raise CheckFailed(f"boxes {a} and {b} overlap (IoU {_iou(a, b):.2f}) after NMS "
+                                  f"at 0.5.")
+    return f"{len(boxes)} boxes after NMS, labels {sorted({b.label for b in boxes})}"
+
+
+def _iou(a: Any, b: Any) -> float:
+    iw = max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0))
+    ih = max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
+    inter = iw * ih
+    union = (a.x1 - a.x0) * (a.y1 - a.y0) + (b.x1 - b.x0) * (b.y1 - b.y0) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def _check_segment(result: Any, rgb: np.ndarray) -> str:
@@ -178,8 +191,8 @@ def _check_explain(result: Any, rgb: np.ndarray) -> str:
 
 CHECKS: tuple[Check, ...] = (
     Check("caption", "caption", "caption", {"max_new_tokens": 8}, _check_caption),
-    Check("detect", "detect", "detect", {"threshold": 0.0, "formats": ["coco", "overlay"]},
-          _check_detect),
+    Check("detect", "detect", "detect",
+          {"threshold": 0.0, "nms_iou": 0.5, "formats": ["coco", "overlay"]}, _check_detect),
     Check("segment", "segment", "segment", {}, _check_segment),
     Check("restore", "restore", "restore/compact-2x.safetensors", {}, _check_restore),
     Check("restore-onnx", "restore", "restore-onnx/nearest2x.onnx", {}, _check_restore),
