@@ -378,9 +378,12 @@ def cmd_explain(args) -> int:
     for image_path in args.images:
         try:
             image = read_image(image_path)
+            patch = tuple(float(v) for v in args.patch.split(",")) if args.patch else None
             maps = explain(runner, image.rgb, method=args.method, layer=args.layer,
                            head=args.head, head_fusion=args.head_fusion,
-                           discard_ratio=args.discard_ratio)
+                           discard_ratio=args.discard_ratio, patch=patch, target=args.target)
+            for note in maps.notes:
+                print(f"note: {note}", file=sys.stderr)
             written += [str(p) for p in save_maps(maps, image.rgb, out_dir, Path(image_path).stem)]
         except OculaError as exc:
             failed += 1
@@ -502,8 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--model", "-m", required=True)
     p.add_argument("--method", default="rollout",
-                   choices=("raw", "rollout", "relevance", "cross", "similarity", "dino",
-                            "cls-similarity", "gradcam"))
+                   help="rollout | raw | relevance | cross | similarity | dino | gradcam | "
+                        "windowed | cls_similarity | patch_similarity (default: rollout)")
+    p.add_argument("--patch", help="clicked point x,y (similarity: click-to-segment)")
+    p.add_argument("--target", type=int, help="class index for relevance / Grad-CAM")
     p.add_argument("--out", "-o", required=True)
     p.add_argument("--layer", type=int)
     p.add_argument("--head", type=int)

@@ -63,6 +63,31 @@ def resolve(runner_or_model: Any, processor: Any = None) -> tuple[str, Any, Any]
     )
 
 
+METHOD_ALIASES = {"cls-similarity": "cls_similarity", "patch-similarity": "patch_similarity",
+                  "cross-attention": "cross_attention"}
+
+
+def resolve_method(method: str, caps: Any, patch: tuple[float, float] | None) -> str:
+    """User-facing names (the CLI's `cross`, `similarity`) to the method that fits the model.
+
+    `cross` is per-word cross-attention for captioners and per-object decoder
+    attention for DETR-style detectors; `similarity` is click-to-segment when a patch
+    was clicked, else CLS-to-patch similarity.
+    """
+    from engine.errors import UsageError
+
+    method = METHOD_ALIASES.get(method, method)
+    if method == "cross":
+        method = "detr" if caps.allows("detr") and not caps.allows("cross_attention") \
+            else "cross_attention"
+    elif method == "similarity":
+        method = "patch_similarity" if patch is not None else "cls_similarity"
+    if method not in METHODS:
+        raise UsageError(f"unknown attention-map method '{method}'; choose one of "
+                         f"{', '.join(METHODS)} (or cross, similarity).")
+    return method
+
+
 def explain(
     runner_or_model: Any,
     image: Any,
@@ -87,11 +112,10 @@ def explain(
     from engine.explain.self_attention import Options
     from engine.explain.support import capabilities
 
-    if method not in METHODS:
-        raise ValueError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
     image = image.convert("RGB") if getattr(image, "mode", "RGB") != "RGB" else image
     kind, model, processor = resolve(runner_or_model, processor)
     caps = capabilities(model)
+    method = resolve_method(method, caps, patch)
     if not caps.allows(method):
         offered = ", ".join(caps.methods) or "none"
         raise UnsupportedModelError(

@@ -102,3 +102,20 @@ def test_models_list_json(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert rows and all("restore" in r["tasks"] for r in rows)
     assert np.all([r["license"] for r in rows])
+
+
+def test_explain_cli_writes_maps_at_image_resolution(hub, tmp_path, capsys):
+    from tests.fixtures.repos import tiny_vit_classifier
+
+    folder = tiny_vit_classifier(tmp_path / "vit")
+    hub.add_repo("tiny-org/vit", folder, pipeline_tag="image-classification",
+                 library_name="transformers", license="apache-2.0")
+    image = tmp_path / "photo.png"
+    noise_image(90, 60, seed=3).save(image)
+    code = main(["explain", str(image), "--model", "tiny-org/vit", "--method", "rollout",
+                 "--out", str(tmp_path / "maps"), "--json"])
+    assert code == 0, capsys.readouterr().err
+    written = json.loads(capsys.readouterr().out)["written"]
+    heatmap = np.load(next(p for p in written if p.endswith(".heatmap.npy")))
+    assert heatmap.shape == (60, 90) and np.isfinite(heatmap).all()
+    assert any(p.endswith(".png") for p in written)

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from engine.catalog.card import AttentionSupport, ModelCard
-from engine.errors import UnsupportedModelError
+from engine.errors import UnsupportedModelError, UsageError
 from engine.explain import capabilities, explain
 from engine.explain.windowed import stitch
 from tests.fixtures.tiny_vits import bright_patch_image, crafted_vit, processor_for
@@ -68,8 +68,17 @@ def test_sdpa_model_is_switched_to_eager_said_aloud_and_restored():
 def test_method_not_offered_is_refused_with_the_alternatives(image):
     with pytest.raises(UnsupportedModelError, match="Available: raw, rollout"):
         explain(crafted_vit("vit"), image, method="gradcam", processor=processor_for((32, 32)))
-    with pytest.raises(ValueError, match="unknown method"):
+    with pytest.raises(UsageError, match="unknown attention-map method"):
         explain(crafted_vit("vit"), image, method="saliency", processor=processor_for((32, 32)))
+
+
+def test_user_facing_method_names_pick_the_method_that_fits(image):
+    processor = processor_for((32, 32))
+    clicked = explain(crafted_vit("vit"), image, method="similarity", patch=(5.0, 5.0),
+                      processor=processor)
+    assert clicked.method == "patch_similarity"
+    assert explain(crafted_vit("vit"), image, method="similarity",
+                   processor=processor).method == "cls_similarity"
 
 
 # -- DETR --------------------------------------------------------------------------------
