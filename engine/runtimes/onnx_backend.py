@@ -93,6 +93,7 @@ class OnnxRunner(Runner):
         self.sessions = dict(sessions)
         self.output_aliases = dict(_OUTPUT_ALIASES, **(output_aliases or {}))
         self.input_aliases = dict(input_aliases or {})  # our name -> graph input name
+        self.onnx_path: Path | None = None  # the main graph file, when loaded from disk
 
     @property
     def main_session_name(self) -> str:
@@ -439,6 +440,8 @@ def load_onnx(
         output_aliases=_output_aliases(card, main),
         input_aliases=input_aliases,
     )
+    main_key = "model" if "model" in files else next(iter(files))
+    runner.onnx_path = files[main_key]  # explain re-reads the graph to expose attention
     runner.notes.extend(notes)
     if final.fallback:
         runner.notes.append(f"fallback: {final.fallback}")
