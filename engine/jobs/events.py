@@ -85,6 +85,28 @@ class JobSummary:
     def cancelled(self) -> bool:
         return self.state == "cancelled"
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (the CLI's --json output, the worker's pipe)."""
+        return {
+            "job_id": self.job_id, "state": self.state, "total": self.total, "done": self.done,
+            "failed": self.failed, "elapsed_s": self.elapsed_s, "output_dir": str(self.output_dir),
+            "failures": [{"path": f.path, "reason": f.reason} for f in self.failures],
+            "files": [str(f) for f in self.files],
+            "report_json": str(self.report_json) if self.report_json else None,
+            "report_html": str(self.report_html) if self.report_html else None,
+            "rate": self.rate, "message": self.message}
+
+    @classmethod
+    def from_dict(cls, s: dict[str, Any]) -> "JobSummary":
+        return cls(job_id=s["job_id"], state=s["state"], total=s["total"], done=s["done"],
+                   failed=s["failed"], elapsed_s=s["elapsed_s"],
+                   output_dir=Path(s["output_dir"]),
+                   failures=[Failure(f["path"], f["reason"]) for f in s["failures"]],
+                   files=[Path(f) for f in s["files"]],
+                   report_json=Path(s["report_json"]) if s["report_json"] else None,
+                   report_html=Path(s["report_html"]) if s["report_html"] else None,
+                   rate=s["rate"], message=s["message"])
+
     @property
     def ok(self) -> bool:
         return self.state == "finished" and self.failed == 0

@@ -61,6 +61,8 @@ def resume_job(job_id: str, *, on_event: EventCallback | None = None,
 
 
 def _alive(pid: int) -> bool:
+    if os.name == "nt":
+        return False  # os.kill(pid, 0) would send Ctrl+C on Windows; trust the user
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -162,6 +164,9 @@ class _JobRun:
             self.total = sum(counts.values())
             self.done = counts["done"] + counts["failed"]
             self.failed = counts["failed"]
+            self.progress("", self.done, self.total, 0.0, None,
+                          f"{self.total} inputs queued, {self.done} already finished",
+                          force=True)
             self.handler = get_handler(spec.task)
             self.handler.prepare(spec, self._handler_progress, self.cancel)
             self._cleanup_interrupted()

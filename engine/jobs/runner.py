@@ -24,7 +24,7 @@ from typing import Protocol, Sequence
 
 from engine.errors import OculaError
 from engine.events import CancelToken
-from engine.jobs.events import EventCallback, Failure, JobEvent, JobSummary, PauseToken
+from engine.jobs.events import EventCallback, JobEvent, JobSummary, PauseToken
 from engine.jobs.run import resume_job, run_job
 from engine.jobs.spec import JobSpec
 from engine.jobs.store import JobStore
@@ -221,14 +221,7 @@ def event_to_dict(event: JobEvent) -> dict:
             "message": event.message}
     res = event.result
     if isinstance(res, JobSummary):
-        data["summary"] = {
-            "job_id": res.job_id, "state": res.state, "total": res.total, "done": res.done,
-            "failed": res.failed, "elapsed_s": res.elapsed_s, "output_dir": str(res.output_dir),
-            "failures": [[f.path, f.reason] for f in res.failures],
-            "files": [str(f) for f in res.files],
-            "report_json": str(res.report_json) if res.report_json else None,
-            "report_html": str(res.report_html) if res.report_html else None,
-            "rate": res.rate, "message": res.message}
+        data["summary"] = res.to_dict()
     elif res is not None and hasattr(res, "written"):
         data["written"] = [str(p) for p in res.written]
         data["info"] = res.info
@@ -238,15 +231,7 @@ def event_to_dict(event: JobEvent) -> dict:
 def event_from_dict(data: dict) -> JobEvent:
     result = None
     if data.get("summary"):
-        s = data["summary"]
-        result = JobSummary(
-            job_id=s["job_id"], state=s["state"], total=s["total"], done=s["done"],
-            failed=s["failed"], elapsed_s=s["elapsed_s"], output_dir=Path(s["output_dir"]),
-            failures=[Failure(p, r) for p, r in s["failures"]],
-            files=[Path(f) for f in s["files"]],
-            report_json=Path(s["report_json"]) if s["report_json"] else None,
-            report_html=Path(s["report_html"]) if s["report_html"] else None,
-            rate=s["rate"], message=s["message"])
+        result = JobSummary.from_dict(data["summary"])
     elif "written" in data:
         from engine.jobs.handlers import ItemResult
 

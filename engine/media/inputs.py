@@ -53,7 +53,8 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], *,
 
     A folder mirrors its structure: `photos/a/b.jpg` given as `photos` has rel
     `a/b.jpg`. Folders listed in `exclude` (the job's output folder, when it sits
-    inside an input folder) are skipped so outputs are never fed back as inputs.
+    inside an input folder) are skipped so outputs are never fed back as inputs;
+    a folder named as an input itself is always read.
     Hidden files and folders (names starting with ".") inside folders are skipped:
     they include our own temporary `.part` files.
     """
@@ -86,8 +87,6 @@ def _expand_glob(pattern: str, excluded: set[str], recursive: bool) -> Iterator[
     # iglob streams matches directory by directory instead of building the whole list.
     for hit in glob.iglob(os.path.expanduser(pattern), recursive=recursive):
         if os.path.isdir(hit):
-            if _real(hit) in excluded:
-                continue
             matched = True
             yield from _walk(hit, hit, excluded, recursive)
         elif _is_media(hit):
@@ -106,7 +105,9 @@ def _is_media(path: str | os.PathLike) -> bool:
 def _walk(root: str | os.PathLike, folder: str | os.PathLike, excluded: set[str],
           recursive: bool) -> Iterator[InputItem]:
     root, folder = os.fspath(root), os.fspath(folder)
-    if _real(folder) in excluded:
+    # A folder the user named is always read, even if it is also the output folder;
+    # only output folders found *inside* it are skipped.
+    if folder != root and _real(folder) in excluded:
         return
     try:
         with os.scandir(folder) as listing:

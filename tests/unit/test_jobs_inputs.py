@@ -128,3 +128,12 @@ def test_unreadable_folder_is_an_error_item_and_the_rest_continue(open_tmp):
     assert len(errors) == 1 and errors[0].path == str(locked)
     assert "cannot read this folder" in errors[0].error and "ermission" in errors[0].error
     assert stat.S_IMODE(locked.stat().st_mode) == 0
+
+
+def test_a_named_folder_is_read_even_when_it_is_the_output_folder(tmp_path):
+    touch(tmp_path / "a.jpg")
+    touch(tmp_path / "out" / "b.jpg")
+    items = list(expand_inputs([str(tmp_path)], exclude=[tmp_path]))
+    assert [i.rel for i in items] == ["a.jpg", "out/b.jpg"]
+    items = list(expand_inputs([str(tmp_path)], exclude=[tmp_path / "out"]))
+    assert [i.rel for i in items] == ["a.jpg"]
