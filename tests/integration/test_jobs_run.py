@@ -15,6 +15,7 @@ from engine.jobs import (BaseHandler, ItemResult, JobSpec, JobStore, LocalJobRun
                          list_jobs, register_handler, resume_job, run_job)
 from engine.jobs import handlers as handler_registry
 from tests.fixtures.media import make_audio_only, make_images, register_test_handlers
+from tests.unit.test_jobs_inputs import as_unprivileged, make_locked_tree, open_tmp  # noqa: F401
 
 
 @pytest.fixture
@@ -237,3 +238,35 @@ def test_a_job_that_cannot_start_is_marked_failed_and_resumable(tmp_path, store)
     finally:
         handler_registry._registry.clear()
         handler_registry._registry.update(saved)
+
+
+def test_an_unreadable_folder_fails_alone(test_handlers, open_tmp):
+    """Permission denied on a sub-folder: recorded with its reason, the rest is done
+    (as root, the job runs in a thread with an unprivileged filesystem uid)."""
+    import os
+
+    root, locked = make_locked_tree(open_tmp)
+    for name in ("b.png", "ok/a.png"):  # real pictures in the readable part
+        Image.new("RGB", (8, 8), "teal").save(root / name)
+    out = open_tmp / "out"
+    out.mkdir(mode=0o777)
+    out.chmod(0o777)
+
+    def job():
+        return run_job(JobSpec("restore", "invert", [str(root)], str(out)),
+                       store=JobStore(out / "jobs.sqlite"))
+
+    # The unprivileged thread cannot read the interpreter's files under /root, so
+    # every module the job needs is imported first by a run of the same job as ourselves.
+    warm = open_tmp / "warm"
+    make_images(warm, 1)
+    run_job(JobSpec("restore", "invert", [str(warm), str(warm / "gone")], str(open_tmp / "w")),
+            store=JobStore(open_tmp / "warm.sqlite"))
+    summary = as_unprivileged(job)
+    assert (summary.done, summary.failed) == (2, 1), summary.failures
+    assert summary.failures[0].path == str(locked)
+    assert "cannot read this folder (Permission denied)" in summary.failures[0].reason
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.restored.png")) == [
+        "b.restored.png", "ok/a.restored.png"]
+    if os.geteuid() == 0:
+        assert (out / "b.restored.png").stat().st_uid == 65534  # really ran unprivileged
