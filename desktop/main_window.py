@@ -30,7 +30,13 @@ from desktop.views.queue import QueueView
 from desktop.views.results import ResultsPanel
 from desktop.views.task_panel import TASK_LABELS, TaskPanel
 from desktop.views.workspace import Workspace
-from desktop.workers import Operation, Pools, call_operation, job_operation
+from desktop.workers import (
+    Operation,
+    PlacementEvent,
+    Pools,
+    call_operation,
+    job_operation,
+)
 
 RESULT_CACHE = 200  # results kept for browsing a batch (the newest; older ones are on disk)
 CARD_TASK = {"explain": None}  # explain works with any model that has attention
@@ -360,6 +366,9 @@ class MainWindow(QMainWindow):
         last = None
         for event in batch:
             kind = getattr(event, "kind", "")
+            if isinstance(event, PlacementEvent):
+                self.show_placement(event.text, planned=event.planned)
+                continue
             if kind == "item_done":
                 path = Path(event.item)
                 item_result = event.result
@@ -367,8 +376,8 @@ class MainWindow(QMainWindow):
                 self.results[path] = result
                 self.results.move_to_end(path)
                 info = getattr(item_result, "info", None) or {}
-                if info.get("placement"):
-                    self.placement_text = str(info["placement"])
+                if info.get("placement"):  # the loaded runner's own account
+                    self.show_placement(str(info["placement"]), planned=False)
                 statuses[path] = "done"
                 redraw = redraw or path == current
             elif kind == "item_failed":
@@ -380,8 +389,6 @@ class MainWindow(QMainWindow):
             self.workspace.mark(statuses)
         if redraw:
             self._show_result_for(current)
-        if self.placement_text:
-            self.show_placement(self.placement_text)
         if last is not None and getattr(last, "total", 0):
             eta = getattr(last, "eta_s", None)
             text = self.tr("{}: {} / {}").format(op.label, last.done, last.total)
@@ -409,9 +416,14 @@ class MainWindow(QMainWindow):
             if self.explain.current is not None:
                 self.explain.current.cancel()
 
-    def show_placement(self, text: str) -> None:
+    def show_placement(self, text: str, planned: bool = False) -> None:
+        """The device really in use (a loaded runner's placement), or the plan for it."""
         self.placement_text = text
         self.placement_label.setText(text)
+        self.placement_label.setToolTip(
+            self.tr("Planned by engine.devices for this job's model: backend, device, "
+                    "precision and any fallback") if planned else
+            self.tr("What really runs the model: backend, device, precision and any fallback"))
 
     # -- results on screen ---------------------------------------------------------------------
     def on_image_shown(self, path: Path) -> None:

@@ -202,13 +202,41 @@ class Pools:
         return all(p.waitForDone(msecs) for p in (self.jobs, self.downloads, self.calls))
 
 
+@dataclass(frozen=True)
+class PlacementEvent:
+    """Where a job's model runs: `engine.devices.plan` before loading (planned=True), or
+    what a handler reported from its loaded runner (planned=False)."""
+
+    text: str
+    planned: bool = True
+
+
+def planned_placement(model: str, device: str, precision: str) -> str:
+    """The placement load_runner will ask for (settings resolve "auto" first)."""
+    from engine.catalog.catalog import load_catalog
+    from engine.devices import plan
+    from engine.settings import Settings
+
+    settings = Settings.load()
+    card = load_catalog(strict=False).resolve(model)
+    if device == "auto":
+        device = settings.device or "auto"
+    if precision == "auto":
+        precision = settings.precision or "auto"
+    return plan(card, device=device, precision=precision).describe()
+
+
 def job_operation(spec: Any, *, store: Any = None, label: str = "",
                   parent: QObject | None = None) -> Operation:
-    """An engine job (`engine.jobs.run_job`); its JobEvents arrive through `events`."""
+    """An engine job (`engine.jobs.run_job`); its JobEvents arrive through `events`,
+    preceded by a PlacementEvent."""
 
     def work(emit: Callable[[Any], None], cancel: CancelToken, pause: threading.Event) -> Any:
+        try:
+            emit(PlacementEvent(planned_placement(spec.model, spec.device, spec.precision)))
+        except Exception:  # noqa: BLE001 — the job itself reports a bad model or device
+            pass
         import engine.tasks.handlers  # noqa: F401  registers the task handlers (heavy: torch)
-
         from engine.jobs import run_job
 
         return run_job(spec, on_event=emit, cancel=cancel, pause=pause, store=store)
@@ -222,7 +250,6 @@ def resume_operation(job_id: str, *, store: Any = None, label: str = "",
 
     def work(emit: Callable[[Any], None], cancel: CancelToken, pause: threading.Event) -> Any:
         import engine.tasks.handlers  # noqa: F401
-
         from engine.jobs import resume_job
 
         return resume_job(job_id, on_event=emit, cancel=cancel, pause=pause, store=store)

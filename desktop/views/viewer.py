@@ -60,6 +60,9 @@ class ImageCanvas(QGraphicsView):
         self.setFrameShape(QFrame.Shape.NoFrame)
         self.setBackgroundBrush(QColor(38, 40, 44))
         self.setMouseTracking(True)
+        # files dropped on the image go to the workspace, not to the scene
+        self.setAcceptDrops(False)
+        self.viewport().setAcceptDrops(False)
         self.image_item = QGraphicsPixmapItem()
         self.image_item.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
         self.scene().addItem(self.image_item)
