@@ -61,8 +61,8 @@ def timing_stats(durations: list[float]) -> dict[str, float]:
             "p95_s": p95, "max_s": ordered[-1]}
 
 
-def write_job_report(store: "JobStore", job_id: str, summary: "JobSummary",
-                     spec: "JobSpec") -> tuple[Path, Path]:
+def write_job_report(store: JobStore, job_id: str, summary: JobSummary,
+                     spec: JobSpec) -> tuple[Path, Path]:
     out_dir = Path(summary.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     timings = {"elapsed_s": round(summary.elapsed_s, 3),
@@ -124,7 +124,7 @@ th{background:#f0f0f0}code{font-size:.92em;word-break:break-all}
 """
 
 
-def _html(head: dict[str, Any], store: "JobStore", job_id: str, summary: "JobSummary") -> str:
+def _html(head: dict[str, Any], store: JobStore, job_id: str, summary: JobSummary) -> str:
     e = html.escape
     counts = head["counts"]
     rows = []

@@ -7,9 +7,16 @@
 Task handlers are registered per task with `register_handler` (the built-in ones
 in engine.tasks.handlers). Everything heavy (PyAV, models) loads only when a job runs.
 """
-from engine.jobs.events import (EVENT_KINDS, Failure, JobEvent, JobSummary, PauseToken)
-from engine.jobs.handlers import (BaseHandler, ItemHandler, ItemResult, get_handler,
-                                  register_handler, registered_tasks, unregister_handler)
+from engine.jobs.events import EVENT_KINDS, Failure, JobEvent, JobSummary, PauseToken
+from engine.jobs.handlers import (
+    BaseHandler,
+    ItemHandler,
+    ItemResult,
+    get_handler,
+    register_handler,
+    registered_tasks,
+    unregister_handler,
+)
 from engine.jobs.outputs import FrameInfo, FrameOutput, OutputPlan
 from engine.jobs.run import resume_job, run_job
 from engine.jobs.runner import JobHandle, JobRunner, LocalJobRunner

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 EVENT_KINDS = ("started", "progress", "item_done", "item_failed", "paused", "resumed",
                "finished", "cancelled")
@@ -97,7 +98,7 @@ class JobSummary:
             "rate": self.rate, "message": self.message}
 
     @classmethod
-    def from_dict(cls, s: dict[str, Any]) -> "JobSummary":
+    def from_dict(cls, s: dict[str, Any]) -> JobSummary:
         return cls(job_id=s["job_id"], state=s["state"], total=s["total"], done=s["done"],
                    failed=s["failed"], elapsed_s=s["elapsed_s"],
                    output_dir=Path(s["output_dir"]),

@@ -39,15 +39,15 @@ class ItemResult:
 
 @runtime_checkable
 class ItemHandler(Protocol):
-    def prepare(self, spec: "JobSpec", progress: "ProgressCallback",
-                cancel: "CancelToken") -> None: ...
+    def prepare(self, spec: JobSpec, progress: ProgressCallback,
+                cancel: CancelToken) -> None: ...
 
-    def process_image(self, image: "LoadedImage", out: "OutputPlan") -> ItemResult: ...
+    def process_image(self, image: LoadedImage, out: OutputPlan) -> ItemResult: ...
 
-    def process_batch(self, images: list["LoadedImage"],
-                      outs: list["OutputPlan"]) -> list[ItemResult]: ...
+    def process_batch(self, images: list[LoadedImage],
+                      outs: list[OutputPlan]) -> list[ItemResult]: ...
 
-    def finish(self, spec: "JobSpec", out_dir: Path) -> list[Path]: ...
+    def finish(self, spec: JobSpec, out_dir: Path) -> list[Path]: ...
 
     def close(self) -> None: ...
 
@@ -57,18 +57,18 @@ class BaseHandler:
 
     batch_size: int = 1  # preferred batch; the job option `batch_size` overrides it
 
-    def prepare(self, spec: "JobSpec", progress: "ProgressCallback",
-                cancel: "CancelToken") -> None:
+    def prepare(self, spec: JobSpec, progress: ProgressCallback,
+                cancel: CancelToken) -> None:
         return None
 
-    def process_image(self, image: "LoadedImage", out: "OutputPlan") -> ItemResult:
+    def process_image(self, image: LoadedImage, out: OutputPlan) -> ItemResult:
         raise NotImplementedError
 
-    def process_batch(self, images: list["LoadedImage"],
-                      outs: list["OutputPlan"]) -> list[ItemResult]:
+    def process_batch(self, images: list[LoadedImage],
+                      outs: list[OutputPlan]) -> list[ItemResult]:
         return [self.process_image(image, out) for image, out in zip(images, outs)]
 
-    def finish(self, spec: "JobSpec", out_dir: Path) -> list[Path]:
+    def finish(self, spec: JobSpec, out_dir: Path) -> list[Path]:
         return []
 
     def close(self) -> None:
@@ -116,8 +116,8 @@ def get_handler(task: str) -> ItemHandler:
     return entry
 
 
-def batch_of(handler: Any, images: list["LoadedImage"],
-             outs: list["OutputPlan"]) -> list[ItemResult]:
+def batch_of(handler: Any, images: list[LoadedImage],
+             outs: list[OutputPlan]) -> list[ItemResult]:
     """process_batch when the handler has one, else a loop over process_image."""
     if hasattr(handler, "process_batch"):
         results = handler.process_batch(images, outs)

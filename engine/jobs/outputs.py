@@ -9,9 +9,10 @@ is written to a hidden temporary name in the same folder and renamed when comple
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -154,7 +155,7 @@ def cleanup_partial(output_dir: Path, key: str) -> int:
     for entry in entries:
         name = entry.name
         # atomic_write_bytes: ".<name>.XXXX.part"; write_image: ".<stem>.XXXX<ext>".
-        if name.startswith("." + base + ".") or name.startswith(".ocula-part-"):
+        if name.startswith(("." + base + ".", ".ocula-part-")):
             try:
                 os.unlink(entry.path)
                 removed += 1

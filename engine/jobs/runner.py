@@ -19,8 +19,9 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from engine.errors import OculaError
 from engine.events import CancelToken
@@ -94,15 +95,15 @@ class LocalJobRunner:
         self.imports = list(imports)  # modules a worker process imports to register handlers
 
     def submit(self, spec: JobSpec, *, on_event: EventCallback | None = None,
-               job_id: str | None = None) -> "LocalHandle | WorkerHandle":
+               job_id: str | None = None) -> LocalHandle | WorkerHandle:
         job_id = self.store.create_job(spec, job_id=job_id)
         return self._start(job_id, on_event)
 
     def resume(self, job_id: str, *, on_event: EventCallback | None = None
-               ) -> "LocalHandle | WorkerHandle":
+               ) -> LocalHandle | WorkerHandle:
         return self._start(job_id, on_event)
 
-    def _start(self, job_id: str, on_event: EventCallback | None) -> "LocalHandle | WorkerHandle":
+    def _start(self, job_id: str, on_event: EventCallback | None) -> LocalHandle | WorkerHandle:
         if self.mode == "subprocess":
             return WorkerHandle(job_id, self.store.path, self.imports, on_event)
         handle = LocalHandle(job_id)
@@ -242,5 +243,12 @@ def event_from_dict(data: dict) -> JobEvent:
                     eta_s=data.get("eta_s"), message=data.get("message", ""), result=result)
 
 
-__all__ = ["JobRunner", "JobHandle", "LocalJobRunner", "LocalHandle", "WorkerHandle",
-           "run_job", "resume_job"]
+__all__ = [
+    "JobHandle",
+    "JobRunner",
+    "LocalHandle",
+    "LocalJobRunner",
+    "WorkerHandle",
+    "resume_job",
+    "run_job",
+]

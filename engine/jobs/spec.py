@@ -53,7 +53,7 @@ class JobSpec:
     device: str = "auto"
     precision: str = "auto"
 
-    def validate(self) -> "JobSpec":
+    def validate(self) -> JobSpec:
         """Raise RecipeError naming the first wrong field; return self when valid."""
         if self.task not in TASKS:
             raise RecipeError(f"job task '{self.task}' is not one of {', '.join(TASKS)}.")
@@ -98,7 +98,7 @@ class JobSpec:
         return path
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, base_dir: Path | None = None) -> "JobSpec":
+    def from_dict(cls, data: dict[str, Any], *, base_dir: Path | None = None) -> JobSpec:
         job = data.get("job")
         if not isinstance(job, dict):
             raise RecipeError("recipe has no [job] table (task, model, inputs, output_dir).")
@@ -127,7 +127,7 @@ class JobSpec:
         return spec.validate()
 
     @classmethod
-    def from_toml(cls, text_or_path: str | os.PathLike) -> "JobSpec":
+    def from_toml(cls, text_or_path: str | os.PathLike) -> JobSpec:
         """Read a recipe from TOML text, or from a file when given a path.
 
         A `Path`, or a one-line string naming an existing file, is read as a file.

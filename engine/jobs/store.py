@@ -14,9 +14,10 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from engine.jobs.spec import JobSpec
 from engine.media.inputs import InputItem
@@ -411,7 +412,7 @@ def _first_key(rel: str | os.PathLike) -> str:
     """The output key of an input: its relative path without the extension, `a/photo`."""
     rel = os.fspath(rel).replace("\\", "/")
     parent, _, name = rel.rpartition("/")
-    stem, dot, ext = name.rpartition(".")
+    stem, dot, _ = name.rpartition(".")
     if not dot or not stem:  # no extension, or a dot-file
         stem = name or "input"
     if not parent and stem.startswith(_RESERVED_PREFIX):

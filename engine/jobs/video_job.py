@@ -36,10 +36,20 @@ from engine.jobs.handlers import ItemResult, batch_of
 from engine.jobs.outputs import FrameInfo, FrameOutput, OutputPlan
 from engine.jobs.store import SegmentRecord
 from engine.media.image import LoadedImage, atomic_write_bytes
-from engine.media.video import (DecodedFrame, DecodeStats, EncodeSettings, SegmentWriter,
-                                VideoInfo, assemble_video, choose_output, decode_frames,
-                                even_size, probe, resize_rgb)
-from engine.results import Caption, Detections, RestoredImage, Segmentation
+from engine.media.video import (
+    DecodedFrame,
+    DecodeStats,
+    EncodeSettings,
+    SegmentWriter,
+    VideoInfo,
+    assemble_video,
+    choose_output,
+    decode_frames,
+    even_size,
+    probe,
+    resize_rgb,
+)
+from engine.results import Detections, RestoredImage, Segmentation
 
 if TYPE_CHECKING:
     from engine.jobs.run import _JobRun
@@ -49,7 +59,7 @@ _END = object()
 DEFAULT_SEGMENT_S = 20.0
 
 
-def run_video_item(run: "_JobRun", item: "ItemRecord", out: OutputPlan) -> ItemResult:
+def run_video_item(run: _JobRun, item: ItemRecord, out: OutputPlan) -> ItemResult:
     handler = run.handler
     if hasattr(handler, "process_video"):
         # A handler that wants the whole video (e.g. a video-native model).
@@ -82,7 +92,7 @@ class _Encoded:
 
 
 class VideoPipeline:
-    def __init__(self, run: "_JobRun", item: "ItemRecord", out: OutputPlan,
+    def __init__(self, run: _JobRun, item: ItemRecord, out: OutputPlan,
                  info: VideoInfo) -> None:
         self.job = run
         self.item = item

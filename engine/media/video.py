@@ -19,11 +19,12 @@ from __future__ import annotations
 import heapq
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -120,7 +121,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
                 for frame in _flush_decoder(stream):
                     first = frame
                     break
-        except Exception as exc:  # noqa: BLE001 — every FFmpeg failure names the file
+        except Exception as exc:
             raise InputError(f"{path}: the video stream cannot be decoded "
                              f"({_ffmpeg_reason(exc)}).") from exc
         if first is None:

@@ -19,9 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from engine.jobs import JobSpec, JobStore, OutputPlan, register_handler, run_job  # noqa: E402
-from engine.media.image import read_image  # noqa: E402
-from tests.fixtures.media import InvertRestore, make_images  # noqa: E402
+from engine.jobs import JobSpec, JobStore, OutputPlan, register_handler, run_job
+from engine.media.image import read_image
+from tests.fixtures.media import InvertRestore, make_images
 
 
 def bare_loop(paths: list[Path], src: Path, out_dir: Path) -> float:

@@ -31,13 +31,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from engine.jobs import BaseHandler, ItemResult, JobSpec, JobStore, register_handler, run_job  # noqa: E402,E501
-from engine.jobs.outputs import FrameInfo, FrameOutput  # noqa: E402
-from engine.media.video import (EncodeSettings, SegmentWriter, decode_frames, probe,  # noqa: E402
-                                video_encoders)
-from engine.results import RestoredImage  # noqa: E402
+from engine.jobs import BaseHandler, ItemResult, JobSpec, JobStore, register_handler, run_job
+from engine.jobs.outputs import FrameInfo, FrameOutput
+from engine.media.video import EncodeSettings, SegmentWriter, decode_frames, probe, video_encoders
+from engine.results import RestoredImage
 
 
 class BlurRestore(BaseHandler):

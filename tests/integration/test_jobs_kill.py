@@ -10,7 +10,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 import av
 import numpy as np
@@ -125,7 +124,7 @@ def test_worker_process_reports_events_and_obeys_pause_and_cancel(tmp_path, test
     handle = runner.submit(JobSpec("restore", "invert", [str(tmp_path / "in")],
                                    str(tmp_path / "out"), options={"test_delay_s": 0.03}),
                            on_event=events.append)
-    kinds = lambda: [e.kind for e in list(events)]  # noqa: E731
+    kinds = lambda: [e.kind for e in list(events)]
     wait_until(lambda: kinds().count("item_done") >= 3, what="3 items")
     handle.pause()
     wait_until(lambda: "paused" in kinds(), what="paused")

@@ -11,8 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.jobs import (BaseHandler, ItemResult, JobSpec, JobStore, LocalJobRunner,
-                         list_jobs, register_handler, resume_job, run_job)
+from engine.jobs import (
+    BaseHandler,
+    ItemResult,
+    JobSpec,
+    JobStore,
+    LocalJobRunner,
+    list_jobs,
+    register_handler,
+    resume_job,
+    run_job,
+)
 from engine.jobs import handlers as handler_registry
 from tests.fixtures.media import make_audio_only, make_images, register_test_handlers
 from tests.unit.test_jobs_inputs import as_unprivileged, make_locked_tree, open_tmp  # noqa: F401
@@ -240,7 +249,7 @@ def test_a_job_that_cannot_start_is_marked_failed_and_resumable(tmp_path, store)
         handler_registry._registry.update(saved)
 
 
-def test_an_unreadable_folder_fails_alone(test_handlers, open_tmp):
+def test_an_unreadable_folder_fails_alone(test_handlers, open_tmp):  # noqa: F811
     """Permission denied on a sub-folder: recorded with its reason, the rest is done
     (as root, the job runs in a thread with an unprivileged filesystem uid)."""
     import os

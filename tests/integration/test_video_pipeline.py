@@ -16,8 +16,7 @@ from engine.jobs import handlers as handler_registry
 from engine.jobs.video_job import _draw_tracked
 from engine.media.video import probe, video_encoders
 from engine.results import Box, Detections
-from tests.fixtures.media import (make_audio_only, make_video, register_test_handlers,
-                                  truncate_copy)
+from tests.fixtures.media import make_audio_only, make_video, register_test_handlers, truncate_copy
 
 
 @pytest.fixture
@@ -264,8 +263,8 @@ def test_probe_reports_stream_facts(tmp_path):
     assert info.rotation == -90 and info.sample_aspect_ratio == 2
     assert info.audio == ["aac"] and info.subtitles == ["mov_text"]
     with pytest.raises(Cancelled):
-        from engine.media.video import check_cancel
         from engine.events import CancelToken
+        from engine.media.video import check_cancel
 
         token = CancelToken()
         token.cancel()

@@ -117,9 +117,7 @@ def make_locked_tree(base: Path) -> tuple[Path, Path]:
 def test_unreadable_folder_is_an_error_item_and_the_rest_continue(open_tmp):
     root, locked = make_locked_tree(open_tmp)
     if os.geteuid() == 0:
-        try:
-            ctypes.CDLL(None).setfsuid
-        except AttributeError:
+        if not hasattr(ctypes.CDLL(None), "setfsuid"):
             pytest.skip("running as root without setfsuid: cannot make a folder unreadable")
     items = as_unprivileged(lambda: list(expand_inputs([str(root)])))
     ok = sorted(i.rel for i in items if i.kind == "image")

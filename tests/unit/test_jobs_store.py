@@ -2,12 +2,9 @@
 and a 100,000-input queue with bounded memory."""
 from __future__ import annotations
 
-import os
 import time
 import tracemalloc
 from pathlib import Path
-
-import pytest
 
 from engine.jobs import JobSpec, JobStore
 from engine.jobs.store import SegmentRecord

@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import av
 
-from engine.exporters.webvtt import (Cue, cues_from_times, format_timestamp, render_webvtt,
-                                     write_webvtt)
+from engine.exporters.webvtt import (
+    Cue,
+    cues_from_times,
+    format_timestamp,
+    render_webvtt,
+    write_webvtt,
+)
 
 
 def read_back(path) -> list[tuple[float, float, str]]:
