@@ -146,7 +146,8 @@ class DetectHandler(ModelHandler):
 
         self.write_record(image, out, {"boxes": [_box_dict(b) for b in det.boxes],
                                        "labels": {str(k): v for k, v in det.labels.items()}})
-        if "overlay" in self.formats or out.is_frame:
+        # Video frames: the pipeline draws the boxes after tracking (with track ids).
+        if "overlay" in self.formats and not out.is_frame:
             out.write_image(".overlay" + self.image_ext, draw_detections(image.rgb, det),
                             kind="overlay", quality=self.quality)
         if not out.is_frame:
