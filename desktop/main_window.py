@@ -151,8 +151,10 @@ class MainWindow(QMainWindow):
         side.setObjectName("sideSplitter")
         side.addWidget(self.task_panel)
         side.addWidget(self.results_panel)
-        side.setStretchFactor(0, 1)
-        side.setStretchFactor(1, 2)
+        side.setStretchFactor(0, 0)
+        side.setStretchFactor(1, 1)
+        side.setSizes([300, 460])  # scaled to the real height; results get the spare room
+        self.side_splitter = side
         self.side_dock = QDockWidget(self.tr("Settings and results"), self)
         self.side_dock.setObjectName("sideDock")
         self.side_dock.setWidget(side)

@@ -52,7 +52,11 @@ class ResultsPanel(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table.verticalHeader().setDefaultSectionSize(22)
+        self.table.setWordWrap(False)
         self.table.cellDoubleClicked.connect(lambda row, _col: self.rowActivated.emit(row))
         self.table.setVisible(False)
         layout = QVBoxLayout(self)
@@ -101,8 +105,10 @@ class ResultsPanel(QWidget):
                     [(b.label, f"{b.score:.3f}",
                       f"{b.x0:.0f}, {b.y0:.0f}, {b.x1:.0f}, {b.y1:.0f}",
                       colors.get(b.label)) for b in boxes])
-        self.summary.setText(self.tr("{} objects, {} labels").format(
-            len(detections.boxes), len({b.label for b in detections.boxes})))
+        objects, labels = len(detections.boxes), len({b.label for b in detections.boxes})
+        self.summary.setText(
+            (self.tr("1 object") if objects == 1 else self.tr("{} objects").format(objects))
+            + ", " + (self.tr("1 label") if labels == 1 else self.tr("{} labels").format(labels)))
 
     def show_segmentation(self, segmentation: Any, legend: list[LegendEntry]) -> None:
         self._table([self.tr("Label"), self.tr("Area"), self.tr("Id")],

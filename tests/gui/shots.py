@@ -112,6 +112,25 @@ def main(out_dir: str) -> int:
     save(window, out, "main_explain_dark.png")
     apply_theme(app, "light")
 
+    # detect: a real job (engine detect handler) with a tiny random DETR
+    from tests.fixtures.tiny_detectors import build_detr
+
+    detr = import_model(build_detr(scratch / "tiny-detr"), task="detect",
+                        name="Tiny DETR (random)")
+    window.load_catalog()
+    window.task_combo.setCurrentIndex(window.task_combo.findData("detect"))
+    window.model_picker.select(window.catalog.get(detr.id))
+    window.task_panel.forms["detect"].threshold.setValue(0.3)
+    window.task_panel.output_dir.setText(str(scratch / "out"))
+    finished: list = []
+    window.jobFinished.connect(finished.append)
+    window.run()
+    wait_until(app, lambda: bool(finished), 300)
+    window.workspace.set_current(0)
+    wait_until(app, lambda: window.viewer.boxes is not None, 30)
+    settle(app)
+    save(window, out, "main_detect.png")
+
     catalog = window.open_catalog()
     catalog.resize(1200, 700)
     wait_until(app, lambda: " installed, " in catalog.disk_label.text(), 30)

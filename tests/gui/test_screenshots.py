@@ -23,6 +23,7 @@ VIEWS = {  # file -> minimum (width, height)
     "main_empty_results.png": (1200, 800),
     "main_explain.png": (1200, 800),
     "main_explain_dark.png": (1200, 800),
+    "main_detect.png": (1200, 800),
     "catalog.png": (1000, 600),
     "settings.png": (400, 300),
     "welcome.png": (400, 200),
