@@ -252,17 +252,18 @@ class TiledRunner:
         s = self.scale
         done = 0
         band_rows = plan.tile_h * s
-        # one band buffer, reused: rows [band_y0, band_y0 + band_rows) of the output
-        acc = np.zeros((band_rows, w * s, self.channels_out), np.float32)
+        # one band buffer, reused: rows [band_y0, band_y0 + band_rows) of the output, kept
+        # channels-first like the model's tiles so accumulation needs no transposes
+        acc = np.zeros((self.channels_out, band_rows, w * s), np.float32)
         wsum = np.zeros((band_rows, w * s), np.float32)
         band_y0 = 0
         for row, y0 in enumerate(plan.ys):
             shift = y0 * s - band_y0
             if shift:  # slide the unfinished rows to the top, clear the rest
                 keep = band_rows - shift
-                acc[:keep] = acc[shift:]
+                acc[:, :keep] = acc[:, shift:]
                 wsum[:keep] = wsum[shift:]
-                acc[keep:] = 0.0
+                acc[:, keep:] = 0.0
                 wsum[keep:] = 0.0
                 band_y0 = y0 * s
             wy = ramp(plan.tile_h, row > 0, row < len(plan.ys) - 1, plan.overlap, s)
@@ -273,14 +274,18 @@ class TiledRunner:
                 result = self._process(_to_float_chw(image[y0:y0 + plan.tile_h, x0:x1], max_value))
                 wx = ramp(plan.tile_w, col > 0, col < len(plan.xs) - 1, plan.overlap, s)
                 weight = wy[:, None] * wx[None, :]
-                acc[:, x0 * s:x1 * s] += result.transpose(1, 2, 0) * weight[..., None]
+                if result.flags.writeable:
+                    result *= weight
+                else:
+                    result = result * weight
+                acc[:, :, x0 * s:x1 * s] += result
                 wsum[:, x0 * s:x1 * s] += weight
                 done += 1
                 if self.progress is not None:
                     self.progress(Progress("infer", done, plan.count, unit="tiles", item=self.item))
             # output rows above the next tile row's start receive nothing more: finalise them
             final_end = (plan.ys[row + 1] if row + 1 < len(plan.ys) else h) * s
-            _finalise(acc[:final_end - band_y0], wsum[:final_end - band_y0],
+            _finalise(acc[:, :final_end - band_y0], wsum[:final_end - band_y0],
                       out[band_y0:final_end])
         return out
 
@@ -354,15 +359,15 @@ def _to_float_chw(region: np.ndarray, max_value: float) -> np.ndarray:
 
 
 def _finalise(acc: np.ndarray, wsum: np.ndarray, out: np.ndarray) -> None:
-    """Normalise blended rows and encode them into `out` (uint8/uint16/float).
+    """Normalise blended (C, rows, W) values and encode them into `out` (rows, W, C).
 
     Works in place on `acc` (those rows are finished) to avoid band-sized temporaries.
     """
-    if acc.shape[0] == 0:
+    if acc.shape[1] == 0:
         return
-    np.divide(acc, wsum[..., None], out=acc)
+    np.divide(acc, wsum[None], out=acc)
     np.clip(acc, 0.0, 1.0, out=acc)
     if out.dtype == np.uint8 or out.dtype == np.uint16:
         np.multiply(acc, 255.0 if out.dtype == np.uint8 else 65535.0, out=acc)
         np.rint(acc, out=acc)
-    out[...] = acc
+    out[...] = acc.transpose(1, 2, 0)
