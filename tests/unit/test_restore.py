@@ -178,3 +178,26 @@ def test_non_restoration_models_are_refused_clearly():
     from engine.runtimes.base import Placement
     with pytest.raises(UnsupportedModelError, match="some detector"):
         spec_for(Plain(card, Placement("x", "cpu", "fp32")))
+
+
+def test_fixed_size_onnx_export_is_tiled_padded_and_cropped(tmp_path, compact):
+    """A graph with a fixed 32×32 input: every tile is padded to it and cropped back."""
+    from engine.export_onnx import _image_module
+    from engine.runtimes.base import Placement
+    from engine.runtimes.onnx_backend import load_onnx
+
+    path = tmp_path / "fixed32.onnx"
+    with torch.no_grad():
+        torch.onnx.export(_image_module(compact), (torch.rand(1, 3, 32, 32),), str(path),
+                          input_names=["input"], output_names=["output"], dynamo=False)
+    card = tr.restore_card("fixed32", "onnx", local_path=str(path),
+                           sidecar={"output": "image", "scale": 2, "range": [0.0, 1.0]})
+    runner = load_onnx(card, path, Placement("onnx", "cpu", "fp32", provider="CPUExecutionProvider"))
+    spec = spec_for(runner)
+    assert spec.requirement.fixed == (32, 32) and spec.scale == 2
+    image = loaded(photo(50, 70, np.uint16))
+    got = restore(runner, image, tile_overlap=16)  # auto tile size = the fixed size
+    assert got.info["tile_size_final"] == 32 and got.image.shape == (100, 140, 3)
+    # radius-4 model, overlap 16: tiles reproduce the whole-image torch pass
+    ref = restore(compact, image, tile_size=4096)
+    assert np.abs(got.image / 65535 - ref.image / 65535).max() < 1e-4
