@@ -31,9 +31,10 @@ import re
 import shutil
 import tempfile
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -63,11 +64,11 @@ def _safe(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", part).strip("._") or "model"
 
 
-def optimized_dir(card: "ModelCard") -> Path:
+def optimized_dir(card: ModelCard) -> Path:
     return paths.app_home() / "optimized" / _safe(card.id) / _safe(card.revision or "local")
 
 
-def find_optimized(card: "ModelCard") -> Path | None:
+def find_optimized(card: ModelCard) -> Path | None:
     """The verified export of `card` (file or folder, as `optimize` returned it), or None."""
     folder = optimized_dir(card)
     manifest = folder / MANIFEST
@@ -84,7 +85,7 @@ def find_optimized(card: "ModelCard") -> Path | None:
 # -- the entry point --------------------------------------------------------------------------
 
 
-def optimize(card: "ModelCard", runner: "Runner", sample_image: Any, *,
+def optimize(card: ModelCard, runner: Runner, sample_image: Any, *,
              tolerance: float | None = None, force: bool = False) -> Path:
     """Export, verify and cache the ONNX fast path of a torch model; return its path.
 
@@ -125,7 +126,7 @@ def optimize(card: "ModelCard", runner: "Runner", sample_image: Any, *,
     return final if target == "." else final / target
 
 
-def export_kind(card: "ModelCard", runner: "Runner") -> str:
+def export_kind(card: ModelCard, runner: Runner) -> str:
     """image | seq2seq | single: which export fits this model."""
     module = runner.module
     model_type = getattr(getattr(module, "config", None), "model_type", None)
@@ -149,14 +150,14 @@ def _sample_pil(sample: Any):
 # -- image-to-image ------------------------------------------------------------------------
 
 
-def _cpu_copy(runner: "Runner") -> "torch.nn.Module":
+def _cpu_copy(runner: Runner) -> torch.nn.Module:
     """An fp32 CPU copy of the runner's module: the CPU fast path is exported in fp32."""
     import copy
 
     return copy.deepcopy(runner.module).float().cpu().eval()
 
 
-def _image_module(runner: "Runner") -> "torch.nn.Module":
+def _image_module(runner: Runner) -> torch.nn.Module:
     """fp32 CPU module mapping [0, 1] pixels to the restored image, as the runner computes it.
 
     spandrel descriptors may wrap their network in a call function (DRUNet adds a
@@ -182,14 +183,14 @@ def _image_module(runner: "Runner") -> "torch.nn.Module":
     return ImageToImage().eval()
 
 
-def _export_failed(runner: "Runner", exc: Exception) -> UnsupportedModelError:
+def _export_failed(runner: Runner, exc: Exception) -> UnsupportedModelError:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return UnsupportedModelError(
         f"{runner.card.name}: torch could not export this model to ONNX ({reason[:300]}). "
         f"It keeps running on torch.")
 
 
-def export_image_to_image(module: "torch.nn.Module", sample: "torch.Tensor", path: Path, *,
+def export_image_to_image(module: torch.nn.Module, sample: torch.Tensor, path: Path, *,
                           metadata: Mapping[str, Any] | None = None) -> Path:
     """`pixel_values` -> `reconstruction` with dynamic batch/height/width."""
     import torch
@@ -217,7 +218,7 @@ def set_metadata(path: Path, metadata: Mapping[str, Any]) -> None:
     onnx.save(model, str(path))
 
 
-def _optimize_image(runner: "Runner", pil: Any, folder: Path, tolerance: float) -> dict:
+def _optimize_image(runner: Runner, pil: Any, folder: Path, tolerance: float) -> dict:
     import torch
 
     from engine.tasks.restore import spec_for
@@ -235,7 +236,7 @@ def _optimize_image(runner: "Runner", pil: Any, folder: Path, tolerance: float) 
         export_image_to_image(module, samples[0], path, metadata={
             "ocula.task": "restore", "ocula.scale": spec.scale, "ocula.multiple_of": m,
             "ocula.minimum": req.minimum, "ocula.source": runner.card.id})
-    except Exception as exc:  # noqa: BLE001 - torch's exporter raises many kinds
+    except Exception as exc:
         raise _export_failed(runner, exc) from exc
     session = _session(path)
     worst = 0.0
@@ -257,7 +258,7 @@ def _ceil(x: int, m: int) -> int:
     return -(-x // m) * m
 
 
-def _crop_to(pil: Any, height: int, width: int) -> "torch.Tensor":
+def _crop_to(pil: Any, height: int, width: int) -> torch.Tensor:
     """A (1, 3, height, width) [0, 1] tensor from the sample: resized to cover, centre-cropped."""
     import torch
     from PIL import Image
@@ -280,7 +281,7 @@ def _session(path: Path):
                                 providers=["CPUExecutionProvider"])
 
 
-def _check(runner: "Runner", worst: float, tolerance: float, what: str) -> None:
+def _check(runner: Runner, worst: float, tolerance: float, what: str) -> None:
     if not np.isfinite(worst) or worst > tolerance:
         raise ExportVerificationError(
             f"{runner.card.name}: the ONNX export differs from torch by up to {worst:.3g} "
@@ -291,7 +292,7 @@ def _check(runner: "Runner", worst: float, tolerance: float, what: str) -> None:
 # -- single-forward models -----------------------------------------------------------------
 
 
-def _tensor_outputs(raw: Any) -> dict[str, "torch.Tensor"]:
+def _tensor_outputs(raw: Any) -> dict[str, torch.Tensor]:
     import torch
 
     items = raw.items() if isinstance(raw, Mapping) else (
@@ -299,7 +300,7 @@ def _tensor_outputs(raw: Any) -> dict[str, "torch.Tensor"]:
     return {k: v for k, v in items if isinstance(v, torch.Tensor)}
 
 
-def _optimize_single(runner: "Runner", pil: Any, folder: Path, tolerance: float) -> dict:
+def _optimize_single(runner: Runner, pil: Any, folder: Path, tolerance: float) -> dict:
     import torch
 
     processor = runner.processor
@@ -332,7 +333,7 @@ def _optimize_single(runner: "Runner", pil: Any, folder: Path, tolerance: float)
             torch.onnx.export(Forward().eval(), tuple(inputs[n] for n in names), str(path),
                               input_names=names, output_names=output_names, opset_version=OPSET,
                               dynamic_axes=dynamic, dynamo=False)
-    except Exception as exc:  # noqa: BLE001 - torch's exporter raises many kinds
+    except Exception as exc:
         raise _export_failed(runner, exc) from exc
     got = _session(path).run(output_names, {n: inputs[n].numpy() for n in names})
     worst = 0.0
@@ -362,7 +363,7 @@ def _past_names(layers: int) -> tuple[list[str], list[str]]:
     return past, present
 
 
-def export_seq2seq(model: Any, pixel_values: "torch.Tensor", folder: Path, *,
+def export_seq2seq(model: Any, pixel_values: torch.Tensor, folder: Path, *,
                    merge: bool = True) -> Seq2SeqFiles:
     """Export a VisionEncoderDecoderModel as encoder + decoder (+ with-past, + merged).
 
@@ -561,7 +562,7 @@ def _relaxed(value: Any, other: Any) -> Any:
     return copy
 
 
-def _optimize_seq2seq(runner: "Runner", pil: Any, folder: Path, tolerance: float) -> dict:
+def _optimize_seq2seq(runner: Runner, pil: Any, folder: Path, tolerance: float) -> dict:
     import torch
 
     from engine.tasks.caption import caption
@@ -570,7 +571,7 @@ def _optimize_seq2seq(runner: "Runner", pil: Any, folder: Path, tolerance: float
     inputs = runner.processor(images=[pil], return_tensors="pt")
     try:
         files = export_seq2seq(model, inputs["pixel_values"].float(), folder)
-    except Exception as exc:  # noqa: BLE001 - torch's exporter raises many kinds
+    except Exception as exc:
         raise _export_failed(runner, exc) from exc
     for extra in (files.decoder, files.decoder_with_past):
         extra.unlink()  # the merged decoder replaces both
@@ -596,7 +597,7 @@ def _optimize_seq2seq(runner: "Runner", pil: Any, folder: Path, tolerance: float
             "verified_caption": torch_caption.text, "verified_tokens": len(torch_caption.token_ids)}
 
 
-def _onnx_runner_for(card: "ModelCard", folder: Path) -> "Runner":
+def _onnx_runner_for(card: ModelCard, folder: Path) -> Runner:
     import dataclasses
 
     from engine.runtimes.base import Placement
@@ -607,7 +608,7 @@ def _onnx_runner_for(card: "ModelCard", folder: Path) -> "Runner":
                                                   provider="CPUExecutionProvider"))
 
 
-def onnx_runner_for_export(card: "ModelCard", path: Path) -> "Runner":
+def onnx_runner_for_export(card: ModelCard, path: Path) -> Runner:
     """An OnnxRunner over an `optimize` result (file or folder), for tests and the CLI."""
     folder = path if path.is_dir() else path.parent
     import dataclasses
@@ -622,7 +623,14 @@ def onnx_runner_for_export(card: "ModelCard", path: Path) -> "Runner":
 
 
 __all__: Sequence[str] = (
-    "optimize", "find_optimized", "optimized_dir", "export_kind", "export_image_to_image",
-    "export_seq2seq", "merge_decoders", "set_metadata", "ExportVerificationError",
+    "ExportVerificationError",
+    "export_image_to_image",
+    "export_kind",
+    "export_seq2seq",
+    "find_optimized",
+    "merge_decoders",
     "onnx_runner_for_export",
+    "optimize",
+    "optimized_dir",
+    "set_metadata",
 )

@@ -23,8 +23,8 @@ Pure numpy; torch is imported only to recognise its out-of-memory error.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -297,7 +297,7 @@ class TiledRunner:
             return self._split(tile)
         try:
             out = self._call(tile)
-        except Exception as exc:  # noqa: BLE001 - filtered just below
+        except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
             _free_cached_memory()
@@ -318,7 +318,7 @@ class TiledRunner:
 
     def _split(self, tile: np.ndarray) -> np.ndarray:
         """Tile a too-large tile with the current (smaller) tile size; region-sized buffers."""
-        c, h, w = tile.shape
+        _, h, w = tile.shape
         s = self.scale
         plan = plan_tiles(h, w, self.stats.tile_size, self.overlap, self.requirement)
         acc = np.zeros((self.channels_out, h * s, w * s), np.float32)

@@ -20,19 +20,19 @@ Florence-2 is one model for many tasks (the GiT idea): `florence_task` runs
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.errors import UnsupportedModelError, UsageError
-from engine.results import Box, Caption, Detections, SegmentInstance, Segmentation
+from engine.results import Box, Caption, Detections, Segmentation, SegmentInstance
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from engine.media.image import LoadedImage
     from engine.runtimes.base import Runner
 
 TokenCallback = Callable[[int, str], None]  # (image index, caption text so far)
@@ -159,7 +159,7 @@ def family_for(model_type: str | None) -> CaptionFamily:
     return FAMILIES.get(model_type or "", GENERIC)
 
 
-def _model_type(runner: "Runner") -> str | None:
+def _model_type(runner: Runner) -> str | None:
     module = runner.module
     if module is not None:
         return getattr(module.config, "model_type", None)
@@ -170,7 +170,7 @@ def _model_type(runner: "Runner") -> str | None:
 # -- images ------------------------------------------------------------------------------------
 
 
-def to_pil(image: Any) -> "Image.Image":
+def to_pil(image: Any) -> Image.Image:
     """A LoadedImage, PIL image or path as 8-bit RGB (EXIF orientation applied)."""
     from PIL import Image
 
@@ -261,7 +261,7 @@ def trim_generated(row: Sequence[int], eos_ids: set[int], pad_id: int | None = N
     return out
 
 
-def caption(runner: "Runner", images: Sequence[Any], *, prompt: str | None = None,
+def caption(runner: Runner, images: Sequence[Any], *, prompt: str | None = None,
             max_new_tokens: int = 30, num_beams: int = 1, batch_size: int = 8,
             on_token: TokenCallback | None = None) -> list[Caption]:
     """Caption each image. Greedy (num_beams=1) unless asked; deterministic either way.
@@ -298,7 +298,7 @@ def caption(runner: "Runner", images: Sequence[Any], *, prompt: str | None = Non
     return results
 
 
-def _generate(runner: "Runner", inputs: dict, **kwargs: Any) -> Any:
+def _generate(runner: Runner, inputs: dict, **kwargs: Any) -> Any:
     generate = getattr(runner, "generate", None)
     if generate is not None:
         return generate(inputs, **kwargs)
@@ -312,7 +312,7 @@ def _generate(runner: "Runner", inputs: dict, **kwargs: Any) -> Any:
         return module.generate(**moved, **kwargs).cpu()
 
 
-def _caption_torch(runner: "Runner", family: CaptionFamily, pils: list, indices: list[int], *,
+def _caption_torch(runner: Runner, family: CaptionFamily, pils: list, indices: list[int], *,
                    prompt: str | None, max_new_tokens: int, num_beams: int,
                    on_token: TokenCallback | None) -> list[Caption]:
     model = runner.module
@@ -371,7 +371,7 @@ def _generate_kwargs(max_new_tokens: int, num_beams: int) -> dict[str, Any]:
 FlorenceResult = "Caption | Detections | Segmentation"
 
 
-def florence_task(runner: "Runner", images: Sequence[Any], task: str, *,
+def florence_task(runner: Runner, images: Sequence[Any], task: str, *,
                   text_input: str | None = None, max_new_tokens: int = 1024, num_beams: int = 1,
                   batch_size: int = 4) -> list[Caption | Detections | Segmentation]:
     """Run one Florence-2 task prompt; results in original-image pixel coordinates.

@@ -18,9 +18,10 @@ config may ask for (repetition penalty, n-gram blocking, forced tokens) are not.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,7 +44,7 @@ class Seq2SeqSessions:
     merged: bool
 
     @classmethod
-    def from_runner(cls, runner: "Runner") -> "Seq2SeqSessions":
+    def from_runner(cls, runner: Runner) -> Seq2SeqSessions:
         sessions: dict[str, Any] = dict(getattr(runner, "sessions", {}) or {})
 
         def pick(*names: str) -> Any:
@@ -176,7 +177,7 @@ class GenerationIds:
     pad: int
 
 
-def generation_ids(runner: "Runner") -> GenerationIds:
+def generation_ids(runner: Runner) -> GenerationIds:
     """decoder start / end / pad ids: generation_config.json, config.json, then the tokenizer."""
     tokenizer = getattr(runner.processor, "tokenizer", runner.processor)
     candidates: list[Path] = []
@@ -220,9 +221,9 @@ def _read_json(path: Path) -> dict:
 # -- the caption batch ------------------------------------------------------------------------
 
 
-def caption_batch_onnx(runner: "Runner", family: "CaptionFamily", pils: list, indices: Sequence[int],
+def caption_batch_onnx(runner: Runner, family: CaptionFamily, pils: list, indices: Sequence[int],
                        *, prompt: str | None, max_new_tokens: int,
-                       on_token: "TokenCallback | None") -> list[Caption]:
+                       on_token: TokenCallback | None) -> list[Caption]:
     from engine.tasks.caption import TokenStream, _tokenizer, trim_generated
 
     if family.name not in ("vision-encoder-decoder", "generic"):

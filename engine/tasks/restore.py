@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,7 +43,7 @@ class RestorerSpec:
     """What restoration needs to know about a model (spandrel's descriptor, in short)."""
 
     scale: int
-    requirement: SizeRequirement = SizeRequirement()
+    requirement: SizeRequirement = field(default_factory=SizeRequirement)
     supports_half: bool = False
     input_name: str = "pixel_values"
     output_name: str = "reconstruction"
@@ -68,7 +69,7 @@ def register_spec(runtime: str) -> Callable[[SpecBuilder], SpecBuilder]:
     return deco
 
 
-def spec_for(runner: "Runner") -> RestorerSpec:
+def spec_for(runner: Runner) -> RestorerSpec:
     """The runner's RestorerSpec; sidecar keys override what the model says."""
     try:
         builder = _SPEC_BUILDERS[runner.card.runtime]
@@ -84,7 +85,7 @@ def spec_for(runner: "Runner") -> RestorerSpec:
 
 
 @register_spec("transformers")
-def _transformers_spec(runner: "Runner") -> RestorerSpec:
+def _transformers_spec(runner: Runner) -> RestorerSpec:
     module = runner.module
     config = getattr(module, "config", None)
     if config is None or not hasattr(config, "upscale") and getattr(config, "model_type", "") != "swin2sr":
@@ -106,7 +107,7 @@ def _transformers_spec(runner: "Runner") -> RestorerSpec:
 
 
 @register_spec("spandrel")
-def _spandrel_spec(runner: "Runner") -> RestorerSpec:
+def _spandrel_spec(runner: Runner) -> RestorerSpec:
     descriptor = getattr(runner, "descriptor", None)
     req = getattr(runner, "size_requirements", None) or getattr(descriptor, "size_requirements", None)
     requirement = SizeRequirement(
@@ -127,7 +128,7 @@ def _spandrel_spec(runner: "Runner") -> RestorerSpec:
 
 
 @register_spec("onnx")
-def _onnx_spec(runner: "Runner") -> RestorerSpec:
+def _onnx_spec(runner: Runner) -> RestorerSpec:
     sessions = getattr(runner, "sessions", None) or {}
     session = sessions.get("model") or next(iter(sessions.values()), None)
     input_name, output_name, half, fixed = "pixel_values", "reconstruction", False, None
@@ -187,7 +188,7 @@ def _apply_sidecar(spec: RestorerSpec, sidecar: Mapping[str, Any]) -> RestorerSp
 # -- running one tile -----------------------------------------------------------------------
 
 
-def _module_dtype_device(runner: "Runner") -> tuple[Any, Any]:
+def _module_dtype_device(runner: Runner) -> tuple[Any, Any]:
     module = runner.module
     if module is None:
         return None, None
@@ -208,7 +209,7 @@ def _pick_output(outputs: Mapping[str, Any], name: str) -> Any:
 class _TileCaller:
     """Turns a (C, h, w) float32 [0, 1] tile into the model's output tile, [0, 1] float32."""
 
-    runner: "Runner"
+    runner: Runner
     spec: RestorerSpec
     compute: str  # fp32 | fp16 | bf16 actually used for the tile
 
@@ -265,7 +266,7 @@ def _precision_of(dtype: Any) -> str:
     return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
 
 
-def _compute_precision(runner: "Runner", spec: RestorerSpec, asked: str | None,
+def _compute_precision(runner: Runner, spec: RestorerSpec, asked: str | None,
                        notes: list[str]) -> str:
     dtype, device = _module_dtype_device(runner)
     loaded = _precision_of(dtype) if dtype is not None else runner.placement.precision
@@ -323,7 +324,7 @@ def auto_tile_size(spec: RestorerSpec, device: str, image_hw: tuple[int, int],
 # -- the task ------------------------------------------------------------------------------
 
 
-def restore(runner: "Runner", image: "LoadedImage", *, tile_size: int | None = None,
+def restore(runner: Runner, image: LoadedImage, *, tile_size: int | None = None,
             tile_overlap: int = DEFAULT_OVERLAP, precision: str | None = None,
             progress: ProgressCallback | None = None,
             cancel: CancelToken | None = None) -> RestoredImage:

@@ -25,9 +25,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from engine.media.image import LoadedImage  # noqa: E402
-from engine.runtimes.base import Placement  # noqa: E402
-from engine.tasks.restore import restore  # noqa: E402
+from engine.media.image import LoadedImage
+from engine.runtimes.base import Placement
+from engine.tasks.restore import restore
 
 
 def synthetic(size: int, seed: int = 0) -> np.ndarray:
@@ -75,7 +75,7 @@ def rss_mb() -> float:
 class RssSampler:
     """Peak current RSS while a block runs, sampled every 10 ms in a thread."""
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         import threading
 
         self.peak = rss_mb()

@@ -6,8 +6,12 @@ import os
 
 import pytest
 
-from engine.exporters.captions import (JsonlWriter, SidecarNamer, write_caption_txt,
-                                       write_captions_jsonl)
+from engine.exporters.captions import (
+    JsonlWriter,
+    SidecarNamer,
+    write_caption_txt,
+    write_captions_jsonl,
+)
 from engine.results import Caption
 
 
@@ -19,7 +23,7 @@ def test_sidecar_is_named_like_the_image_and_holds_one_line(tmp_path):
     out = tmp_path / "out"
     path = write_caption_txt(cap("a cat\non a  sofa "), tmp_path / "in" / "photo.jpg", out)
     assert path == out / "photo.txt"
-    assert path.read_bytes() == "a cat on a sofa\n".encode()
+    assert path.read_bytes() == b"a cat on a sofa\n"
 
 
 def test_same_stem_images_do_not_overwrite_each_other(tmp_path):
@@ -63,10 +67,9 @@ def test_streaming_jsonl_appears_only_when_complete(tmp_path):
         writer.write_caption(cap("two"), tmp_path / "2.png")
     assert [json.loads(x)["text"] for x in target.read_text().splitlines()] == ["one", "two"]
 
-    with pytest.raises(RuntimeError):
-        with JsonlWriter(tmp_path / "broken.jsonl") as writer:
-            writer.write_caption(cap("three"), tmp_path / "3.png")
-            raise RuntimeError("job cancelled")
+    with pytest.raises(RuntimeError), JsonlWriter(tmp_path / "broken.jsonl") as writer:
+        writer.write_caption(cap("three"), tmp_path / "3.png")
+        raise RuntimeError("job cancelled")
     assert not (tmp_path / "broken.jsonl").exists()
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".part")]
 

@@ -8,8 +8,13 @@ from PIL import Image
 
 from engine import paths
 from engine.catalog.card import ModelCard
-from engine.export_onnx import (ExportVerificationError, find_optimized, onnx_runner_for_export,
-                                optimize, optimized_dir)
+from engine.export_onnx import (
+    ExportVerificationError,
+    find_optimized,
+    onnx_runner_for_export,
+    optimize,
+    optimized_dir,
+)
 from engine.runtimes.base import Placement
 from engine.tasks.restore import restore, spec_for
 from tests.fixtures import tiny_restorers as tr

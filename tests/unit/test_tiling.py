@@ -9,8 +9,15 @@ import torch
 
 from engine.errors import Cancelled
 from engine.events import CancelToken
-from engine.media.tiling import (SizeRequirement, TiledRunner, axis_starts, is_out_of_memory,
-                                 pad_tile, plan_tiles, ramp)
+from engine.media.tiling import (
+    SizeRequirement,
+    TiledRunner,
+    axis_starts,
+    is_out_of_memory,
+    pad_tile,
+    plan_tiles,
+    ramp,
+)
 
 
 def nearest_up(scale):
@@ -19,7 +26,10 @@ def nearest_up(scale):
     return fn
 
 
-def run(fn, image, *, scale=1, tile=64, overlap=16, requirement=SizeRequirement(), dtype=np.float32,
+NO_REQUIREMENT = SizeRequirement()
+
+
+def run(fn, image, *, scale=1, tile=64, overlap=16, requirement=NO_REQUIREMENT, dtype=np.float32,
         max_value=1.0, **kw):
     runner = TiledRunner(fn, scale=scale, channels_out=3, requirement=requirement,
                          tile_size=tile, overlap=overlap, **kw)
@@ -187,8 +197,8 @@ def test_wrong_scale_is_reported_with_the_next_step():
 
 def test_progress_and_cancel():
     reports = []
-    out, stats = run(nearest_up(1), np.zeros((100, 100, 3), np.float32), tile=32, overlap=8,
-                     progress=reports.append)
+    _, stats = run(nearest_up(1), np.zeros((100, 100, 3), np.float32), tile=32, overlap=8,
+                   progress=reports.append)
     assert [r.done for r in reports] == list(range(1, stats.planned + 1))
     assert reports[-1].total == stats.planned and reports[-1].unit == "tiles"
 
