@@ -201,3 +201,16 @@ def test_fixed_size_onnx_export_is_tiled_padded_and_cropped(tmp_path, compact):
     # radius-4 model, overlap 16: tiles reproduce the whole-image torch pass
     ref = restore(compact, image, tile_size=4096)
     assert np.abs(got.image / 65535 - ref.image / 65535).max() < 1e-4
+
+
+def test_precision_requests_autocast_or_fall_back_with_a_note(compact):
+    image = loaded(photo(40, 48, np.uint16))
+    fp32 = restore(compact, image, tile_size=4096)
+    bf16 = restore(compact, image, tile_size=4096, precision="bf16")  # CPU autocast
+    assert bf16.info["precision"] == "bf16"
+    diff = np.abs(bf16.image / 65535 - fp32.image / 65535)
+    assert 0 < diff.max() < 0.05  # really ran in bfloat16 (8-bit mantissa), and close
+    fp16 = restore(compact, image, tile_size=4096, precision="fp16")
+    assert fp16.info["precision"] == "fp32"
+    assert any("fp16 on the CPU" in note for note in fp16.info["notes"])
+    np.testing.assert_array_equal(fp16.image, fp32.image)
