@@ -36,6 +36,7 @@ from desktop.workers import (
     Pools,
     call_operation,
     job_operation,
+    resume_operation,
 )
 
 RESULT_CACHE = 200  # results kept for browsing a batch (the newest; older ones are on disk)
@@ -223,6 +224,8 @@ class MainWindow(QMainWindow):
         self.explain.mapsReady.connect(self._on_maps)
         self.explain.placementKnown.connect(self.show_placement)
         self.explain.failed.connect(self._on_explain_failed)
+        self.queue.on_resume = self.resume_job
+        self.queue.on_forget = self._forget_job
         self.explain.busyChanged.connect(lambda busy: self.progress_label.setText(
             self.tr("Computing attention map…") if busy else ""))
 
@@ -238,6 +241,7 @@ class MainWindow(QMainWindow):
         self.refresh_models()
         # the cache scan imports huggingface_hub: start it once the window is up
         QTimer.singleShot(0, self.refresh_installed)
+        QTimer.singleShot(0, self.list_unfinished_jobs)
 
     def refresh_installed(self) -> None:
         """Which models are downloaded: a cache scan, off the UI thread."""
@@ -343,17 +347,43 @@ class MainWindow(QMainWindow):
                        device=self.task_panel.device.currentText(),
                        precision=self.task_panel.precision.currentText())
 
-    def start_job(self, spec: Any) -> Operation:
-        store = self.job_store
-        if store is None:
+    def store(self) -> Any:
+        if self.job_store is None:
             from engine.jobs.store import JobStore
 
-            store = self.job_store = JobStore()
-        op = job_operation(spec, store=store, parent=self)
+            self.job_store = JobStore()
+        return self.job_store
+
+    def start_job(self, spec: Any) -> Operation:
+        op = job_operation(spec, store=self.store(), parent=self)
+        return self._track_job(op, spec.output_dir)
+
+    def resume_job(self, job_id: str) -> Operation:
+        """Continue a job an earlier session left unfinished (from the job store)."""
+        store = self.store()
+        output_dir = store.job_row(job_id).get("output_dir")
+        op = resume_operation(job_id, store=store, parent=self,
+                              label=self.tr("resume {}").format(store.spec(job_id).model))
+        return self._track_job(op, output_dir)
+
+    def list_unfinished_jobs(self) -> None:
+        """After start-up: offer to resume what an earlier session did not finish."""
+        def records(store: Any) -> list:
+            return store.list_jobs()
+
+        op = call_operation(records, self.store(), label="job list", parent=self)
+        op.succeeded.connect(self.queue.show_unfinished)
+        op.start(self.pools.calls)
+        self._jobs_op = op
+
+    def _forget_job(self, job_id: str) -> None:
+        self.store().delete_job(job_id)
+
+    def _track_job(self, op: Operation, output_dir: str | None) -> Operation:
         op.events.connect(lambda batch, o=op: self.on_job_events(o, batch))
         op.done.connect(lambda o=op: self.on_job_done(o))
         self.jobs.append(op)
-        self.queue.add(op, spec.output_dir)
+        self.queue.add(op, output_dir)
         self.queue_dock.show()
         self.act_cancel.setEnabled(True)
         self.progress_label.setText(self.tr("Starting {}…").format(op.label))
@@ -365,6 +395,7 @@ class MainWindow(QMainWindow):
         statuses: dict[Path, str] = {}
         current = self.workspace.current_path
         redraw = False
+        partial: str | None = None
         last = None
         for event in batch:
             kind = getattr(event, "kind", "")
@@ -384,6 +415,8 @@ class MainWindow(QMainWindow):
                 redraw = redraw or path == current
             elif kind == "item_failed":
                 statuses[Path(event.item)] = "failed"
+            elif kind == "partial" and current is not None and Path(event.item) == current:
+                partial = event.message  # a caption still being written
             last = event
         while len(self.results) > RESULT_CACHE:
             self.results.popitem(last=False)
@@ -391,6 +424,11 @@ class MainWindow(QMainWindow):
             self.workspace.mark(statuses)
         if redraw:
             self._show_result_for(current)
+        elif partial is not None:  # once per batch: the newest text only
+            from engine.results import Caption
+
+            self.viewer.set_caption(partial)
+            self.results_panel.show_caption(Caption(text=partial), streaming=True)
         if last is not None and getattr(last, "total", 0):
             eta = getattr(last, "eta_s", None)
             text = self.tr("{}: {} / {}").format(op.label, last.done, last.total)

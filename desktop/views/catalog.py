@@ -234,7 +234,9 @@ class CatalogView(QWidget):
     # -- filtering ----------------------------------------------------------------------------
     def apply_filter(self, keep_selection: bool = False) -> None:
         if self.mode == "hub":
-            self.model.set_rows(self.hub_hits)
+            if self.model.rows is not self.hub_hits:
+                self.model.set_rows(self.hub_hits)
+            self._update_buttons()
             return
         selected = self.selected_row()
         selected_id = selected.card.id if selected and selected.card else None
@@ -351,7 +353,7 @@ class CatalogView(QWidget):
             self.model.set_rows(self.hub_hits)
 
     def _lookup_hit(self, row: CatalogRow) -> None:
-        repo = getattr(row.hit, "repo_id", str(row.hit))
+        repo = getattr(row.hit, "ref", None) or getattr(row.hit, "repo_id", str(row.hit))
         self.details.setMarkdown(f"# {repo}\n\n*Reading the model's metadata from the hub…*")
         if self.catalog is None:
             return

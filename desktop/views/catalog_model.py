@@ -129,10 +129,9 @@ class CatalogModel(QAbstractTableModel):
         if col == TASK:
             return getattr(hit, "pipeline_tag", "") or ""
         if col == LICENSE:
-            lic = getattr(hit, "license", None)
-            return lic or "?"
+            return "gated" if getattr(hit, "gated", False) else "?"
         if col == RUNTIME:
-            return getattr(hit, "library_name", None) or "?"
+            return getattr(hit, "library", None) or "?"
         if col == STATE:
             downloads = getattr(hit, "downloads", None)
             return f"hub · {downloads:,} downloads" if downloads is not None else "hub"

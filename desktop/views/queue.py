@@ -194,6 +194,39 @@ class JobRow(QFrame):
             QDesktopServices.openUrl(QUrl.fromLocalFile(self.output_dir))
 
 
+class InterruptedRow(QFrame):
+    """A job from an earlier session that did not finish: resume it or forget it."""
+
+    resumeRequested = Signal(str)
+    forgetRequested = Signal(str)
+
+    def __init__(self, record: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("interruptedRow")
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        self.record = record
+        text = self.tr("{} — {} of {} done ({}), {} left").format(
+            record.spec_summary, record.done, record.total, record.state,
+            record.pending)
+        label = QLabel(text)
+        label.setToolTip(record.message or record.output_dir)
+        resume = QToolButton()
+        resume.setText(self.tr("Resume"))
+        resume.setObjectName("resumeButton")
+        resume.clicked.connect(lambda: self.resumeRequested.emit(record.id))
+        forget = QToolButton()
+        forget.setText(self.tr("Forget"))
+        forget.clicked.connect(lambda: self.forgetRequested.emit(record.id))
+        row = QHBoxLayout(self)
+        row.setContentsMargins(6, 4, 6, 4)
+        row.addWidget(label, 1)
+        row.addWidget(resume)
+        row.addWidget(forget)
+
+
+RESUMABLE = ("queued", "running", "paused", "cancelled", "failed", "interrupted")
+
+
 class QueueView(QWidget):
     """All operations of this session, newest first."""
 
@@ -224,6 +257,42 @@ class QueueView(QWidget):
         layout.addWidget(scroll, 1)
         layout.addLayout(bar)
         self.on_resume: Callable[[str], None] | None = None
+        self.on_forget: Callable[[str], None] | None = None
+        self.interrupted: list[InterruptedRow] = []
+
+    def show_unfinished(self, records: list[Any]) -> list[InterruptedRow]:
+        """Jobs left unfinished by an earlier session (from the job store)."""
+        for row in self.interrupted:
+            row.setParent(None)
+            row.deleteLater()
+        self.interrupted = []
+        for record in records:
+            if record.state in RESUMABLE and record.pending > 0:
+                row = InterruptedRow(record)
+                row.resumeRequested.connect(self._resume)
+                row.forgetRequested.connect(self._forget)
+                self.interrupted.append(row)
+                self.list_layout.insertWidget(self.list_layout.count() - 1, row)
+        self.empty.setVisible(not self.rows and not self.interrupted)
+        return self.interrupted
+
+    def _resume(self, job_id: str) -> None:
+        self._drop_interrupted(job_id)
+        if self.on_resume is not None:
+            self.on_resume(job_id)
+
+    def _forget(self, job_id: str) -> None:
+        self._drop_interrupted(job_id)
+        if self.on_forget is not None:
+            self.on_forget(job_id)
+
+    def _drop_interrupted(self, job_id: str) -> None:
+        for row in list(self.interrupted):
+            if row.record.id == job_id:
+                self.interrupted.remove(row)
+                row.setParent(None)
+                row.deleteLater()
+        self.empty.setVisible(not self.rows and not self.interrupted)
 
     def add(self, operation: Operation, output_dir: str | None = None) -> JobRow:
         row = JobRow(operation, output_dir)

@@ -128,3 +128,39 @@ def test_filters_and_offline_badge(view, qtbot, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     view._update_offline()
     assert not view.offline_badge.isHidden()
+
+
+def test_hub_search_lists_hits_and_reads_a_card_on_selection(view, qtbot, tmp_path):
+    view, row, hub = view
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder = tmp_path / "vit"
+    folder.mkdir()
+    save_file({"w": np.zeros((16, 8), np.float32)}, str(folder / "model.safetensors"))
+    write_files(folder, {"config.json": '{"architectures": ["DetrForObjectDetection"], '
+                                        '"model_type": "detr"}'})
+    tag = "zq-gui-probe"
+    hub.add_repo(f"gui/{tag}-small", folder, pipeline_tag="object-detection",
+                 library_name="transformers", license="apache-2.0", downloads=50)
+    hub.add_repo(f"gui/{tag}-big", folder, pipeline_tag="object-detection",
+                 library_name="transformers", license="apache-2.0", downloads=5000)
+    view.task.setCurrentIndex(view.task.findData("detect"))
+    view.search.setText(tag)
+    view.hub_button.setChecked(True)  # searches at once
+    qtbot.waitUntil(lambda: len(view.model.rows) == 2, timeout=20_000)
+    names = [view.model.data(view.model.index(i, 0)) for i in range(2)]
+    assert names == [f"gui/{tag}-big", f"gui/{tag}-small"]  # most downloaded first
+    assert "5,000 downloads" in _state_text(view, view.model.rows[0])
+    view.table.selectRow(0)
+    qtbot.waitUntil(lambda: view.model.rows[0].card is not None, timeout=20_000)
+    card = view.model.rows[0].card
+    assert card.repo == f"gui/{tag}-big" and card.supports("detect")
+    qtbot.waitUntil(lambda: f"gui/{tag}-big" in view.details.toPlainText(), timeout=5000)
+    assert view.selected_row() is view.model.rows[0]
+    assert view.download_button.isEnabled() and view.use_button.isEnabled()
+    view.hub_button.setChecked(False)  # back to the catalog, still filtered by the text
+    assert view.model.rows == []
+    view.search.clear()
+    view.apply_filter()
+    assert any(r is row for r in view.model.rows)

@@ -97,9 +97,9 @@ def test_drop_run_and_see_overlays(detr_window, qtbot, tmp_path, photos):
     assert "on cpu" in win.placement_label.text()
 
 
-def test_cancel_mid_job_keeps_finished_results(detr_window, qtbot, tmp_path):
+def test_cancel_mid_job_then_resume_it(detr_window, qtbot, tmp_path):
     win = detr_window
-    images = _images(tmp_path / "many", 200)
+    images = _images(tmp_path / "many", 60)
     win.workspace.add_paths([tmp_path / "many"])
     op = win.run()
     done_items: list[str] = []
@@ -116,6 +116,21 @@ def test_cancel_mid_job_keeps_finished_results(detr_window, qtbot, tmp_path):
               if win.workspace.strip.item(i).text().startswith("✓")]
     assert len(marked) == summary.done  # exactly the finished images carry results
     assert not win.act_cancel.isEnabled()
+
+    # the job store remembers it: offered for resuming, it finishes the rest
+    win.list_unfinished_jobs()
+    qtbot.waitUntil(lambda: bool(win.queue.interrupted), timeout=10_000)
+    (row,) = win.queue.interrupted
+    assert row.record.id == summary.job_id and row.record.pending == len(images) - summary.done
+    row.findChild(type(win.queue.rows[0].pause_button), "resumeButton").click()
+    resumed = win.jobs[-1]
+    assert resumed is not op and not win.queue.interrupted
+    with qtbot.waitSignal(resumed.done, timeout=180_000):
+        pass
+    assert resumed.outcome == "succeeded", resumed.failure and resumed.failure.details
+    assert (resumed.result.done, resumed.result.failed) == (len(images), 0)
+    outputs = sorted(p.name for p in (tmp_path / "out").glob("*.detections.json"))
+    assert outputs == sorted(f"{p.stem}.detections.json" for p in images)  # each exactly once
 
 
 def _tick_gaps(duration_ms: int | None, until=None) -> list[tuple[int, int]]:
