@@ -58,6 +58,7 @@ CARD_KEYS = {"task", "name", "license", "description", "labels_file", "commercia
 SIDECAR_KEYS = {
     "graphs", "preprocessor", "input_size", "input_layout", "layout", "range", "mean", "std",
     "output", "labels", "scale", "input_name", "output_names", "family", "model_type",
+    "multiple_of", "precisions",
 }
 # what the detect task dispatches on, derived from `output` (engine.tasks.detect reads these)
 DERIVED_KEYS: dict[str, dict[str, str]] = {
@@ -164,6 +165,20 @@ def validate_sidecar(data: dict[str, Any], *, where: str, task: str | None = Non
     elif out_task == "restore":
         raise fail("scale", "is missing; restoration models need their upscale factor (1 for denoisers)")
 
+    if "multiple_of" in data:
+        multiple = data["multiple_of"]
+        if out_task != "restore":
+            raise fail("multiple_of", f"pads restoration inputs; output {output!r} is not restoration")
+        if not isinstance(multiple, int) or isinstance(multiple, bool) or not 1 <= multiple <= 256:
+            raise fail("multiple_of", f"is {multiple!r}; expected a whole number of pixels (1-256) "
+                                      f"that input edges must be a multiple of")
+        out["multiple_of"] = multiple
+    if "precisions" in data:
+        precisions = data["precisions"]
+        if (not isinstance(precisions, list) or not precisions
+                or not all(p in ("fp32", "fp16", "bf16") for p in precisions)):
+            raise fail("precisions", f"is {precisions!r}; expected a list drawn from fp32, fp16, bf16")
+        out["precisions"] = list(precisions)
     for key in ("input_name",):
         if key in data:
             if not isinstance(data[key], str):

@@ -94,6 +94,7 @@ class OnnxRunner(Runner):
         self.output_aliases = dict(_OUTPUT_ALIASES, **(output_aliases or {}))
         self.input_aliases = dict(input_aliases or {})  # our name -> graph input name
         self.onnx_path: Path | None = None  # the main graph file, when loaded from disk
+        self.folder: Path | None = None  # the snapshot folder the graphs came from
 
     @property
     def main_session_name(self) -> str:
@@ -442,6 +443,7 @@ def load_onnx(
     )
     main_key = "model" if "model" in files else next(iter(files))
     runner.onnx_path = files[main_key]  # explain re-reads the graph to expose attention
+    runner.folder = folder  # generation_config.json, tokenizer files beside the graphs
     runner.notes.extend(notes)
     if final.fallback:
         runner.notes.append(f"fallback: {final.fallback}")

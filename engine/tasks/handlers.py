@@ -45,6 +45,7 @@ class ModelHandler(BaseHandler):
         from engine.settings import Settings
 
         self.spec = spec
+        self.cancel = cancel
         self.options: dict[str, Any] = dict(spec.options or {})
         self.formats = self._formats()
         settings = Settings.load()
@@ -321,7 +322,8 @@ class RestoreHandler(ModelHandler):
         tile = self.options.get("tile_size")
         return [restore(self.runner, image, tile_size=int(tile) if tile else None,
                         tile_overlap=int(self.options.get("tile_overlap", 32)),
-                        precision=None if self.spec.precision == "auto" else self.spec.precision)
+                        precision=None if self.spec.precision == "auto" else self.spec.precision,
+                        cancel=self.cancel)  # a huge image stops between tiles
                 for image in images]
 
     def write(self, image, out, restored) -> ItemResult:
