@@ -50,7 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     window.show()
     if os.environ.get("OCULA_STARTUP_PROBE"):
         QTimer.singleShot(0, lambda: _report_startup(window))
-    return app.exec()
+    code = app.exec()
+    import gc
+
+    gc.unfreeze()  # desktop.workers.load_backend froze the model libraries; let exit see them
+    return code
 
 
 def _report_startup(window) -> None:

@@ -18,7 +18,10 @@ from desktop.workers import Operation, Pools, call_operation
 
 
 def _load(card: Any, device: str, precision: str, settings: Any) -> Any:
+    from desktop.workers import load_backend
     from engine.runtimes import load_runner
+
+    load_backend(card.runtime)  # import + gc.freeze, see there
 
     return load_runner(card, device=device, precision=precision, attention=True,
                        settings=settings)

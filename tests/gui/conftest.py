@@ -39,3 +39,14 @@ def photos(tmp_path: Path) -> list[Path]:
         img.save(path)
         out.append(path)
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _unfreeze_gc_at_exit():
+    """desktop.workers.load_backend freezes the model libraries' objects (gc.freeze), as
+    the app does; give them back to the collector when the session ends, as the app does
+    at exit, so later teardown (and native bindings' leak checks) see a normal heap."""
+    yield
+    import gc
+
+    gc.unfreeze()
