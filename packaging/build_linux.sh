@@ -3,11 +3,12 @@
 #
 #   packaging/build_linux.sh            build + tarball + smoke tests
 #   OCULA_VARIANT=cpu|cuda ...          which variant (default: what the installed torch is)
-#   SKIP_BUILD=1 packaging/build_linux.sh   re-run only packaging + smoke tests
+#   SKIP_BUILD=1 packaging/build_linux.sh   re-run only the smoke tests + packaging
+#   SKIP_PACK=1 ...                     no tarball
 #
-# Steps: PyInstaller one-folder bundle (packaging/ocula.spec) -> tarball with a
-# freedesktop .desktop entry, icon and install.sh -> the frozen app's `--version`,
-# `--self-test` (report JSON) and the GUI under Xvfb (start-up probe + screenshot).
+# Steps: PyInstaller one-folder bundle (packaging/ocula.spec) -> the frozen app's
+# `--version`, `--self-test` (report JSON) and the GUI under Xvfb (start-up probe +
+# screenshot) -> tarball with a freedesktop .desktop entry, icon and install.sh.
 # Results: build/linux-smoke/ (result.json, self-test report, logs, screenshot).
 # No AppImage: appimagetool and the AppImage runtime are not in any registry we can
 # reach (PyPI, Debian); a CI with internet can wrap the same folder with appimagetool.
@@ -57,19 +58,6 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   log "bundle built in ${BUILD_S}s"
 fi
 [ -x "$BUNDLE/ocula" ] && [ -x "$BUNDLE/ocula-cli" ] || { log "no bundle at $BUNDLE"; exit 1; }
-
-# -- package: the folder + .desktop + icon + install.sh, as a tarball ------------------------------
-cp resources/ocula.desktop resources/icons/ocula.png packaging/linux/install.sh "$BUNDLE/"
-chmod +x "$BUNDLE/install.sh"
-if command -v desktop-file-validate >/dev/null; then
-  desktop-file-validate "$BUNDLE/ocula.desktop"
-fi
-BUNDLE_BYTES=$(du -sb "$BUNDLE" | cut -f1)
-log "bundle: $(du -sh "$BUNDLE" | cut -f1) in $BUNDLE; packing dist/$NAME.tar.gz"
-t0=$(date +%s)
-tar -C "$WORK/dist" --transform "s,^ocula,$NAME," -cf - ocula | gzip -1 > "dist/$NAME.tar.gz"
-PACK_S=$(( $(date +%s) - t0 ))
-TAR_BYTES=$(stat -c %s "dist/$NAME.tar.gz")
 
 # -- smoke tests on the frozen app ------------------------------------------------------------------
 log "ocula-cli --version"
@@ -121,6 +109,24 @@ else
 fi
 
 SELFTEST_OK=false; [ "$SELFTEST_RC" = 0 ] && SELFTEST_OK=true
+
+# -- package (after the smoke tests, which need minutes less than packing 4 GB) ---------------
+cp resources/ocula.desktop resources/icons/ocula.png packaging/linux/install.sh "$BUNDLE/"
+chmod +x "$BUNDLE/install.sh"
+if command -v desktop-file-validate >/dev/null; then
+  desktop-file-validate "$BUNDLE/ocula.desktop"
+fi
+BUNDLE_BYTES=$(du -sb "$BUNDLE" | cut -f1)
+PACK_S=0; TAR_BYTES=0; TARBALL=""
+if [ -z "${SKIP_PACK:-}" ]; then
+  log "bundle: $(du -sh "$BUNDLE" | cut -f1) in $BUNDLE; packing dist/$NAME.tar.gz"
+  t0=$(date +%s)
+  tar -C "$WORK/dist" --transform "s,^ocula,$NAME," -cf - ocula | gzip -1 > "dist/$NAME.tar.gz"
+  PACK_S=$(( $(date +%s) - t0 ))
+  TAR_BYTES=$(stat -c %s "dist/$NAME.tar.gz")
+  TARBALL=dist/$NAME.tar.gz
+fi
+
 cat > "$SMOKE/result.json" <<EOF
 {
   "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
@@ -129,7 +135,7 @@ cat > "$SMOKE/result.json" <<EOF
   "build_seconds": $BUILD_S,
   "pack_seconds": $PACK_S,
   "bundle_bytes": $BUNDLE_BYTES,
-  "tarball": "dist/$NAME.tar.gz",
+  "tarball": "$TARBALL",
   "tarball_bytes": $TAR_BYTES,
   "version_output": "$VERSION_OUT",
   "version_ok": $VERSION_OK,
