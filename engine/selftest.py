@@ -17,6 +17,7 @@ that something ran. The report path is the argument, else $OCULA_SELFTEST_REPORT
 new file in the temp folder; $OCULA_SELFTEST_DEVICE picks the device (default "auto", so
 a CUDA build tests its GPU path).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,11 +28,12 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -78,6 +80,7 @@ class CheckOutcome:
 
 # -- where the bundled models are ----------------------------------------------------------
 
+
 def resources_dir() -> Path:
     """resources/ inside a PyInstaller bundle, else next to the engine package."""
     candidates = []
@@ -90,9 +93,11 @@ def resources_dir() -> Path:
             return path
     from engine.errors import OculaError
 
-    raise OculaError(f"The self-test models (resources/{SELFTEST_DIR}) were not found (looked "
-                     f"in: {', '.join(str(p) for p in candidates)}). Rebuild the bundle with "
-                     f"packaging/ocula.spec, or run packaging/make_selftest_models.py.")
+    raise OculaError(
+        f"The self-test models (resources/{SELFTEST_DIR}) were not found (looked "
+        f"in: {', '.join(str(p) for p in candidates)}). Rebuild the bundle with "
+        f"packaging/ocula.spec, or run packaging/make_selftest_models.py."
+    )
 
 
 def selftest_dir() -> Path:
@@ -101,22 +106,26 @@ def selftest_dir() -> Path:
 
 # -- the synthetic image -----------------------------------------------------------------------
 
+
 def synthetic_image() -> np.ndarray:
     """(H, W, 3) uint8: dim colour gradients and shapes, one white square on a known cell."""
     width, height = IMAGE_SIZE
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    rgb = np.stack([40 + 80 * x / width, 30 + 70 * y / height,
-                    90 - 50 * x / width + 30 * np.sin(y / 7.0)], axis=-1)
+    rgb = np.stack(
+        [40 + 80 * x / width, 30 + 70 * y / height, 90 - 50 * x / width + 30 * np.sin(y / 7.0)],
+        axis=-1,
+    )
     rgb[60:88, 10:40] = (140, 40, 40)  # a dim red block (something to detect or segment)
-    disk = (x - 100) ** 2 + (y - 75) ** 2 < 12 ** 2
+    disk = (x - 100) ** 2 + (y - 75) ** 2 < 12**2
     rgb[disk] = (40, 120, 60)
     row, col = BRIGHT_CELL
     cw, ch = CELL_PX
-    rgb[row * ch:(row + 1) * ch, col * cw:(col + 1) * cw] = 255
+    rgb[row * ch : (row + 1) * ch, col * cw : (col + 1) * cw] = 255
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
 # -- result checks --------------------------------------------------------------------------
+
 
 def _check_caption(result: Any, rgb: np.ndarray) -> str:
     text = getattr(result, "text", None)
@@ -135,13 +144,15 @@ def _check_detect(result: Any, rgb: np.ndarray) -> str:
     for box in boxes:
         inside = -1 <= box.x0 <= box.x1 <= width + 1 and -1 <= box.y0 <= box.y1 <= height + 1
         if not inside or not 0.0 <= box.score <= 1.0:
-            raise CheckFailed(f"box {box} is outside the {width}x{height} image or its score "
-                              f"is not in [0, 1].")
+            raise CheckFailed(
+                f"box {box} is outside the {width}x{height} image or its score is not in [0, 1]."
+            )
     for i, a in enumerate(boxes):  # class-wise NMS at 0.5 ran (torchvision's kernel if loaded)
-        for b in boxes[i + 1:]:
+        for b in boxes[i + 1 :]:
             if a.label == b.label and _iou(a, b) > 0.5 + 1e-6:
-                raise CheckFailed(f"boxes {a} and {b} overlap (IoU {_iou(a, b):.2f}) after NMS "
-                                  f"at 0.5.")
+                raise CheckFailed(
+                    f"boxes {a} and {b} overlap (IoU {_iou(a, b):.2f}) after NMS at 0.5."
+                )
     return f"{len(boxes)} boxes after NMS, labels {sorted({b.label for b in boxes})}"
 
 
@@ -184,15 +195,21 @@ def _check_explain(result: Any, rgb: np.ndarray) -> str:
         raise CheckFailed(f"heatmap is {heat.shape}, expected {rgb.shape[:2]}.")
     peak = tuple(int(v) for v in np.unravel_index(int(np.argmax(grid)), grid.shape))
     if peak != BRIGHT_CELL:  # the ViT's CLS attends to the brightest patch by construction
-        raise CheckFailed(f"attention peaks on patch {peak}, expected the bright patch "
-                          f"{BRIGHT_CELL}.")
+        raise CheckFailed(
+            f"attention peaks on patch {peak}, expected the bright patch {BRIGHT_CELL}."
+        )
     return f"{result.method}, {grid.shape[0]}x{grid.shape[1]} grid, peak {peak}"
 
 
 CHECKS: tuple[Check, ...] = (
     Check("caption", "caption", "caption", {"max_new_tokens": 8}, _check_caption),
-    Check("detect", "detect", "detect",
-          {"threshold": 0.0, "nms_iou": 0.5, "formats": ["coco", "overlay"]}, _check_detect),
+    Check(
+        "detect",
+        "detect",
+        "detect",
+        {"threshold": 0.0, "nms_iou": 0.5, "formats": ["coco", "overlay"]},
+        _check_detect,
+    ),
     Check("segment", "segment", "segment", {}, _check_segment),
     Check("restore", "restore", "restore/compact-2x.safetensors", {}, _check_restore),
     Check("restore-onnx", "restore", "restore-onnx/nearest2x.onnx", {}, _check_restore),
@@ -202,14 +219,19 @@ CHECKS: tuple[Check, ...] = (
 
 # -- isolation ---------------------------------------------------------------------------------
 
+
 @contextmanager
 def _isolated(home: Path) -> Iterator[None]:
     """Offline, and Ocula's own data in `home`, for the length of the self-test."""
     names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "OCULA_HOME", "HF_HUB_DISABLE_PROGRESS_BARS")
     saved = {n: os.environ.get(n) for n in names}
     # no progress bars: transformers reads this once, at import (the CLI imports it later)
-    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OCULA_HOME=str(home),
-                      HF_HUB_DISABLE_PROGRESS_BARS="1")
+    os.environ.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        OCULA_HOME=str(home),
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+    )
     hub_constants = sys.modules.get("huggingface_hub.constants")
     hub_offline = getattr(hub_constants, "HF_HUB_OFFLINE", None)
     if hub_constants is not None:  # imported earlier in this process: read once at import
@@ -234,15 +256,23 @@ def _recording_handlers(created: dict[str, list]) -> Iterator[None]:
     from engine.jobs import register_handler
     from engine.tasks import handlers as builtin
 
-    classes = {cls.task: cls for cls in (builtin.CaptionHandler, builtin.DetectHandler,
-                                         builtin.SegmentHandler, builtin.RestoreHandler,
-                                         builtin.ExplainHandler)}
+    classes = {
+        cls.task: cls
+        for cls in (
+            builtin.CaptionHandler,
+            builtin.DetectHandler,
+            builtin.SegmentHandler,
+            builtin.RestoreHandler,
+            builtin.ExplainHandler,
+        )
+    }
 
     def factory(cls: type) -> Callable[[], Any]:
         def make() -> Any:
             handler = cls()
             created.setdefault(cls.task, []).append(handler)
             return handler
+
         return make
 
     for task, cls in classes.items():
@@ -256,8 +286,15 @@ def _recording_handlers(created: dict[str, list]) -> Iterator[None]:
 
 # -- running -------------------------------------------------------------------------------------
 
-def _run_check(check: Check, image_path: Path, rgb: np.ndarray, work: Path, device: str,
-               created: dict[str, list]) -> CheckOutcome:
+
+def _run_check(
+    check: Check,
+    image_path: Path,
+    rgb: np.ndarray,
+    work: Path,
+    device: str,
+    created: dict[str, list],
+) -> CheckOutcome:
     from engine.catalog.local_import import import_model
     from engine.jobs import JobSpec, run_job
 
@@ -280,19 +317,29 @@ def _run_check(check: Check, image_path: Path, rgb: np.ndarray, work: Path, devi
     try:
         card = import_model(selftest_dir() / check.model_path, name=f"selftest-{check.name}")
         outcome.model, outcome.runtime = card.id, card.runtime
-        spec = JobSpec(task=check.task, model=card.id, inputs=[str(image_path)],
-                       output_dir=str(work / "out" / check.name), options=dict(check.options),
-                       device=device, precision="auto")
+        spec = JobSpec(
+            task=check.task,
+            model=card.id,
+            inputs=[str(image_path)],
+            output_dir=str(work / "out" / check.name),
+            options=dict(check.options),
+            device=device,
+            precision="auto",
+        )
         summary = run_job(spec, on_event=on_event)
         if "value" in placement:
             where = placement["value"]
             outcome.placement = where.describe()
             outcome.device, outcome.precision = where.provider or where.device, where.precision
-        outcome.outputs = sorted(str(p.relative_to(work)) for p in Path(spec.output_dir).rglob("*")
-                                 if p.is_file() and not p.name.startswith("."))
+        outcome.outputs = sorted(
+            str(p.relative_to(work))
+            for p in Path(spec.output_dir).rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        )
         if failures or not summary.ok:
-            raise CheckFailed("; ".join(failures) or f"job ended {summary.state}: "
-                                                      f"{summary.message}")
+            raise CheckFailed(
+                "; ".join(failures) or f"job ended {summary.state}: {summary.message}"
+            )
         if len(results) != 1:
             raise CheckFailed(f"expected 1 result, got {len(results)}.")
         outcome.detail = check.verify(results[0], rgb)
@@ -309,9 +356,22 @@ def _versions() -> dict[str, str | None]:
     from importlib import metadata
 
     versions: dict[str, str | None] = {"ocula": __version__, "python": platform.python_version()}
-    for dist in ("torch", "torchvision", "transformers", "tokenizers", "safetensors",
-                 "huggingface-hub", "onnxruntime", "onnxruntime-gpu", "spandrel", "av",
-                 "numpy", "pillow", "opencv-python-headless", "PySide6"):
+    for dist in (
+        "torch",
+        "torchvision",
+        "transformers",
+        "tokenizers",
+        "safetensors",
+        "huggingface-hub",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "spandrel",
+        "av",
+        "numpy",
+        "pillow",
+        "opencv-python-headless",
+        "PySide6",
+    ):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -345,13 +405,18 @@ def _default_report_path() -> Path:
     return Path(tempfile.gettempdir()) / f"ocula-selftest-{stamp}-{os.getpid()}.json"
 
 
-def run_self_test(report_path: str | os.PathLike | None = None, *,
-                  checks: tuple[Check, ...] | None = None, device: str | None = None,
-                  quiet: bool = False) -> int:
+def run_self_test(
+    report_path: str | os.PathLike | None = None,
+    *,
+    checks: tuple[Check, ...] | None = None,
+    device: str | None = None,
+    quiet: bool = False,
+) -> int:
     """Run every check; write the JSON report; print a summary. 0 only if all passed."""
     total_start = time.perf_counter()
-    report_file = Path(report_path or os.environ.get("OCULA_SELFTEST_REPORT")
-                       or _default_report_path())
+    report_file = Path(
+        report_path or os.environ.get("OCULA_SELFTEST_REPORT") or _default_report_path()
+    )
     device = device or os.environ.get("OCULA_SELFTEST_DEVICE") or "auto"
     checks = CHECKS if checks is None else checks
     work = Path(tempfile.mkdtemp(prefix="ocula-selftest-"))
@@ -403,18 +468,25 @@ def run_self_test(report_path: str | os.PathLike | None = None, *,
 
 def _summary_text(report: dict, outcomes: list[CheckOutcome], report_file: Path) -> str:
     frozen = "frozen" if report["frozen"] else "source"
-    lines = [f"Ocula {report['versions']['ocula']} self-test ({frozen}, {platform.system()} "
-             f"{platform.machine()}, torch {report['versions'].get('torch', '?')})"]
+    header = (
+        f"Ocula {report['versions']['ocula']} self-test ({frozen}, {platform.system()} "
+        f"{platform.machine()}, torch {report['versions'].get('torch', '?')})"
+    )
+    lines = [header]
     for o in outcomes:
         state = "ok" if o.ok else "FAILED"
         text = o.detail if o.ok else o.error
-        lines.append(f"  {o.name:13} {state:6} {o.seconds:6.2f} s  "
-                     f"{o.placement or o.runtime or '-':34} {text.splitlines()[0] if text else ''}")
+        lines.append(
+            f"  {o.name:13} {state:6} {o.seconds:6.2f} s  "
+            f"{o.placement or o.runtime or '-':34} {text.splitlines()[0] if text else ''}"
+        )
     if report["error"]:
         lines.append(f"  could not start: {report['error']}")
     if report["import_error"]:
         lines.append(f"  importing torch/transformers failed: {report['import_error']}")
-    lines.append(f"{report['passed']} passed, {report['failed']} failed in "
-                 f"{report['seconds']:.1f} s ({report['import_seconds']:.1f} s importing torch "
-                 f"and transformers). Report: {report_file}")
+    lines.append(
+        f"{report['passed']} passed, {report['failed']} failed in "
+        f"{report['seconds']:.1f} s ({report['import_seconds']:.1f} s importing torch "
+        f"and transformers). Report: {report_file}"
+    )
     return "\n".join(lines)

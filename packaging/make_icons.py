@@ -7,6 +7,7 @@ ocula.ico (16-256 px: Windows executable and installer) and ocula.icns (16-1024 
 the macOS .app). The SVG is the one source; Qt's SVG renderer draws it (offscreen, no
 display needed) and Pillow writes the multi-size containers.
 """
+
 from __future__ import annotations
 
 import io
@@ -26,7 +27,7 @@ def render_png(svg: Path, size: int) -> bytes:
     from PySide6.QtGui import QGuiApplication, QImage, QPainter
     from PySide6.QtSvg import QSvgRenderer
 
-    _app = QGuiApplication.instance() or QGuiApplication([])  # noqa: F841 — Qt needs one
+    _app = QGuiApplication.instance() or QGuiApplication([])
     renderer = QSvgRenderer(str(svg))
     if not renderer.isValid():
         raise SystemExit(f"{svg}: Qt cannot read this SVG.")

@@ -21,6 +21,7 @@ checks a result, not only that something ran:
 
 Everything is safetensors (no pickles) and the whole folder stays well under 5 MB.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,9 @@ def _shake(model: torch.nn.Module, seed: int, gain: float = 1.5, bias: float = 0
             if param.numel() == 0 or "norm" in lowered or ".bn" in lowered:
                 continue
             if param.dim() >= 2:
-                param.copy_(torch.randn(param.shape, generator=gen) * (gain / param[0].numel() ** 0.5))
+                param.copy_(
+                    torch.randn(param.shape, generator=gen) * (gain / param[0].numel() ** 0.5)
+                )
             else:
                 param.copy_(torch.randn(param.shape, generator=gen) * bias)
 
@@ -66,10 +69,14 @@ def _save(folder: Path, model, processor) -> Path:
 
 # -- caption -------------------------------------------------------------------------------
 
+
 def _byte_vocab() -> dict[str, int]:
     """GPT-2's byte -> printable-symbol table (the byte-level BPE alphabet), in byte order."""
-    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-                 + list(range(ord("®"), ord("ÿ") + 1)))
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     symbols, extra = {}, 0
     for byte in range(256):
         if byte in printable:
@@ -81,13 +88,29 @@ def _byte_vocab() -> dict[str, int]:
 
 
 def build_captioner(folder: Path, seed: int = 2) -> Path:
-    from transformers import (GPT2Config, GPT2Tokenizer, ViTConfig, ViTImageProcessor,
-                              VisionEncoderDecoderConfig, VisionEncoderDecoderModel,
-                              VisionTextDualEncoderProcessor)
+    from transformers import (
+        GPT2Config,
+        GPT2Tokenizer,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        VisionTextDualEncoderProcessor,
+        ViTConfig,
+        ViTImageProcessor,
+    )
 
     vocab = _byte_vocab()
-    merges = [("Ġ", "a"), ("Ġ", "t"), ("t", "h"), ("Ġt", "h"), ("e", "r"), ("Ġ", "c"),
-              ("a", "t"), ("Ġc", "at"), ("o", "n"), ("Ġ", "on")]
+    merges = [
+        ("Ġ", "a"),
+        ("Ġ", "t"),
+        ("t", "h"),
+        ("Ġt", "h"),
+        ("e", "r"),
+        ("Ġ", "c"),
+        ("a", "t"),
+        ("Ġc", "at"),
+        ("o", "n"),
+        ("Ġ", "on"),
+    ]
     for left, right in merges:
         vocab.setdefault(left + right, len(vocab))
     vocab["<|endoftext|>"] = len(vocab)
@@ -95,11 +118,27 @@ def build_captioner(folder: Path, seed: int = 2) -> Path:
     tok.pad_token = tok.eos_token
 
     torch.manual_seed(seed)
-    enc = ViTConfig(image_size=IMAGE, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                    num_attention_heads=2, intermediate_size=64, initializer_range=0.5)
-    dec = GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=64, vocab_size=len(tok),
-                     initializer_range=0.5, bos_token_id=tok.bos_token_id,
-                     eos_token_id=tok.eos_token_id, add_cross_attention=True, is_decoder=True)
+    enc = ViTConfig(
+        image_size=IMAGE,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        initializer_range=0.5,
+    )
+    dec = GPT2Config(
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        vocab_size=len(tok),
+        initializer_range=0.5,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        add_cross_attention=True,
+        is_decoder=True,
+    )
     config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
     config.decoder_start_token_id = tok.bos_token_id
     config.pad_token_id = tok.eos_token_id
@@ -116,16 +155,33 @@ def build_captioner(folder: Path, seed: int = 2) -> Path:
 
 # -- detect --------------------------------------------------------------------------------
 
+
 def build_detector(folder: Path, seed: int = 0) -> Path:
     from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor, ResNetConfig
 
     torch.manual_seed(seed)
-    backbone = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-                            layer_type="basic", out_features=["stage2"])
-    config = DetrConfig(backbone_config=backbone, use_timm_backbone=False,
-                        use_pretrained_backbone=False, d_model=16, encoder_layers=1,
-                        decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-                        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=12, **_labels(LABELS))
+    backbone = ResNetConfig(
+        num_channels=3,
+        embedding_size=8,
+        hidden_sizes=[8, 16],
+        depths=[1, 1],
+        layer_type="basic",
+        out_features=["stage2"],
+    )
+    config = DetrConfig(
+        backbone_config=backbone,
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        num_queries=12,
+        **_labels(LABELS),
+    )
     model = DetrForObjectDetection(config).eval()
     _shake(model, seed)
     with torch.no_grad():  # distinct queries, box centres off the sigmoid's flat ends
@@ -139,15 +195,27 @@ def build_detector(folder: Path, seed: int = 0) -> Path:
 
 # -- segment -------------------------------------------------------------------------------
 
+
 def build_segmenter(folder: Path, seed: int = 0) -> Path:
-    from transformers import (SegformerConfig, SegformerForSemanticSegmentation,
-                              SegformerImageProcessor)
+    from transformers import (
+        SegformerConfig,
+        SegformerForSemanticSegmentation,
+        SegformerImageProcessor,
+    )
 
     torch.manual_seed(seed)
-    config = SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
-                             hidden_sizes=[8, 16], patch_sizes=[7, 3], strides=[4, 2],
-                             num_attention_heads=[1, 2], mlp_ratios=[2, 2],
-                             decoder_hidden_size=16, **_labels(SEG_LABELS))
+    config = SegformerConfig(
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        sr_ratios=[2, 1],
+        hidden_sizes=[8, 16],
+        patch_sizes=[7, 3],
+        strides=[4, 2],
+        num_attention_heads=[1, 2],
+        mlp_ratios=[2, 2],
+        decoder_hidden_size=16,
+        **_labels(SEG_LABELS),
+    )
     model = SegformerForSemanticSegmentation(config).eval()
     _shake(model, seed)
     processor = SegformerImageProcessor(size={"height": 64, "width": 64})
@@ -155,6 +223,7 @@ def build_segmenter(folder: Path, seed: int = 0) -> Path:
 
 
 # -- restore -------------------------------------------------------------------------------
+
 
 def build_restorer(folder: Path, seed: int = 0) -> Path:
     """Compact 2x with its last conv zeroed: output == nearest-neighbour 2x upscale."""
@@ -180,16 +249,28 @@ def build_onnx_restorer(folder: Path) -> Path:
     from onnx import TensorProto, helper
 
     scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1.0, 1.0, 2.0, 2.0])
-    node = helper.make_node("Resize", ["input", "", "scales"], ["output"], mode="nearest",
-                            coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    node = helper.make_node(
+        "Resize",
+        ["input", "", "scales"],
+        ["output"],
+        mode="nearest",
+        coordinate_transformation_mode="asymmetric",
+        nearest_mode="floor",
+    )
     graph = helper.make_graph(
-        [node], "nearest2x",
+        [node],
+        "nearest2x",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, "height", "width"])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT,
-                                       [1, 3, "out_height", "out_width"])],
-        initializer=[scales])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                              producer_name="ocula-selftest")
+        [
+            helper.make_tensor_value_info(
+                "output", TensorProto.FLOAT, [1, 3, "out_height", "out_width"]
+            )
+        ],
+        initializer=[scales],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="ocula-selftest"
+    )
     model.ir_version = 8  # readable by every onnxruntime we support (>= 1.18)
     onnx.checker.check_model(model)
     folder.mkdir(parents=True, exist_ok=True)
@@ -197,11 +278,14 @@ def build_onnx_restorer(folder: Path) -> Path:
     path.write_bytes(model.SerializeToString())
     path.with_suffix(".toml").write_text(
         'task = "restore"\nname = "selftest-nearest2x"\noutput = "image"\nscale = 2\n'
-        'range = [0, 1]\nlayout = "NCHW"\n', encoding="utf-8")
+        'range = [0, 1]\nlayout = "NCHW"\n',
+        encoding="utf-8",
+    )
     return path
 
 
 # -- explain -------------------------------------------------------------------------------
+
 
 def build_explainer(folder: Path, hidden: int = 16, heads: int = 2, qk_gain: float = 2.0) -> Path:
     """A 2-layer ViT classifier whose every head makes CLS attend to the brightest patch.
@@ -212,9 +296,17 @@ def build_explainer(folder: Path, hidden: int = 16, heads: int = 2, qk_gain: flo
     """
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-    config = ViTConfig(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=heads,
-                       intermediate_size=2 * hidden, image_size=IMAGE, patch_size=8, num_labels=2,
-                       id2label={0: "bright", 1: "dark"}, label2id={"bright": 0, "dark": 1})
+    config = ViTConfig(
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        image_size=IMAGE,
+        patch_size=8,
+        num_labels=2,
+        id2label={0: "bright", 1: "dark"},
+        label2id={"bright": 0, "dark": 1},
+    )
     model = ViTForImageClassification(config)
     head_dim = hidden // heads
     with torch.no_grad():
@@ -246,8 +338,11 @@ def build_explainer(folder: Path, hidden: int = 16, heads: int = 2, qk_gain: flo
             elif owner.endswith("classifier") and leaf == "weight":
                 param[0, 3] = 1.0
                 param[1, 3] = -1.0
-    processor = ViTImageProcessor(size={"height": IMAGE, "width": IMAGE},
-                                  image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    processor = ViTImageProcessor(
+        size={"height": IMAGE, "width": IMAGE},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
     return _save(folder, model.eval(), processor)
 
 
@@ -267,9 +362,12 @@ def build_all(out: Path = DEFAULT_OUT) -> dict:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest: dict = {"generated_by": "packaging/make_selftest_models.py",
-                      "transformers": transformers.__version__, "torch": torch.__version__,
-                      "models": {}}
+    manifest: dict = {
+        "generated_by": "packaging/make_selftest_models.py",
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "models": {},
+    }
     for task, build in BUILDERS.items():
         target = out / task
         if target.exists():

@@ -4,6 +4,7 @@ Without arguments it opens the desktop app; with arguments it is the `ocula` com
 line (`--version`, `--self-test`, `run`, `models`, ...), exactly like the pip-installed
 `ocula` entry point (engine.cli:main).
 """
+
 import multiprocessing
 import os
 import sys

@@ -3,6 +3,7 @@
 The frozen build runs the same function (packaging/build_linux.sh); here it runs from
 the source tree, which is what CI can afford.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,12 @@ def full_run(tmp_path_factory, hub_server):
     hub_server.reset()
     home_before = os.environ.get("OCULA_HOME")
     code = run_self_test(report_path, device="cpu", quiet=True)
-    return {"code": code, "report": json.loads(report_path.read_text(encoding="utf-8")),
-            "hub_requests": hub_server.count(), "home_before": home_before}
+    return {
+        "code": code,
+        "report": json.loads(report_path.read_text(encoding="utf-8")),
+        "hub_requests": hub_server.count(),
+        "home_before": home_before,
+    }
 
 
 @pytest.mark.slow
