@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 EVENT_KINDS = ("started", "progress", "item_done", "item_failed", "paused", "resumed",
-               "finished", "cancelled")
+               "finished", "cancelled", "partial")  # partial: text still being generated
 
 
 @dataclass

@@ -147,6 +147,9 @@ class _JobRun:
                   eta_s=eta_s, message=message)
 
     def _handler_progress(self, p: Progress) -> None:
+        if p.stage == "partial":  # e.g. a caption streaming in, token by token
+            self.emit("partial", item=p.item, message=p.message)
+            return
         # Model download / load progress while the handler prepares.
         self.progress(p.item, p.done, p.total, 0.0, None,
                       p.message or f"{p.stage} {p.unit}", force=p.done == p.total)

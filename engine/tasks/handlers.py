@@ -46,6 +46,7 @@ class ModelHandler(BaseHandler):
 
         self.spec = spec
         self.cancel = cancel
+        self.progress = progress
         self.options: dict[str, Any] = dict(spec.options or {})
         self.formats = self._formats()
         settings = Settings.load()
@@ -79,8 +80,11 @@ class ModelHandler(BaseHandler):
     def process_batch(self, images: list["LoadedImage"],
                       outs: list["OutputPlan"]) -> list[ItemResult]:
         results = self.run_batch(images)
-        return [self.write(image, out, result)
-                for image, out, result in zip(images, outs, results)]
+        items = [self.write(image, out, result)
+                 for image, out, result in zip(images, outs, results)]
+        for item in items:  # what really ran, for reports and the GUI's status bar
+            item.info.setdefault("placement", self.placement)
+        return items
 
     def process_image(self, image: "LoadedImage", out: "OutputPlan") -> ItemResult:
         return self.process_batch([image], [out])[0]
@@ -277,12 +281,18 @@ class CaptionHandler(ModelHandler):
     known_formats = ("txt", "jsonl")
 
     def run_batch(self, images):
+        from engine.events import Progress
         from engine.tasks.caption import caption
+
+        def on_token(index: int, text: str) -> None:
+            # streamed to the GUI as "partial" job events (the CLI ignores them)
+            item = str(images[index].path) if images[index].path else ""
+            self.progress(Progress(stage="partial", done=0, item=item, message=text))
 
         return caption(self.runner, images, prompt=self.options.get("prompt"),
                        max_new_tokens=int(self.options.get("max_new_tokens", 30)),
                        num_beams=int(self.options.get("num_beams", 1)),
-                       batch_size=len(images), on_token=self.options.get("on_token"))
+                       batch_size=len(images), on_token=on_token)
 
     def write(self, image, out, cap: Caption) -> ItemResult:
         self.write_record(image, out, {"caption": cap.text, "prompt": cap.prompt,
