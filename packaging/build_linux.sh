@@ -5,6 +5,7 @@
 #   OCULA_VARIANT=cpu|cuda ...          which variant (default: what the installed torch is)
 #   SKIP_BUILD=1 packaging/build_linux.sh   re-run only the smoke tests + packaging
 #   SKIP_PACK=1 ...                     no tarball
+# (The tarball renames the top folder, not symlink targets: ocula-cli -> ocula.)
 #
 # Steps: PyInstaller one-folder bundle (packaging/ocula.spec) -> the frozen app's
 # `--version`, `--self-test` (report JSON) and the GUI under Xvfb (start-up probe +
@@ -58,6 +59,11 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   log "bundle built in ${BUILD_S}s"
 fi
 [ -x "$BUNDLE/ocula" ] && [ -x "$BUNDLE/ocula-cli" ] || { log "no bundle at $BUNDLE"; exit 1; }
+# On Linux the console flag means nothing, so the two executables are the same bytes
+# (each ~70 MB: the bootloader + every Python module). Keep one; ocula-cli links to it.
+if [ ! -L "$BUNDLE/ocula-cli" ] && cmp -s "$BUNDLE/ocula" "$BUNDLE/ocula-cli"; then
+  ln -sf ocula "$BUNDLE/ocula-cli"
+fi
 
 # -- smoke tests on the frozen app ------------------------------------------------------------------
 log "ocula-cli --version"
@@ -117,14 +123,21 @@ if command -v desktop-file-validate >/dev/null; then
   desktop-file-validate "$BUNDLE/ocula.desktop"
 fi
 BUNDLE_BYTES=$(du -sb "$BUNDLE" | cut -f1)
-PACK_S=0; TAR_BYTES=0; TARBALL=""
+PACK_S=0; TAR_BYTES=0; TARBALL=""; TARBALL_OK=false
 if [ -z "${SKIP_PACK:-}" ]; then
   log "bundle: $(du -sh "$BUNDLE" | cut -f1) in $BUNDLE; packing dist/$NAME.tar.gz"
   t0=$(date +%s)
-  tar -C "$WORK/dist" --transform "s,^ocula,$NAME," -cf - ocula | gzip -1 > "dist/$NAME.tar.gz"
+  tar -C "$WORK/dist" --transform "s,^ocula,$NAME,S" -cf - ocula | gzip -1 > "dist/$NAME.tar.gz"
   PACK_S=$(( $(date +%s) - t0 ))
   TAR_BYTES=$(stat -c %s "dist/$NAME.tar.gz")
   TARBALL=dist/$NAME.tar.gz
+  # The package itself: unpack it elsewhere and run the unpacked ocula-cli (through its
+  # symlink), so a broken link or a missing file in the archive is caught here.
+  log "checking the unpacked tarball"
+  UNPACK=$(mktemp -d)
+  tar -xzf "$TARBALL" -C "$UNPACK"
+  [ "$("$UNPACK/$NAME/ocula-cli" --version 2>&1 | tail -1)" = "ocula $VERSION" ] && TARBALL_OK=true
+  rm -rf "$UNPACK"
 fi
 
 cat > "$SMOKE/result.json" <<EOF
@@ -137,6 +150,7 @@ cat > "$SMOKE/result.json" <<EOF
   "bundle_bytes": $BUNDLE_BYTES,
   "tarball": "$TARBALL",
   "tarball_bytes": $TAR_BYTES,
+  "tarball_runs": $TARBALL_OK,
   "version_output": "$VERSION_OUT",
   "version_ok": $VERSION_OK,
   "selftest_exit_code": $SELFTEST_RC,
@@ -148,4 +162,4 @@ cat > "$SMOKE/result.json" <<EOF
 }
 EOF
 cat "$SMOKE/result.json"
-$VERSION_OK && $SELFTEST_OK && $GUI_OK
+$VERSION_OK && $SELFTEST_OK && $GUI_OK && { [ -n "${SKIP_PACK:-}" ] || $TARBALL_OK; }

@@ -291,3 +291,39 @@ def test_selftest_models_are_what_the_generator_makes(tmp_path):
                         assert a.get_tensor(key).equal(b.get_tensor(key)), key
         elif fresh.suffix in (".onnx", ".toml"):
             assert fresh.read_bytes() == committed.read_bytes(), fresh.name
+
+
+def test_linux_install_script_installs_and_removes(tmp_path):
+    """install.sh from an unpacked folder: PATH links, icon, and a menu entry whose Exec
+    names the folder's executable by full path; --remove takes them away."""
+    bundle = tmp_path / "ocula-x.y.z"
+    bundle.mkdir()
+    (bundle / "ocula").write_text('#!/bin/sh\necho frozen-ocula "$@"\n', encoding="utf-8")
+    (bundle / "ocula").chmod(0o755)
+    (bundle / "ocula-cli").symlink_to("ocula")
+    shutil.copy(DESKTOP, bundle / "ocula.desktop")
+    shutil.copy(ROOT / "resources" / "icons" / "ocula.png", bundle / "ocula.png")
+    shutil.copy(PACKAGING / "linux" / "install.sh", bundle / "install.sh")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
+    run = subprocess.run(
+        ["sh", str(bundle / "install.sh")], env=env, capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    entry = home / ".local/share/applications/ocula.desktop"
+    text = entry.read_text(encoding="utf-8")
+    assert f'Exec="{bundle}/ocula" %F' in text and f"TryExec={bundle}/ocula" in text
+    assert (home / ".local/share/icons/hicolor/256x256/apps/ocula.png").is_file()
+    cli = home / ".local/bin/ocula-cli"
+    out = subprocess.run([str(cli), "--self-test"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "frozen-ocula --self-test"
+    validator = shutil.which("desktop-file-validate")
+    if validator:
+        check = subprocess.run([validator, str(entry)], capture_output=True, text=True, check=False)
+        assert check.returncode == 0, check.stdout
+    subprocess.run(
+        ["sh", str(bundle / "install.sh"), "--remove"], env=env, check=True, capture_output=True
+    )
+    assert not entry.exists() and not cli.exists() and not cli.is_symlink()
+    assert (bundle / "ocula").is_file()  # the unpacked folder is left alone
