@@ -56,6 +56,10 @@ def outputs_on_cpu(raw: Any) -> Outputs:
 
 
 def free_device_memory(device: str) -> None:
+    # On the CPU, dropping the last reference frees a model's tensors already; a full
+    # gc.collect() over torch's object graph would stall other threads (the GUI) for ~1 s.
+    if device == "cpu":
+        return
     gc.collect()
     if device.startswith("cuda") and torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -21,6 +22,8 @@ from engine.results import Box, Caption, Detections, Segmentation
 
 if TYPE_CHECKING:
     from engine.events import CancelToken, ProgressCallback
+    from engine.runtimes import RunnerCache
+    from engine.settings import Settings
     from engine.jobs.outputs import OutputPlan
     from engine.jobs.spec import JobSpec
     from engine.media.image import LoadedImage
@@ -41,7 +44,6 @@ class ModelHandler(BaseHandler):
     def prepare(self, spec: "JobSpec", progress: "ProgressCallback",
                 cancel: "CancelToken") -> None:
         from engine.catalog.catalog import load_catalog
-        from engine.runtimes import load_runner
         from engine.settings import Settings
 
         self.spec = spec
@@ -55,9 +57,11 @@ class ModelHandler(BaseHandler):
             raise UsageError(f"Model '{card.id}' does {', '.join(card.tasks)}, not {self.task}. "
                              f"Pick a {self.task} model (`ocula models list --task {self.task}`).")
         self.card = card
-        self.runner = load_runner(card, device=spec.device, precision=spec.precision,
-                                  attention=self.needs_attention, settings=settings,
-                                  progress=progress, cancel=cancel)
+        # Loaded models stay in a process-wide LRU cache (bounded by settings.runner_cache_mb),
+        # so the GUI's second run of a model does not load it again.
+        self.runner = runner_cache(settings).get_or_load(
+            card, device=spec.device, precision=spec.precision, attention=self.needs_attention,
+            settings=settings, progress=progress, cancel=cancel)
         self.batch_size = int(self.options.get("batch_size", self.batch_size))
         self.quality = self.options.get("quality")
         self.image_ext = "." + str(self.options.get("output_format", "png")).lower().lstrip(".")
@@ -79,7 +83,7 @@ class ModelHandler(BaseHandler):
 
     def process_batch(self, images: list["LoadedImage"],
                       outs: list["OutputPlan"]) -> list[ItemResult]:
-        results = self.run_batch(images)
+        results = self.run_batch(images)  # runners serialise their own forward passes
         items = [self.write(image, out, result)
                  for image, out, result in zip(images, outs, results)]
         for item in items:  # what really ran, for reports and the GUI's status bar
@@ -105,10 +109,29 @@ class ModelHandler(BaseHandler):
         out.write_text(RESULT_SUFFIX[self.task], json.dumps(record), kind="record")
 
     def close(self) -> None:
-        runner = getattr(self, "runner", None)
-        if runner is not None:
-            runner.release()
-            self.runner = None
+        self.runner = None  # the cache owns the model; `release_models()` frees it
+
+
+_cache_lock = threading.Lock()
+_runner_cache: "RunnerCache | None" = None
+
+
+def runner_cache(settings: "Settings | None" = None) -> "RunnerCache":
+    """The process-wide cache of loaded models that job handlers share."""
+    global _runner_cache
+    from engine.runtimes import RunnerCache
+
+    with _cache_lock:
+        if _runner_cache is None:
+            _runner_cache = RunnerCache(settings=settings)
+        return _runner_cache
+
+
+def release_models(card_id: str | None = None) -> int:
+    """Free loaded models (all, or one card's); returns how many were released."""
+    with _cache_lock:
+        cache = _runner_cache
+    return cache.release(card_id) if cache is not None else 0
 
 
 def _image_name(image: "LoadedImage", out: "OutputPlan") -> str:
