@@ -239,9 +239,13 @@ def cmd_models_optimize(args) -> int:
     from engine.export_onnx import optimize
     from engine.runtimes import load_runner
 
+    from engine.export_onnx import sample_image
+
     card = load_catalog().resolve(args.model)
-    runner = load_runner(card, device="cpu", precision="fp32", settings=_settings())
-    path = optimize(card, runner)
+    settings = _settings()
+    settings.use_onnx_fast_path = False  # export from the torch model itself
+    runner = load_runner(card, device="cpu", precision="fp32", settings=settings)
+    path = optimize(card, runner, sample_image(), force=args.force)
     _emit(args, {"model": card.id, "onnx": str(path)}, f"{card.id}: ONNX fast path at {path}")
     return 0
 
@@ -464,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(msub, "optimize", cmd_models_optimize,
             "export a model to ONNX for the CPU fast path (verified against torch)")
     p.add_argument("model")
+    p.add_argument("--force", action="store_true", help="export again even if cached")
 
     p = add(sub, "doctor", cmd_doctor, "show devices, runtimes and what a model would use")
     p.add_argument("--model")

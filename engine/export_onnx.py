@@ -141,6 +141,21 @@ def export_kind(card: ModelCard, runner: Runner) -> str:
     return "single"
 
 
+def sample_image(size: tuple[int, int] = (160, 128), seed: int = 0):
+    """A synthetic photo-like sample for verifying exports: smooth gradients, edges and
+    noise, so both flat regions and detail are exercised (no bundled photo needed)."""
+    import numpy as np
+    from PIL import Image
+
+    width, height = size
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([x / width, y / height, 0.5 + 0.5 * np.sin(x / 9.0) * np.cos(y / 7.0)], -1)
+    base[height // 3: 2 * height // 3, width // 4: width // 2] = (0.9, 0.2, 0.1)  # a hard edge
+    noisy = np.clip(base + rng.normal(0, 0.04, base.shape), 0, 1)
+    return Image.fromarray((noisy * 255).astype(np.uint8), "RGB")
+
+
 def _sample_pil(sample: Any):
     from engine.tasks.caption import to_pil
 

@@ -30,6 +30,7 @@ class Settings:
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
     pixel_limit: int = 178_956_970  # Pillow's default decompression-bomb limit
     runner_cache_mb: int = 4096  # loaded models kept in memory (LRU by size)
+    use_onnx_fast_path: bool = True  # CPU runs use a verified `ocula models optimize` export
     allowed_remote_code: list[RemoteCodeGrant] = field(default_factory=list)
 
     def allows_remote_code(self, repo: str, revision: str | None) -> bool:

@@ -99,6 +99,9 @@ def load_runner(
         card, settings=settings, progress=progress, cancel=cancel, snapshot=snapshot
     )
     placement = devices.plan(card, device=device, precision=precision)
+    fast = _onnx_fast_path(card, placement, attention=attention, settings=settings)
+    if fast is not None:
+        return fast
     module = BACKEND_MODULES.get(card.runtime)
     if module is not None:
         importlib.import_module(module)
@@ -114,4 +117,26 @@ def load_runner(
     )
     if runner.placement.fallback:
         log.warning("%s: %s", card.id, runner.placement.describe())
+    return runner
+
+
+def _onnx_fast_path(card: ModelCard, placement: Placement, *, attention: bool,
+                    settings: Settings) -> Runner | None:
+    """The verified ONNX export made by `ocula models optimize`, when it fits the request.
+
+    Used for torch models planned on the CPU in fp32 without attention maps (explain needs
+    the torch module); `settings.use_onnx_fast_path = False` turns it off.
+    """
+    if (card.runtime == "onnx" or attention or placement.device != "cpu"
+            or placement.precision != "fp32" or not settings.use_onnx_fast_path):
+        return None
+    from engine.export_onnx import find_optimized, onnx_runner_for_export
+
+    path = find_optimized(card)
+    if path is None:
+        return None
+    runner = onnx_runner_for_export(card, path)
+    runner.notes.append(f"using the verified ONNX fast path made by `ocula models optimize` "
+                        f"({path}); set use_onnx_fast_path = false to run the torch model")
+    log.info("%s: %s", card.id, runner.notes[-1])
     return runner
