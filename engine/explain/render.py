@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -111,16 +110,9 @@ def contact_sheet(head_maps: np.ndarray, *, tile: int = 96, gap: int = 4, colorm
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from engine.media.image import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
 
 
 def _png_bytes(rgb: np.ndarray) -> bytes:

@@ -178,18 +178,28 @@ def detect(
             f"Model '{runner.card.id}' is open-vocabulary: say what to look for "
             f'with classes (e.g. --classes "cat,red car").'
         )
+    return run_in_size_batches(lambda batch: family.run(runner, batch, opts), images,
+                               batch_size=batch_size, progress=progress, cancel=cancel)
+
+
+def run_in_size_batches(run: Callable[[list[Image.Image]], list[Any]],
+                        images: Sequence[LoadedImage | Image.Image], *, batch_size: int,
+                        progress: ProgressCallback | None = None,
+                        cancel: CancelToken | None = None) -> list[Any]:
+    """Run `run` over same-size batches (so a result never depends on its batch-mates);
+    results come back in input order. Shared by detection and segmentation."""
     pils = [as_pil(img) for img in images]
-    results: list[Detections | None] = [None] * len(pils)
+    results: list[Any] = [None] * len(pils)
     done = 0
     for group in size_batches(pils, batch_size):
         if cancel is not None:
             cancel.raise_if_cancelled()
-        for index, det in zip(group, family.run(runner, [pils[i] for i in group], opts)):
-            results[index] = det
+        for index, result in zip(group, run([pils[i] for i in group])):
+            results[index] = result
         done += len(group)
         if progress is not None:
             progress(Progress(stage="infer", done=done, total=len(pils), unit="images"))
-    return [r for r in results if r is not None]
+    return results
 
 
 def as_pil(image: LoadedImage | Image.Image) -> Image.Image:

@@ -22,9 +22,9 @@ import numpy as np
 from PIL import Image
 
 from engine.errors import UnsupportedModelError, UsageError
-from engine.events import CancelToken, Progress, ProgressCallback
+from engine.events import CancelToken, ProgressCallback
 from engine.results import Segmentation, SegmentInstance
-from engine.tasks.detect import as_pil, model_info, size_batches
+from engine.tasks.detect import model_info, run_in_size_batches
 
 if TYPE_CHECKING:
     from engine.media.image import LoadedImage
@@ -163,18 +163,8 @@ def segment(
             "Points can be combined with one box only (SAM prompts one object at a "
             "time); give several boxes without points, or one box with points."
         )
-    pils = [as_pil(img) for img in images]
-    results: list[Segmentation | None] = [None] * len(pils)
-    done = 0
-    for group in size_batches(pils, batch_size):
-        if cancel is not None:
-            cancel.raise_if_cancelled()
-        for index, seg in zip(group, family.run(runner, [pils[i] for i in group], opts)):
-            results[index] = seg
-        done += len(group)
-        if progress is not None:
-            progress(Progress(stage="infer", done=done, total=len(pils), unit="images"))
-    return [r for r in results if r is not None]
+    return run_in_size_batches(lambda batch: family.run(runner, batch, opts), images,
+                               batch_size=batch_size, progress=progress, cancel=cancel)
 
 
 # -- helpers ------------------------------------------------------------------------------------
