@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -248,42 +249,6 @@ def _isolated(home: Path) -> Iterator[None]:
             hub_constants.HF_HUB_OFFLINE = hub_offline
 
 
-@contextmanager
-def _recording_handlers(created: dict[str, list]) -> Iterator[None]:
-    """Register factories that build the built-in handlers and remember them, so the
-    report can say which device and precision really ran each task (the handler's
-    runner knows; job events do not carry it). The built-ins are registered back after."""
-    from engine.jobs import register_handler
-    from engine.tasks import handlers as builtin
-
-    classes = {
-        cls.task: cls
-        for cls in (
-            builtin.CaptionHandler,
-            builtin.DetectHandler,
-            builtin.SegmentHandler,
-            builtin.RestoreHandler,
-            builtin.ExplainHandler,
-        )
-    }
-
-    def factory(cls: type) -> Callable[[], Any]:
-        def make() -> Any:
-            handler = cls()
-            created.setdefault(cls.task, []).append(handler)
-            return handler
-
-        return make
-
-    for task, cls in classes.items():
-        register_handler(task, factory(cls))
-    try:
-        yield
-    finally:
-        for task, cls in classes.items():
-            register_handler(task, cls)
-
-
 # -- running -------------------------------------------------------------------------------------
 
 
@@ -293,7 +258,6 @@ def _run_check(
     rgb: np.ndarray,
     work: Path,
     device: str,
-    created: dict[str, list],
 ) -> CheckOutcome:
     from engine.catalog.local_import import import_model
     from engine.jobs import JobSpec, run_job
@@ -302,15 +266,15 @@ def _run_check(
     started = time.perf_counter()
     results: list[Any] = []
     failures: list[str] = []
-    placement: dict[str, Any] = {}
+    placements: list[str] = []
 
     def on_event(event: Any) -> None:
         if event.kind == "item_done":
             results.append(getattr(event.result, "result", event.result))
-            handler = (created.get(check.task) or [None])[-1]
-            runner = getattr(handler, "runner", None)
-            if runner is not None and not placement:
-                placement["value"] = runner.placement
+            # the handler records its runner's Placement.describe(): what really ran it
+            info = getattr(event.result, "info", None) or {}
+            if info.get("placement"):
+                placements.append(str(info["placement"]))
         elif event.kind == "item_failed":
             failures.append(event.message)
 
@@ -327,10 +291,9 @@ def _run_check(
             precision="auto",
         )
         summary = run_job(spec, on_event=on_event)
-        if "value" in placement:
-            where = placement["value"]
-            outcome.placement = where.describe()
-            outcome.device, outcome.precision = where.provider or where.device, where.precision
+        if placements:
+            outcome.placement = placements[0]
+            outcome.device, outcome.precision = _device_and_precision(placements[0])
         outcome.outputs = sorted(
             str(p.relative_to(work))
             for p in Path(spec.output_dir).rglob("*")
@@ -377,6 +340,15 @@ def _versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+_PLACEMENT = re.compile(r"^\S+ on (?P<where>\S+) \((?P<precision>\w+)\)")
+
+
+def _device_and_precision(placement: str) -> tuple[str, str]:
+    """("cpu", "fp32") from Placement.describe()'s "transformers on cpu (fp32)"."""
+    match = _PLACEMENT.match(placement)
+    return (match["where"], match["precision"]) if match else ("", "")
 
 
 def _import_heavy_libraries() -> tuple[float, str]:
@@ -427,13 +399,11 @@ def run_self_test(
         with _isolated(work / "home"):
             import engine.tasks.handlers  # noqa: F401  registers the built-in task handlers
 
-            created: dict[str, list] = {}
             rgb = synthetic_image()
             image_path = _write_png(rgb, work / "inputs" / "selftest.png")
             import_seconds, import_error = _import_heavy_libraries()
-            with _recording_handlers(created):
-                for check in checks:
-                    outcomes.append(_run_check(check, image_path, rgb, work, device, created))
+            for check in checks:
+                outcomes.append(_run_check(check, image_path, rgb, work, device))
     except Exception as exc:  # noqa: BLE001 — e.g. resources missing: reported, exit 1
         setup_error = f"{type(exc).__name__}: {exc}"
     finally:
