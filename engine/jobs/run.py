@@ -359,11 +359,7 @@ class _JobRun:
     def _flush(self, mark_running: list[int] | None = None) -> None:
         """Commit buffered outcomes together with the next batch's "running" mark."""
         records, self.pending_records = self.pending_records, []
-        if not records and not mark_running:
-            return
-        self.store.record(self.job_id, records)
-        if mark_running:
-            self.store.mark_running(self.job_id, mark_running)
+        self.store.commit_batch(self.job_id, records, mark_running or [])
 
     def _run_video(self, item: ItemRecord) -> None:
         from engine.jobs.video_job import run_video_item

@@ -349,23 +349,33 @@ class JobStore:
             (job_id, os.path.abspath(path))).fetchone() is not None
 
     def mark_running(self, job_id: str, seqs: list[int]) -> None:
-        now = time.time()
-        with self._conn() as conn:
-            conn.executemany("UPDATE items SET state = 'running', attempts = attempts + 1, "
-                             "started = ? WHERE job_id = ? AND seq = ?",
-                             [(now, job_id, s) for s in seqs])
+        self.commit_batch(job_id, [], seqs)
 
     def record(self, job_id: str, results: list[tuple[int, str, str | None, list[str],
                                                         dict[str, Any], float]]) -> None:
         """Store outcomes in one transaction: (seq, state, error, outputs, info, finished)."""
-        if not results:
+        self.commit_batch(job_id, results, [])
+
+    def commit_batch(self, job_id: str, results: list[tuple[int, str, str | None, list[str],
+                                                             dict[str, Any], float]],
+                     running: list[int]) -> None:
+        """The last batch's outcomes and the next batch's "running" mark in ONE transaction
+        (one commit per batch: the queue's cost per input stays well under a millisecond)."""
+        if not results and not running:
             return
+        now = time.time()
         with self._conn() as conn:
-            conn.executemany(
-                "UPDATE items SET state = ?, error = ?, outputs = ?, info = ?, finished = ? "
-                "WHERE job_id = ? AND seq = ?",
-                [(state, error, json.dumps(outputs), json.dumps(info, default=str), finished,
-                  job_id, seq) for seq, state, error, outputs, info, finished in results])
+            if results:
+                conn.executemany(
+                    "UPDATE items SET state = ?, error = ?, outputs = ?, info = ?, finished = ? "
+                    "WHERE job_id = ? AND seq = ?",
+                    [(state, error, json.dumps(outputs), json.dumps(info, default=str),
+                      finished, job_id, seq)
+                     for seq, state, error, outputs, info, finished in results])
+            if running:
+                conn.executemany("UPDATE items SET state = 'running', attempts = attempts + 1, "
+                                 "started = ? WHERE job_id = ? AND seq = ?",
+                                 [(now, job_id, s) for s in running])
 
     def durations(self, job_id: str) -> list[float]:
         return [r[0] for r in self._conn().execute(
