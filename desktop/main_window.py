@@ -648,9 +648,12 @@ class MainWindow(QMainWindow):
         task = qs.value("ui/task")
         index = self.task_combo.findData(task) if task else -1
         if index >= 0:
+            # setCurrentIndex emits nothing when the index is already current, so the
+            # panel is synced explicitly (once) below.
+            self.task_combo.blockSignals(True)
             self.task_combo.setCurrentIndex(index)
-        else:
-            self.on_task_changed()
+            self.task_combo.blockSignals(False)
+        self.on_task_changed()
         self.task_panel.restore_state(qs)
 
     def save_state(self) -> None:

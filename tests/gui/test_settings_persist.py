@@ -97,3 +97,13 @@ def test_token_goes_to_a_private_file_without_keyring(tmp_path, monkeypatch):
     assert token_store.apply_token() and os.environ["HF_TOKEN"] == "hf_secret_value"
     token_store.save_token("")
     assert not path.exists() and "HF_TOKEN" not in os.environ
+
+
+@pytest.mark.parametrize("saved", [None, "caption", "restore"])
+def test_settings_panel_matches_the_task_picker_at_start(qtbot, tmp_path, settings_path, saved):
+    ini = tmp_path / "ui.ini"
+    if saved is not None:
+        QSettings(str(ini), QSettings.Format.IniFormat).setValue("ui/task", saved)
+    window = _window(qtbot, ini, settings_path)
+    task = window.task_combo.currentData()
+    assert window.task_panel.stack.currentWidget() is window.task_panel.forms[task]
