@@ -371,9 +371,15 @@ def cmd_explain(args) -> int:
     from engine.media.image import read_image
     from engine.runtimes import load_runner
 
-    card = load_catalog().resolve(args.model)
-    runner = load_runner(card, device=args.device, precision="fp32", attention=True,
-                         settings=_settings())
+    if args.model.lower().endswith(".onnx") and Path(args.model).is_file():
+        # any ONNX ViT: its attention Softmax outputs are exposed by graph surgery
+        from engine.explain import OnnxAttentionModel
+
+        runner = OnnxAttentionModel.from_path(args.model)
+    else:
+        card = load_catalog().resolve(args.model)
+        runner = load_runner(card, device=args.device, precision="fp32", attention=True,
+                             settings=_settings())
     for note in getattr(runner, "notes", []):
         print(f"note: {note}", file=sys.stderr)
     out_dir = Path(args.out)
@@ -508,7 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(sub, "explain", cmd_explain, "attention maps: what the model looked at")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--model", "-m", required=True)
+    p.add_argument("--model", "-m", required=True,
+                   help="catalog id, imported id, hub repo, or a path to an .onnx ViT")
     p.add_argument("--method", default="rollout",
                    help="rollout | raw | relevance | cross | similarity | dino | gradcam | "
                         "windowed | cls_similarity | patch_similarity (default: rollout)")

