@@ -389,6 +389,10 @@ def florence_task(runner: Runner, images: Sequence[Any], task: str, *,
         raise UsageError(f"unknown Florence-2 task {task!r}; known: {', '.join(FLORENCE_TASKS)}")
     processor = runner.processor
     prompt = task + (text_input or "")
+    text_config = getattr(module.config, "text_config", None)
+    max_positions = getattr(text_config, "max_position_embeddings", None)
+    if max_positions:  # never generate past the decoder's position table
+        max_new_tokens = min(max_new_tokens, int(max_positions) - 2)
     results: list[Caption | Detections | Segmentation] = []
     for start in range(0, len(images), max(1, batch_size)):
         pils = [to_pil(image) for image in images[start:start + batch_size]]

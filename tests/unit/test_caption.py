@@ -237,3 +237,17 @@ def test_florence_task_refuses_other_models(images):
 
     with pytest.raises(UnsupportedModelError, match="Florence-2"):
         florence_task(runner_for(tc.git()), images[:1], "<OD>")
+
+
+def test_florence_feeds_the_detect_task(florence, images):
+    """One model, many tasks (the GiT idea): `detect()` on a Florence-2 runner is its <OD>
+    answer, and class names turn into <OPEN_VOCABULARY_DETECTION> queries."""
+    from engine.tasks.detect import detect
+
+    runner = runner_for(florence)
+    (ours,) = detect(runner, images[:1], threshold=0.0)
+    (od,) = florence_task(runner, images[:1], "<OD>")
+    assert [b.xyxy for b in ours.boxes] == [b.xyxy for b in od.boxes][:100]
+    assert [b.label for b in ours.boxes] == [b.label for b in od.boxes][:100]
+    (queried,) = detect(runner, images[:1], threshold=0.0, classes=["cat"])
+    assert queried.labels[0] == "cat" and queried.image_size == images[0].size
