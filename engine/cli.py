@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 from engine import __version__
 from engine.errors import OculaError, UsageError
+from engine.format import human_bytes, human_params
 
 TASK_CHOICES = ("caption", "detect", "segment", "restore", "explain")
 
@@ -57,22 +58,6 @@ def _settings():
 
 def _card_dict(card) -> dict:
     return _jsonable(card)
-
-
-def _human_bytes(n: float | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-def _human_params(n: int | None) -> str:
-    if not n:
-        return "?"
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
 class _ProgressBars:
@@ -129,7 +114,7 @@ def cmd_models_list(args) -> int:
             lic = c.license + {True: "", False: " (non-commercial)",
                                None: " (commercial use unclear)"}[c.commercial_use]
             lines.append(f"{c.id:28} {','.join(c.tasks):18} {c.runtime:12} "
-                         f"{_human_bytes(c.download_bytes):>9} {_human_params(c.params):>7}  "
+                         f"{human_bytes(c.download_bytes):>9} {human_params(c.params):>7}  "
                          f"{lic}  {'yes' if inst else ''}")
         return "\n".join(lines)
 
@@ -174,14 +159,14 @@ def cmd_models_info(args) -> int:
             lines.append(f"  {key:14} {getattr(card, key)}")
         lines.append(f"  {'tasks':14} {', '.join(card.tasks)}")
         lines.append(f"  {'commercial':14} {card.commercial_use}")
-        lines.append(f"  {'download':14} {_human_bytes(card.download_bytes)}")
-        lines.append(f"  {'parameters':14} {_human_params(card.params)}")
+        lines.append(f"  {'download':14} {human_bytes(card.download_bytes)}")
+        lines.append(f"  {'parameters':14} {human_params(card.params)}")
         lines.append(f"  {'memory (MB)':14} " + ", ".join(
             f"{p}: {card.memory_estimate_mb(p)}" for p in ("fp32", "fp16")))
         lines.append(f"  {'attention':14} {card.attention.value}")
         lines.append(f"  {'seed':14} {card.seed}")
         lines.append(f"  {'installed':14} {installed}"
-                     + (f" ({_human_bytes(data['disk_bytes'])})" if installed else ""))
+                     + (f" ({human_bytes(data['disk_bytes'])})" if installed else ""))
         if card.description:
             lines.append("  " + card.description)
         return "\n".join(lines)
@@ -211,7 +196,7 @@ def cmd_models_rm(args) -> int:
     card = load_catalog().resolve(args.model)
     freed = delete(card, settings=_settings())
     _emit(args, {"model": card.id, "freed_bytes": freed},
-          f"{card.id}: removed, {_human_bytes(freed)} freed")
+          f"{card.id}: removed, {human_bytes(freed)} freed")
     return 0
 
 
@@ -236,10 +221,8 @@ def cmd_models_login(args) -> int:
 
 def cmd_models_optimize(args) -> int:
     from engine.catalog.catalog import load_catalog
-    from engine.export_onnx import optimize
+    from engine.export_onnx import optimize, sample_image
     from engine.runtimes import load_runner
-
-    from engine.export_onnx import sample_image
 
     card = load_catalog().resolve(args.model)
     settings = _settings()
