@@ -286,10 +286,13 @@ def _task_options(args) -> dict:
     options: dict[str, Any] = {}
     for name in ("threshold", "nms_iou", "max_detections", "prompt", "max_new_tokens",
                  "num_beams", "tile_size", "tile_overlap", "quality", "output_format",
-                 "every_nth_frame", "start", "end", "mode", "method", "batch_size"):
+                 "every_nth_frame", "mode", "method", "batch_size", "pixel_limit"):
         value = getattr(args, name, None)
         if value is not None:
             options[name] = value
+    start, end = getattr(args, "start", None), getattr(args, "end", None)
+    if start is not None or end is not None:  # video: process only this stretch
+        options["time_range"] = [start or 0.0] + ([end] if end is not None else [])
     if getattr(args, "classes", None):
         options["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
     if getattr(args, "formats", None):
@@ -494,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=float, help="video start time (s)")
     p.add_argument("--end", type=float, help="video end time (s)")
     p.add_argument("--method", help="explain method")
+    p.add_argument("--pixel-limit", type=int,
+                   help="largest image accepted, in pixels (default: Settings, 178,956,970)")
 
     p = add(sub, "explain", cmd_explain, "attention maps: what the model looked at")
     p.add_argument("images", nargs="+", metavar="IMAGE")

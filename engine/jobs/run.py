@@ -269,7 +269,7 @@ class _JobRun:
 
     def _read_ahead(self, loaded: queue.Queue, stop: threading.Event) -> None:
         """Reader thread: decode the next images while the handler works."""
-        limit = self.spec.options.get("pixel_limit")
+        limit = self.spec.options.get("pixel_limit") or _settings_pixel_limit()
         try:
             for item in self.store.pending_items(self.job_id):
                 if stop.is_set():
@@ -408,3 +408,14 @@ def _reason(path: str, exc: BaseException) -> str:
         return str(exc)
     text = str(exc) or type(exc).__name__
     return f"{path}: {type(exc).__name__}: {text}"
+
+
+def _settings_pixel_limit() -> int | None:
+    """The user's image-size limit from the engine settings (Settings ▸ Images)."""
+    from engine.errors import OculaError
+    from engine.settings import Settings
+
+    try:
+        return Settings.load().pixel_limit
+    except OculaError:  # a broken settings file: Pillow's default limit still applies
+        return None

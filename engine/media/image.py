@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -61,8 +62,8 @@ def read_image(path: str | os.PathLike, *, pixel_limit: int | None = None) -> Lo
         raise InputError(f"{path}: empty file (0 bytes).")
     limit = pixel_limit or DEFAULT_PIXEL_LIMIT
     try:
-        with Image.open(path) as img:
-            _check_pixels(path, img.size, limit)
+        with _open_header(path) as img:
+            _check_pixels(path, img.size, limit)  # from the header, before any decoding
             loaded = from_pil(img, path=path, pixel_limit=limit)
     except InputError:
         raise
@@ -73,6 +74,22 @@ def read_image(path: str | os.PathLike, *, pixel_limit: int | None = None) -> Lo
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{path}: corrupt or truncated image ({exc}).") from exc
     return loaded
+
+
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+def _open_header(path: Path) -> Image.Image:
+    """Image.open without Pillow's own bomb check, so OUR limit (which the user may raise
+    above Pillow's) applies, and the message can say the image's size. Only the header is
+    read here; `_check_pixels` runs before anything is decoded."""
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def from_pil(img: Image.Image, *, path: Path | None = None,
@@ -120,8 +137,8 @@ def _check_pixels(path: Path | None, size: tuple[int, int], limit: int) -> None:
 def _bomb_message(path: Path | None, size: tuple[int, int] | None, limit: int) -> str:
     dims = f" ({size[0]}×{size[1]} = {size[0] * size[1]:,} pixels)" if size else ""
     return (f"{path or '<image>'}: image is larger than the pixel limit{dims}; limit is "
-            f"{limit:,} pixels. Raise it in Settings ▸ Images (or --pixel-limit) if you trust "
-            f"this file.")
+            f"{limit:,} pixels. Raise it in Settings ▸ Images (or `ocula run --pixel-limit N`) "
+            f"if you trust this file.")
 
 
 def _to_arrays(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int]:

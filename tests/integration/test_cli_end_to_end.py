@@ -31,6 +31,11 @@ def _inputs(root):
     return root
 
 
+def _huge(root):
+    """20000 x 20000 pixels (400 M): over the default decompression-bomb limit, 48 KB on disk."""
+    Image.new("1", (20000, 20000)).save(root / "huge.png")
+
+
 def test_pull_info_doctor(detr_repo, capsys):
     assert main(["models", "pull", REPO, "--quiet"]) == 0
     capsys.readouterr()
@@ -45,12 +50,13 @@ def test_pull_info_doctor(detr_repo, capsys):
 
 def test_run_detect_folder_with_bad_files(detr_repo, tmp_path, capsys):
     inputs = _inputs(tmp_path / "in")
+    _huge(inputs)
     out = tmp_path / "out"
     code = main(["run", "detect", str(inputs), "--model", REPO, "--out", str(out),
                  "--threshold", "0.0", "--formats", "coco,overlay,yolo,voc,csv", "--json"])
-    assert code == 1  # two inputs failed, the rest went on
+    assert code == 1  # three inputs failed, the rest went on
     summary = json.loads(capsys.readouterr().out)
-    assert summary["done"] == 2 and summary["failed"] == 2
+    assert summary["done"] == 2 and summary["failed"] == 3
 
     coco = json.loads((out / "detections.coco.json").read_text())
     assert sorted(i["file_name"] for i in coco["images"]) == ["a.png", "sub/b.jpg"]
@@ -71,6 +77,7 @@ def test_run_detect_folder_with_bad_files(detr_repo, tmp_path, capsys):
     report = json.loads((out / "ocula-report.json").read_text())
     reasons = " ".join(f["reason"] for f in report["failures"])
     assert "empty file" in reasons and "not an image" in reasons
+    assert "20000×20000" in reasons and "pixel limit" in reasons  # refused before decoding
     # the inputs were not touched
     assert (inputs / "notes.jpg").read_text() == "this is text, not an image"
     assert not any(p.name.endswith(".part") for p in out.rglob("*"))
@@ -144,3 +151,19 @@ def test_explain_cli_on_the_real_dinov2_onnx(tmp_path, capsys):
     assert attentions.shape[-2:] == (257, 257)  # CLS + 16x16 patches of 14 px
     np.testing.assert_allclose(attentions.sum(-1), 1.0, atol=1e-4)
     assert heatmap.std() > 0.05  # structure, not a uniform map
+
+
+def test_cli_options_become_job_options():
+    from engine.cli import _task_options, build_parser
+
+    args = build_parser().parse_args(
+        ["run", "detect", "clip.mp4", "-m", "x", "-o", "out", "--start", "1.5", "--end", "4",
+         "--classes", "cat, red car", "--formats", "coco,yolo", "--pixel-limit", "5000",
+         "--points", "10,20", "--every-nth-frame", "3"])
+    options = _task_options(args)
+    assert options == {"time_range": [1.5, 4.0], "classes": ["cat", "red car"],
+                       "formats": ["coco", "yolo"], "pixel_limit": 5000, "points": [[10.0, 20.0]],
+                       "every_nth_frame": 3}
+    from engine.jobs import JobSpec
+
+    JobSpec("detect", "x", ["clip.mp4"], "out", options=options).validate()
