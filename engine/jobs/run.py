@@ -269,8 +269,8 @@ class _JobRun:
 
     def _read_ahead(self, loaded: queue.Queue, stop: threading.Event) -> None:
         """Reader thread: decode the next images while the handler works."""
-        limit = self.spec.options.get("pixel_limit") or _settings_pixel_limit()
         try:
+            limit = self.spec.options.get("pixel_limit") or _settings_pixel_limit()
             for item in self.store.pending_items(self.job_id):
                 if stop.is_set():
                     return
@@ -417,5 +417,5 @@ def _settings_pixel_limit() -> int | None:
 
     try:
         return Settings.load().pixel_limit
-    except OculaError:  # a broken settings file: Pillow's default limit still applies
+    except (OculaError, OSError):  # broken or unreadable settings: the default limit applies
         return None
