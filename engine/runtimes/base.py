@@ -87,6 +87,21 @@ class Runner:
         return f"<{type(self).__name__} {self.card.id}: {self.placement.describe()}>"
 
 
+def finish_load(runner: Runner, *, item: str, progress: Any = None, cancel: Any = None) -> Runner:
+    """What every backend does once a model is loaded: note a fallback where the user will
+    see it, honour a cancel that came in during the load, report the load as done."""
+    from engine.events import Progress
+
+    if runner.placement.fallback:
+        runner.notes.append(f"fallback: {runner.placement.fallback}")
+    if cancel is not None:
+        cancel.raise_if_cancelled()
+    if progress is not None:
+        progress(Progress(stage="load", done=1, total=1, item=item,
+                          message=f"loaded {runner.card.name} ({runner.placement.describe()})"))
+    return runner
+
+
 def torch_dtype(precision: str) -> "torch.dtype":
     import torch
 

@@ -19,7 +19,14 @@ import torch
 
 from engine.errors import UnsupportedModelError
 from engine.events import CancelToken, Progress, ProgressCallback
-from engine.runtimes.base import Outputs, Placement, Runner, register_loader, torch_dtype
+from engine.runtimes.base import (
+    Outputs,
+    Placement,
+    Runner,
+    finish_load,
+    register_loader,
+    torch_dtype,
+)
 from engine.runtimes.safety import safe_torch_load
 from engine.runtimes.torch_utils import free_device_memory, module_bytes, to_cpu, to_device
 
@@ -181,18 +188,4 @@ def load_spandrel(
     descriptor.eval()
     runner = SpandrelRunner(card, placement, descriptor)
     runner.notes.extend(notes)
-    if placement.fallback:
-        runner.notes.append(f"fallback: {placement.fallback}")
-    if cancel is not None:
-        cancel.raise_if_cancelled()
-    if progress is not None:
-        progress(
-            Progress(
-                stage="load",
-                done=1,
-                total=1,
-                item=path.name,
-                message=f"loaded {card.name} ({placement.describe()})",
-            )
-        )
-    return runner
+    return finish_load(runner, item=path.name, progress=progress, cancel=cancel)

@@ -22,7 +22,14 @@ import transformers
 
 from engine.errors import RemoteCodeRefused, UnsafeCheckpointError, UnsupportedModelError
 from engine.events import CancelToken, Progress, ProgressCallback
-from engine.runtimes.base import Outputs, Placement, Runner, register_loader, torch_dtype
+from engine.runtimes.base import (
+    Outputs,
+    Placement,
+    Runner,
+    finish_load,
+    register_loader,
+    torch_dtype,
+)
 from engine.runtimes.processors import load_processor
 from engine.runtimes.safety import scan_pickle_checkpoint
 from engine.runtimes.torch_utils import (
@@ -242,18 +249,4 @@ def load_transformers(
             f"runs Python code from the repository {card.repo or folder} "
             f"(allowed in settings for revision {card.revision})"
         )
-    if placement.fallback:
-        runner.notes.append(f"fallback: {placement.fallback}")
-    if cancel is not None:
-        cancel.raise_if_cancelled()
-    if progress is not None:
-        progress(
-            Progress(
-                stage="load",
-                done=1,
-                total=1,
-                item=card.id,
-                message=f"loaded {card.name} ({placement.describe()})",
-            )
-        )
-    return runner
+    return finish_load(runner, item=card.id, progress=progress, cancel=cancel)
