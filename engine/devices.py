@@ -542,6 +542,10 @@ def describe_plan(card: ModelCard, placement: Placement, report: DeviceReport | 
             if dev is not None and dev.free_bytes is not None:
                 where += f" of {dev.free_bytes // 2**20} MB free on {dev.name}"
         lines.append(f"  memory: {where}")
+    if card.package:  # weights that ship inside a Python package: say whether it is here
+        from engine.catalog import packaged
+
+        lines.append(f"  weights: {packaged.describe(card)}")
     lines.append(
         f"  fallback: {placement.fallback}"
         if placement.fallback

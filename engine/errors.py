@@ -14,11 +14,20 @@ class UsageError(OculaError):
     exit_code = 2
 
 
+class OptionError(UsageError, ValueError):
+    """An option is out of range for this model (a layer it does not have, a head, a class):
+    a usage error for the CLI, and still a ValueError for library callers."""
+
+
 class CatalogError(OculaError):
     """A catalog entry or sidecar is malformed, or a model id is unknown."""
 
 
 class UnknownModelError(CatalogError):
+    """A model id that is in no catalog: a lookup error, so the CLI exits 2 like a usage error."""
+
+    exit_code = 2
+
     def __init__(self, model_id: str, suggestions: list[str] | None = None):
         hint = ""
         if suggestions:
@@ -73,3 +82,8 @@ class InputError(OculaError):
 
 class DeviceError(OculaError):
     """The requested device or precision is not available."""
+
+
+class MissingPackageError(OculaError):
+    """A model whose weights ship inside a Python package, and the package (or one of its
+    weight files) is not installed. The message names the pip command that installs it."""

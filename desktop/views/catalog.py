@@ -218,8 +218,10 @@ class CatalogView(QWidget):
         self.offline_badge.setVisible(bool(getattr(self.settings, "effective_offline", False)))
 
     def _update_disk_label(self) -> None:
-        total = sum(r.disk_bytes for r in self.all_rows if r.installed)
-        count = sum(1 for r in self.all_rows if r.installed)
+        # what the model cache holds: package-shipped weights (card.package) live in pip's folders
+        cached = [r for r in self.all_rows if r.installed and not getattr(r.card, "package", None)]
+        total = sum(r.disk_bytes for r in cached)
+        count = len(cached)
         where = ""
         try:
             from engine.hub import cache_dir
@@ -299,7 +301,8 @@ class CatalogView(QWidget):
         row = self.selected_row()
         has_card = row is not None and row.card is not None
         downloading = has_card and row.state == "downloading"
-        local = has_card and bool(row.card.local_path)
+        # imported files are the user's, package-shipped weights are pip's: neither is ours to delete
+        local = has_card and bool(row.card.local_path or getattr(row.card, "package", None))
         self.download_button.setEnabled(has_card and not downloading and not row.installed
                                         and not local)
         self.download_button.setText(self.tr("Resume download") if has_card

@@ -16,12 +16,16 @@ def card_markdown(card: Any, *, installed: bool = False, disk_bytes: int = 0,
     lines = [f"# {card.name}", ""]
     if card.description:
         lines += [card.description, ""]
+    package = getattr(card, "package", None)
     facts = [
         ("Id", f"`{card.id}`"),
         ("Tasks", ", ".join(card.tasks) + (f" ({card.variant})" if card.variant else "")),
         ("Repository", f"[{card.repo}](https://huggingface.co/{card.repo})" if card.repo
+         else f"none: the weights ship inside the `{package}` Python package" if package
          else (card.local_path or "—")),
-        ("Revision", f"`{card.revision}`" if card.revision else "latest (not pinned)"),
+        ("Revision", f"`{card.revision}`" if card.revision
+         else f"the installed package (`{card.install or 'pip install ' + package}`)" if package
+         else "latest (not pinned)"),
         ("Runtime", card.runtime + (f" · {card.architecture}" if card.architecture else "")),
         ("Download", human_bytes(card.download_bytes)),
         ("Parameters", human_params(card.params)),

@@ -10,7 +10,7 @@ from enum import Enum
 from typing import Any
 
 TASKS = ("caption", "detect", "segment", "restore", "features")
-RUNTIMES = ("transformers", "spandrel", "onnx")
+RUNTIMES = ("transformers", "spandrel", "onnx", "facenet-pytorch")
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
@@ -28,6 +28,7 @@ class Source(str, Enum):
     CATALOG = "catalog"  # curated entry in resources/catalog.toml
     HUB = "hub"  # any hub repo, inferred from its metadata
     LOCAL = "local"  # imported folder, checkpoint or ONNX file
+    PACKAGE = "package"  # weights ship inside an installed Python package (card.package)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,11 @@ class ModelCard:
     local_path: str | None = None  # imported models: file or folder on disk
     sidecar: dict[str, Any] = field(default_factory=dict)  # ONNX/IO details (size, range, layout, scale, labels)
     description: str = ""
+    # Weights that ship inside a Python package instead of a hub repo: the distribution's
+    # pip name (e.g. "facenet-pytorch"). `files` are then paths inside the installed package
+    # (as its RECORD lists them, e.g. "facenet_pytorch/data/pnet.pt"); nothing is downloaded.
+    package: str | None = None
+    install: str | None = None  # the command that installs `package` (shown when it is missing)
 
     @property
     def primary_task(self) -> str:

@@ -19,6 +19,8 @@ LOCAL_ID_PATTERN = re.compile(r"^local:[a-z0-9]+(?:-[a-z0-9]+)*$")
 REPO_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 SHORT_SHA = re.compile(r"^[0-9a-f]{7,39}$")
+PACKAGE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a pip distribution name
+PACKAGE_FILE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:/[A-Za-z0-9_.-]+)+$")  # module/…/file
 REF_NAME = re.compile(r"^(?:refs/pr/\d+|[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9._-]+)*)$")
 
 # precisions each runtime can run a model in (memory_mb keys)
@@ -26,6 +28,7 @@ RUNTIME_PRECISIONS = {
     "transformers": ("fp32", "fp16", "bf16"),
     "spandrel": ("fp32", "fp16", "bf16"),
     "onnx": ("fp32",),  # an ONNX graph has one precision: the file's
+    "facenet-pytorch": ("fp32",),  # MTCNN's cascade runs in fp32 (facenet-pytorch's own choice)
 }
 BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "bf16": 2}
 MEMORY_OVERHEAD = 1.5  # weights plus ~50% for activations at typical input sizes (as ModelCard)
@@ -33,12 +36,12 @@ MEMORY_OVERHEAD = 1.5  # weights plus ~50% for activations at typical input size
 CARD_FIELDS = {
     "id", "name", "repo", "revision", "tasks", "runtime", "files", "download_bytes", "params",
     "license", "commercial_use", "memory_mb", "attention", "seed", "architecture", "variant",
-    "trust_remote_code", "gated", "sidecar", "description",
+    "trust_remote_code", "gated", "sidecar", "description", "package", "install",
 }
 CATALOG_EXTRA = {"seen_commit"}  # short SHA seen when only a branch can be pinned
 LOCAL_EXTRA = {"source", "local_path", "file_size", "imported_at"}
-CATALOG_REQUIRED = ("id", "name", "repo", "revision", "tasks", "runtime", "files", "license",
-                    "attention", "seed", "description")
+CATALOG_REQUIRED = ("id", "name", "tasks", "runtime", "files", "license", "attention", "seed",
+                    "description")  # plus repo + revision (hub entries) or package
 LOCAL_REQUIRED = ("id", "name", "tasks", "runtime", "local_path")
 
 
@@ -116,6 +119,19 @@ def card_from_entry(entry: dict[str, Any], *, origin: str, index: int, local: bo
         why = check_revision(revision)
         if why:
             raise fail("revision", f"is {revision!r}: {why}")
+    package = typed("package", str, "a pip distribution name such as 'facenet-pytorch'")
+    install = typed("install", str, "the command that installs the package")
+    if package is not None:
+        if local:
+            raise fail("package", "is only for curated catalog entries")
+        if not PACKAGE_PATTERN.match(package):
+            raise fail("package", f"is {package!r}; expected a pip distribution name")
+        for field, value in (("repo", repo), ("revision", revision)):
+            if value is not None:
+                raise fail(field, f"is set, but the entry's weights ship in package {package!r}; "
+                                  f"an entry has a hub repo or a package, not both")
+    elif install is not None:
+        raise fail("install", "is only for entries whose weights ship in a 'package'")
     seen = typed("seen_commit", str, "a short commit SHA")
     if seen is not None:
         if not SHORT_SHA.match(seen) and not FULL_SHA.match(seen):
@@ -126,6 +142,16 @@ def card_from_entry(entry: dict[str, Any], *, origin: str, index: int, local: bo
     files = entry.get("files", [])
     if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
         raise fail("files", "must be a list of file names or glob patterns")
+    if package is not None:
+        modules = set()
+        for rel in files:
+            if not PACKAGE_FILE.match(rel) or ".." in rel.split("/"):
+                raise fail("files", f"lists {rel!r}; a package entry lists paths inside the "
+                                    f"installed package, such as 'module/data/weights.pt'")
+            modules.add(rel.split("/", 1)[0])
+        if len(modules) > 1:
+            raise fail("files", f"spans modules {', '.join(sorted(modules))}; list the files of "
+                                f"one package's module")
     if not local:
         if not files:
             raise fail("files", "is empty; list only what the runtime needs")
@@ -192,8 +218,11 @@ def card_from_entry(entry: dict[str, Any], *, origin: str, index: int, local: bo
     if local:
         local_path = typed("local_path", str, "a path")
         source = Source.LOCAL
+    elif package is not None:
+        source = Source.PACKAGE
     elif repo is None or revision is None:
-        raise fail("repo" if repo is None else "revision", "is missing (required)")
+        raise fail("repo" if repo is None else "revision",
+                   "is missing (required; or 'package' for weights that ship in a Python package)")
 
     return ModelCard(
         id=card_id, name=name, tasks=tuple(tasks), runtime=runtime, repo=repo, revision=revision,
@@ -201,6 +230,7 @@ def card_from_entry(entry: dict[str, Any], *, origin: str, index: int, local: bo
         commercial_use=commercial, memory_mb=dict(memory), attention=AttentionSupport(attention),
         seed=seed, architecture=architecture, variant=variant, trust_remote_code=trust,
         gated=gated, source=source, local_path=local_path, sidecar=sidecar, description=description,
+        package=package, install=install,
     )
 
 
@@ -215,6 +245,7 @@ def entry_from_card(card: ModelCard) -> dict[str, Any]:
         "repo": card.repo, "revision": card.revision, "download_bytes": card.download_bytes,
         "params": card.params, "commercial_use": card.commercial_use,
         "architecture": card.architecture, "variant": card.variant, "local_path": card.local_path,
+        "package": card.package, "install": card.install,
     }
     entry.update({k: v for k, v in optional.items() if v is not None})
     if card.files:

@@ -109,7 +109,12 @@ def _card_patterns(card: ModelCard) -> list[str] | None:
 
 
 def is_installed(card: ModelCard, settings: Settings | None = None) -> bool:
-    """All of the card's files are in the cache (or its local path exists)."""
+    """All of the card's files are in the cache (or its local path exists, or, for weights
+    that ship in a Python package, the package is importable and holds every file)."""
+    if card.package:
+        from engine.catalog import packaged
+
+        return packaged.is_installed(card)
     if card.local_path:
         return Path(card.local_path).exists()
     if not card.repo:
@@ -121,6 +126,10 @@ def is_installed(card: ModelCard, settings: Settings | None = None) -> bool:
 
 def disk_usage(card: ModelCard, settings: Settings | None = None) -> int:
     """Bytes of the card's installed files (blobs shared by several files count once)."""
+    if card.package:
+        from engine.catalog import packaged
+
+        return packaged.disk_usage(card)
     from huggingface_hub.utils import filter_repo_objects
 
     if card.local_path:
@@ -155,10 +164,20 @@ def delete(card: ModelCard, settings: Settings | None = None) -> int:
 
     Uses huggingface_hub's cache manager, which keeps blobs other revisions still use.
     When no revision of the repo is left, the whole repo folder goes, partial downloads
-    included. Imported local models are not touched (they are the user's files).
+    included. Imported local models are not touched (they are the user's files). Models whose
+    weights ship in a Python package are refused (UsageError): pip owns those files.
     """
     from huggingface_hub import scan_cache_dir
     from huggingface_hub.errors import CacheNotFound
+
+    if card.package:
+        from engine.errors import UsageError
+
+        raise UsageError(
+            f"Model '{card.id}' is not in the model cache: its weights ship inside the "
+            f"{card.package} package, so there is nothing to delete. To remove it, uninstall "
+            f"the package (pip uninstall {card.package})."
+        )
 
     if card.local_path or not card.repo:
         return 0

@@ -49,7 +49,15 @@ def fetch(
     settings: Settings | None = None,
     token: str | None = None,
 ) -> Path:
-    """The local folder (or file) holding the card's model, downloading what is missing."""
+    """The local folder (or file) holding the card's model, downloading what is missing.
+
+    A card whose weights ship in a Python package (`card.package`) never touches the hub:
+    its folder inside the installed package, or MissingPackageError naming the pip command.
+    """
+    if card.package:
+        from engine.catalog import packaged
+
+        return packaged.locate(card)
     if card.local_path:
         path = Path(card.local_path).expanduser()
         if not path.exists():

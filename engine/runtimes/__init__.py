@@ -43,6 +43,7 @@ BACKEND_MODULES: dict[str, str] = {
     "transformers": "engine.runtimes.transformers_backend",
     "onnx": "engine.runtimes.onnx_backend",
     "spandrel": "engine.runtimes.spandrel_backend",
+    "facenet-pytorch": "engine.runtimes.facenet_backend",
 }
 
 
@@ -54,9 +55,14 @@ def resolve_snapshot(
     cancel: CancelToken | None = None,
     snapshot: Path | None = None,
 ) -> Path:
-    """The model's files on disk: `snapshot`, else `card.local_path`, else a hub download."""
+    """The model's files on disk: `snapshot`, else `card.local_path`, else the installed
+    package that ships its weights (`card.package`), else a hub download."""
     if snapshot is not None:
         path = Path(snapshot)
+    elif card.package:
+        from engine.catalog import packaged
+
+        path = packaged.locate(card)
     elif card.local_path:
         path = Path(card.local_path).expanduser()
     else:

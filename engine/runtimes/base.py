@@ -1,4 +1,4 @@
-"""One Runner protocol over three backends (transformers, spandrel, onnxruntime).
+"""One Runner protocol over the backends (transformers, spandrel, onnxruntime, facenet-pytorch).
 
 A Runner is a loaded model on a device. Tasks call `runner.forward(inputs)` with a
 mapping of named arrays (transformers' input names: `pixel_values`, `input_ids`…)
@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # heavy imports only for type checkers
 class Placement:
     """What really runs a model: always shown to the user, never guessed."""
 
-    backend: str  # transformers | spandrel | onnx
+    backend: str  # transformers | spandrel | onnx | facenet-pytorch
     device: str  # "cpu", "cuda:0", "mps"
     precision: str  # fp32 | fp16 | bf16
     provider: str | None = None  # ONNX Runtime execution provider actually in use

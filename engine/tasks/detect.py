@@ -500,61 +500,14 @@ def _run_yolo(runner: Runner, images: list[Image.Image], opts: DetectOptions) ->
 
 
 # -- family: MTCNN face detector (facenet-pytorch, weights ship inside the package) -------------
-
-
-def load_mtcnn(card: Any, *, device: str = "cpu", **_: Any) -> Runner:
-    """facenet-pytorch's MTCNN as a Runner (card.sidecar family = "mtcnn").
-
-    `forward({"image": PIL})` returns boxes [N, 4] and scores [N]. The three cascaded
-    networks and their weights ship inside the facenet-pytorch wheel: nothing is
-    downloaded. An adapter, not a runtime backend: MTCNN is its own pipeline (image
-    pyramid, three stages, NMS), not a graph that takes named tensors.
-    """
-    from engine.runtimes.base import Outputs, Placement, Runner
-
-    try:
-        from facenet_pytorch import MTCNN
-    except ImportError as exc:
-        raise UnsupportedModelError(
-            f"Model '{card.id}' needs the facenet-pytorch package "
-            f"(pip install --no-deps facenet-pytorch requests)."
-        ) from exc
-    sidecar = getattr(card, "sidecar", {}) or {}
-    torch_device = device if device not in ("auto", "") else "cpu"
-
-    class _Mtcnn(Runner):
-        def __init__(self) -> None:
-            super().__init__(
-                card, Placement(backend="facenet-pytorch", device=torch_device, precision="fp32")
-            )
-            self.detector = MTCNN(
-                keep_all=True,
-                device=torch_device,
-                min_face_size=int(sidecar.get("min_face_size", 20)),
-                thresholds=list(sidecar.get("stage_thresholds", [0.6, 0.7, 0.7])),
-            )
-
-        def forward(self, inputs: Any) -> Outputs:
-            import torch
-
-            with self.lock, torch.inference_mode():
-                boxes, probs = self.detector.detect(inputs["image"])
-            if boxes is None:  # facenet returns None, not an empty array, when it finds nothing
-                return Outputs(boxes=torch.zeros((0, 4)), scores=torch.zeros(0))
-            return Outputs(
-                boxes=torch.as_tensor(np.asarray(boxes, dtype=np.float32)),
-                scores=torch.as_tensor(np.asarray(probs, dtype=np.float32)),
-            )
-
-        def release(self) -> None:
-            self.detector = None
-
-    return _Mtcnn()
+# The runner is engine.runtimes.facenet_backend (runtime "facenet-pytorch"): its forward takes
+# {"image": PIL} and returns boxes [N, 4] and scores [N] (numpy) in original pixels.
 
 
 @register_family("mtcnn")
 def _run_mtcnn(runner: Runner, images: list[Image.Image], opts: DetectOptions) -> list[Detections]:
-    id2label = {0: "face"}
+    labels = (getattr(runner.card, "sidecar", {}) or {}).get("labels") or ["face"]
+    id2label = {0: str(labels[0])}
     keep_ids = _class_filter(opts, id2label, runner.card.id)
     results = []
     for img in images:

@@ -31,7 +31,8 @@ CARD = ModelCard(
 
 @pytest.fixture(scope="module")
 def astronaut_faces():
-    from engine.tasks.detect import detect, load_mtcnn
+    from engine.runtimes.facenet_backend import load_mtcnn
+    from engine.tasks.detect import detect
 
     runner = load_mtcnn(CARD, device="cpu")
     image = Image.fromarray(skimage_data.astronaut())
@@ -68,7 +69,7 @@ def test_real_boxes_export_and_overlay(astronaut_faces, tmp_path) -> None:
     image, det, _ = astronaut_faces
     doc = json.loads(dx.write_coco(tmp_path / "faces.json", [det], ["astronaut.png"]).read_text())
     x, y, w, h = doc["annotations"][0]["bbox"]
-    assert doc["categories"] == [{"id": 0, "name": "face", "supercategory": ""}]
+    assert doc["categories"] == [{"id": 1, "name": "face", "supercategory": ""}]
     np.testing.assert_allclose([x, y, x + w, y + h], (181, 62, 268, 172), atol=2.0)
     (line,) = dx.yolo_lines(det, dx.label_ids([det]))
     cx, cy = (float(v) for v in line.split()[1:3])
