@@ -22,9 +22,19 @@ Normalised keys in `ModelCard.sidecar` (what the ONNX runtime and tasks read):
     output       how to read the outputs (see OUTPUTS)
     labels       class names (list), or "config.json:id2label"
     scale        restoration upscale factor (restore only)
+    multiple_of  restoration inputs' edges must be multiples of this (1-256; restore only)
+    border       whole input pixels a restoration model loses on each side (0-256; restore
+                 only): models built from unpadded ("valid") convolutions, such as the
+                 waifu2x family, return scale·(H − 2·border) × scale·(W − 2·border). Each
+                 tile is fed with `border` pixels of real neighbouring context per side, so
+                 the output covers exactly the tile (× scale); absent = 0
+    border_mode  how that context is made up past the image's edges: "edge" (repeat the
+                 edge pixels; the default) or "reflect" (mirror them about the edge)
+    precisions   ["fp32", "fp16", "bf16"]: the precisions the graph can run in
     input_name, output_names   graph I/O names (filled from the graph on local import)
-    family, model_type   derived from `output` for the detect task's dispatch: YOLO outputs
-                 get family = "yolo"; detr/rtdetr get model_type "detr"/"rt_detr" (a hub repo's
+    family, model_type   derived from `output` for the task's dispatch: YOLO outputs get
+                 family = "yolo", semantic_logits family = "semantic_logits" (segment);
+                 detr/rtdetr get model_type "detr"/"rt_detr" (a hub repo's
                  config.json says it instead). Written by Ocula, not by users.
 """
 from __future__ import annotations
@@ -35,6 +45,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import CatalogError
+
+MAX_BORDER = 256
+# = engine.media.tiling.BORDER_MODES (this module stays numpy-free)
+BORDER_MODES = ("edge", "reflect")
 
 # output layout -> (task, graph roles, what it means)
 OUTPUTS: dict[str, tuple[str, tuple[str, ...], str]] = {
@@ -58,7 +72,7 @@ CARD_KEYS = {"task", "name", "license", "description", "labels_file", "commercia
 SIDECAR_KEYS = {
     "graphs", "preprocessor", "input_size", "input_layout", "layout", "range", "mean", "std",
     "output", "labels", "scale", "input_name", "output_names", "family", "model_type",
-    "multiple_of", "precisions",
+    "multiple_of", "precisions", "border", "border_mode",
 }
 # what the detect task dispatches on, derived from `output` (engine.tasks.detect reads these)
 DERIVED_KEYS: dict[str, dict[str, str]] = {
@@ -66,6 +80,7 @@ DERIVED_KEYS: dict[str, dict[str, str]] = {
     "yolov5": {"family": "yolo"},
     "detr": {"model_type": "detr"},
     "rtdetr": {"model_type": "rt_detr"},
+    "semantic_logits": {"family": "semantic_logits"},
 }
 
 
@@ -173,6 +188,30 @@ def validate_sidecar(data: dict[str, Any], *, where: str, task: str | None = Non
             raise fail("multiple_of", f"is {multiple!r}; expected a whole number of pixels (1-256) "
                                       f"that input edges must be a multiple of")
         out["multiple_of"] = multiple
+    if "border" in data:
+        border = data["border"]
+        if out_task != "restore":
+            raise fail("border", f"is the input pixels a restoration model loses per side; output "
+                                 f"{output!r} is not restoration")
+        if not isinstance(border, int) or isinstance(border, bool) or not 0 <= border <= MAX_BORDER:
+            raise fail("border", f"is {border!r}; expected a whole number of input pixels "
+                                 f"(0-{MAX_BORDER}) the model loses on each side")
+        size = out.get("input_size")
+        if size is not None and min(size) <= 2 * border:
+            raise fail("border", f"is {border}, which leaves nothing of the {size[0]}×{size[1]} "
+                                 f"input_size inside it")
+        out["border"] = border
+    if "border_mode" in data:
+        mode = data["border_mode"]
+        if out_task != "restore":
+            raise fail("border_mode", f"extends restoration inputs for 'border'; output {output!r} "
+                                      f"is not restoration")
+        if "border" not in data:
+            raise fail("border_mode", "is set without 'border' (the pixels the model loses "
+                                      "per side)")
+        if mode not in BORDER_MODES:
+            raise fail("border_mode", f"is {mode!r}; expected one of {', '.join(BORDER_MODES)}")
+        out["border_mode"] = mode
     if "precisions" in data:
         precisions = data["precisions"]
         if (not isinstance(precisions, list) or not precisions
@@ -329,12 +368,56 @@ def _check_outputs(sidecar: dict[str, Any], outputs: list[tuple[str, list]], *, 
         if len(dims) != 4:
             raise fail("output 'image' expects a 4-dimensional image tensor.")
         scale = sidecar["scale"]
+        border = sidecar.get("border", 0)
         layout = sidecar["input_layout"]
         out_hw = (dims[2], dims[3]) if layout == "NCHW" else (dims[1], dims[2])
-        for axis, (inp, outp) in enumerate(zip(in_hw, out_hw)):
-            if isinstance(inp, int) and isinstance(outp, int) and outp != inp * scale:
+        for axis, inp in enumerate(in_hw):
+            if isinstance(inp, int) and inp <= 2 * border:
                 side = "height" if axis == 0 else "width"
-                raise fail(f"output {side} {outp} is not input {side} {inp} x scale {scale}; "
-                           f"is 'scale' {outp // max(inp, 1)}?")
+                raise fail(f"input {side} {inp} leaves nothing inside a border of {border} pixels "
+                           f"per side; is 'border' right?")
+        for axis, (inp, outp) in enumerate(zip(in_hw, out_hw)):
+            if (isinstance(inp, int) and isinstance(outp, int)
+                    and outp != (inp - 2 * border) * scale):
+                side = "height" if axis == 0 else "width"
+                raise fail(_image_size_problem(side, inp, outp, scale, border,
+                                               in_hw=in_hw, out_hw=out_hw))
     elif output == "hidden_states" and len(outputs[0][1]) != 3:
         raise fail("output 'hidden_states' expects [batch, tokens, dim] first.")
+
+
+def fitting_border(in_sizes: tuple, out_sizes: tuple, scale: int) -> int | None:
+    """The border b with out = scale·(in − 2b) on every static axis, if one fits (b <= 256).
+
+    Also used by the tiler (engine.media.tiling) to explain a wrong-sized output tile.
+    """
+    borders = set()
+    for inp, outp in zip(in_sizes, out_sizes):
+        if not (isinstance(inp, int) and isinstance(outp, int)):
+            continue
+        if outp <= 0 or outp % scale or (inp - outp // scale) < 0 or (inp - outp // scale) % 2:
+            return None
+        borders.add((inp - outp // scale) // 2)
+    if len(borders) != 1:
+        return None
+    border = borders.pop()
+    return border if border <= MAX_BORDER else None
+
+
+def _image_size_problem(side: str, inp: int, outp: int, scale: int, border: int, *,
+                        in_hw: tuple, out_hw: tuple) -> str:
+    """Why a restoration graph's output size does not follow from scale and border, and the
+    sidecar change that would explain it (a scale, a border, or both)."""
+    lost = f" (less 2 x border {border})" if border else ""
+    problem = f"output {side} {outp} is not input {side} {inp}{lost} x scale {scale}"
+    core = inp - 2 * border
+    scale_hint = (f"is 'scale' {outp // core}?" if core > 0 and outp % core == 0
+                  and outp // core != scale else None)
+    fits = fitting_border(in_hw, out_hw, scale)
+    if fits is not None and fits != border:
+        border_hint = f"output {outp} = {scale} × ({inp} − 2×{fits}): set border = {fits}"
+        if scale_hint:
+            return f"{problem}; {scale_hint} (or, if its convolutions are unpadded: {border_hint})"
+        return (f"{problem}; {border_hint} (a model of unpadded convolutions loses {fits} "
+                f"pixels per side)")
+    return f"{problem}; {scale_hint or 'no whole scale or border explains it'}"

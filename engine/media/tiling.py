@@ -14,6 +14,16 @@ the model's receptive-field radius is at most `overlap // 4` input pixels, the
 tiled output equals the whole-image output up to float rounding. Image borders get
 no ramp: there the tile edge *is* the image edge, exactly as in one whole pass.
 
+Unpadded ("valid") convolutions. A model whose convolutions have no padding (the
+waifu2x family) loses `border` input pixels on each side: its output is
+scale·(H − 2·border) × scale·(W − 2·border). Each tile is then cut from the image with
+`border` extra pixels of real context on every side; only where that context falls
+outside the image is it made up, by replicating (`border_mode = "edge"`) or mirroring
+(`"reflect"`) the image's edge pixels — the same pixels `np.pad(image, border, mode)`
+would give a whole-image pass. Every tile's output is then exactly the whole-image
+output over that tile (the model never sees padding inside the image), so seams are
+exact whatever the overlap (up to float rounding in the blend).
+
 Out of memory: a tile that fails with an out-of-memory error is split into
 sub-tiles of half the size (recursively), and every later tile uses the smaller
 size, like chaiNNer — the run degrades instead of failing.
@@ -33,36 +43,66 @@ from engine.events import CancelToken, Progress, ProgressCallback
 MIN_TILE = 16  # below this, a model sees too little context to be useful
 
 
+BORDER_MODES = ("edge", "reflect")  # how the image is extended for a model's border
+
+
 @dataclass(frozen=True)
 class SizeRequirement:
-    """What input sizes a model accepts (spandrel's SizeRequirements, plus fixed shapes)."""
+    """What input sizes a model accepts (spandrel's SizeRequirements, plus fixed shapes).
+
+    `border`: input pixels the model loses on each side (unpadded convolutions), so
+    output = scale·(input − 2·border). Tile sizes here never include it: a tile of
+    h×w is fed as (h + 2·border)×(w + 2·border), and `multiple_of`, `minimum`,
+    `square` and `fixed` apply to that model input.
+    """
 
     multiple_of: int = 1
     minimum: int = 0
     square: bool = False
-    fixed: tuple[int, int] | None = None  # (height, width) of a fixed-shape export
+    fixed: tuple[int, int] | None = None  # (height, width) of a fixed-shape export's input
+    border: int = 0
+    border_mode: str = "edge"  # one of BORDER_MODES
+
+    def __post_init__(self) -> None:
+        if self.border < 0:
+            raise ValueError(f"border is {self.border}; expected >= 0 pixels")
+        if self.border_mode not in BORDER_MODES:
+            raise ValueError(f"border_mode is {self.border_mode!r}; expected one of "
+                             f"{', '.join(BORDER_MODES)}")
+        if self.fixed is not None and min(self.fixed) <= 2 * self.border:
+            raise ValueError(f"a fixed {self.fixed[1]}×{self.fixed[0]} input leaves nothing "
+                             f"inside a border of {self.border} pixels")
 
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
-        """The smallest accepted (height, width) that contains (height, width)."""
+        """The smallest accepted tile (height, width) that contains (height, width).
+
+        Border excluded on both sides: the model input is the result + 2·border.
+        """
+        b2 = 2 * self.border
         if self.fixed is not None:
-            fh, fw = self.fixed
+            fh, fw = self.fixed[0] - b2, self.fixed[1] - b2
             if height > fh or width > fw:
                 raise ValueError(f"a {width}×{height} tile does not fit the model's fixed "
-                                 f"{fw}×{fh} input")
+                                 f"{fw}×{fh} input" + (f" (less its border of {self.border} "
+                                                       f"pixels per side)" if b2 else ""))
             return fh, fw
         m = max(1, self.multiple_of)
-        h = _ceil_to(max(height, self.minimum), m)
-        w = _ceil_to(max(width, self.minimum), m)
+        h = _ceil_to(max(height + b2, self.minimum), m)
+        w = _ceil_to(max(width + b2, self.minimum), m)
         if self.square:
             h = w = max(h, w)
-        return h, w
+        return h - b2, w - b2
 
     def fit_tile(self, tile_size: int) -> int:
         """Largest tile edge <= tile_size that needs no padding (at least one multiple)."""
+        b2 = 2 * self.border
         if self.fixed is not None:
-            return min(self.fixed)
+            return min(self.fixed) - b2
         m = max(1, self.multiple_of)
-        return max(m, max(self.minimum, tile_size) // m * m)
+        fit = max(self.minimum, tile_size + b2) // m * m
+        if fit <= b2:  # the smallest accepted input that leaves a tile inside the border
+            fit = _ceil_to(max(self.minimum, b2 + 1), m)
+        return fit - b2
 
 
 def _ceil_to(x: int, m: int) -> int:
@@ -74,10 +114,14 @@ def pad_tile(tile: np.ndarray, requirement: SizeRequirement) -> np.ndarray:
 
     Reflect padding keeps local statistics (no dark border for the model to
     "restore"); numpy's reflect cannot exceed size-1, the rest is edge-replicated
-    (the same rule spandrel uses).
+    (the same rule spandrel uses). With a border, `tile` already carries its
+    2·border context pixels: the padding goes after them, and only affects output
+    beyond the tile, which is cropped away.
     """
     _, h, w = tile.shape
-    ph, pw = requirement.padded_size(h, w)
+    b2 = 2 * requirement.border
+    ph, pw = requirement.padded_size(h - b2, w - b2)
+    ph, pw = ph + b2, pw + b2
     pad_h, pad_w = ph - h, pw - w
     if not pad_h and not pad_w:
         return tile
@@ -87,6 +131,34 @@ def pad_tile(tile: np.ndarray, requirement: SizeRequirement) -> np.ndarray:
     if pad_h - rh or pad_w - rw:
         tile = np.pad(tile, ((0, 0), (0, pad_h - rh), (0, pad_w - rw)), mode="edge")
     return tile
+
+
+def _border_indices(start: int, stop: int, length: int, mode: str) -> np.ndarray:
+    """Source indices for positions [start, stop) of an axis of `length`, extended past
+    its ends like np.pad(mode): "edge" repeats the end pixel, "reflect" mirrors about it
+    (periodically, as np.pad does when the pad exceeds the length)."""
+    idx = np.arange(start, stop)
+    if mode == "reflect" and length > 1:
+        period = 2 * (length - 1)
+        idx = np.mod(idx, period)
+        return np.where(idx >= length, period - idx, idx)
+    return np.clip(idx, 0, length - 1)
+
+
+def border_region(image: np.ndarray, y0: int, y1: int, x0: int, x1: int, border: int,
+                  mode: str = "edge") -> np.ndarray:
+    """image[y0-border:y1+border, x0-border:x1+border] (H, W, ...), extended past the
+    image's edges with `mode`; pixels inside the image are always the real ones."""
+    h, w = image.shape[:2]
+    if border == 0:
+        return image[y0:y1, x0:x1]
+    ys, xs = y0 - border, x0 - border
+    ye, xe = y1 + border, x1 + border
+    if ys >= 0 and xs >= 0 and ye <= h and xe <= w:  # all real context: a plain slice
+        return image[ys:ye, xs:xe]
+    rows = _border_indices(ys, ye, h, mode)
+    cols = _border_indices(xs, xe, w, mode)
+    return image[rows[:, None], cols[None, :]]
 
 
 # -- planning -------------------------------------------------------------------------
@@ -271,7 +343,9 @@ class TiledRunner:
                 if self.cancel is not None:
                     self.cancel.raise_if_cancelled()
                 x1 = x0 + plan.tile_w
-                result = self._process(_to_float_chw(image[y0:y0 + plan.tile_h, x0:x1], max_value))
+                region = border_region(image, y0, y0 + plan.tile_h, x0, x1,
+                                       self.requirement.border, self.requirement.border_mode)
+                result = self._process(_to_float_chw(region, max_value))
                 wx = ramp(plan.tile_w, col > 0, col < len(plan.xs) - 1, plan.overlap, s)
                 weight = wy[:, None] * wx[None, :]
                 if result.flags.writeable:
@@ -291,8 +365,12 @@ class TiledRunner:
 
     # -- internals -------------------------------------------------------------------
     def _process(self, tile: np.ndarray) -> np.ndarray:
-        """Run one (C, h, w) tile, splitting it on out-of-memory errors."""
-        _, h, w = tile.shape
+        """Run one (C, h + 2·border, w + 2·border) tile, splitting it on out-of-memory errors.
+
+        Returns the (C, h·s, w·s) output of the h×w tile inside the border.
+        """
+        b2 = 2 * self.requirement.border
+        h, w = tile.shape[1] - b2, tile.shape[2] - b2
         if max(h, w) > self.stats.tile_size:
             return self._split(tile)
         try:
@@ -317,8 +395,12 @@ class TiledRunner:
         return out
 
     def _split(self, tile: np.ndarray) -> np.ndarray:
-        """Tile a too-large tile with the current (smaller) tile size; region-sized buffers."""
-        _, h, w = tile.shape
+        """Tile a too-large tile with the current (smaller) tile size; region-sized buffers.
+
+        Sub-tiles take their border context from `tile`'s own (real or extended) pixels.
+        """
+        b2 = 2 * self.requirement.border
+        h, w = tile.shape[1] - b2, tile.shape[2] - b2
         s = self.scale
         plan = plan_tiles(h, w, self.stats.tile_size, self.overlap, self.requirement)
         acc = np.zeros((self.channels_out, h * s, w * s), np.float32)
@@ -328,7 +410,7 @@ class TiledRunner:
             for col, x0 in enumerate(plan.xs):
                 if self.cancel is not None:
                     self.cancel.raise_if_cancelled()
-                sub = tile[:, y0:y0 + plan.tile_h, x0:x0 + plan.tile_w]
+                sub = tile[:, y0:y0 + plan.tile_h + b2, x0:x0 + plan.tile_w + b2]
                 result = self._process(sub)
                 wx = ramp(plan.tile_w, col > 0, col < len(plan.xs) - 1, plan.overlap, s)
                 weight = wy[:, None] * wx[None, :]
@@ -338,17 +420,32 @@ class TiledRunner:
         return acc / wsum
 
     def _call(self, tile: np.ndarray) -> np.ndarray:
-        _, h, w = tile.shape
+        border, s = self.requirement.border, self.scale
+        h, w = tile.shape[1] - 2 * border, tile.shape[2] - 2 * border
         padded = pad_tile(tile, self.requirement)
         out = np.asarray(self.tile_fn(padded), dtype=np.float32)
         self.stats.tiles_run += 1
-        expected = (padded.shape[1] * self.scale, padded.shape[2] * self.scale)
+        in_hw = (padded.shape[1], padded.shape[2])
+        expected = ((in_hw[0] - 2 * border) * s, (in_hw[1] - 2 * border) * s)
         if out.shape[1:] != expected:
-            raise ValueError(
-                f"the model returned a {out.shape[2]}×{out.shape[1]} tile for a "
-                f"{padded.shape[2]}×{padded.shape[1]} input; expected scale ×{self.scale} "
-                f"({expected[1]}×{expected[0]}). Check the model's scale in its sidecar.")
-        return out[:, : h * self.scale, : w * self.scale]
+            raise ValueError(_shape_mismatch(in_hw, tuple(out.shape[1:3]), expected, s, border))
+        return out[:, : h * s, : w * s]
+
+
+def _shape_mismatch(in_hw: tuple[int, int], out_hw: tuple[int, ...], expected: tuple[int, int],
+                    scale: int, border: int) -> str:
+    """The error for a model output of the wrong size, with the sidecar fix when one fits."""
+    lost = f" less a border of {border} pixels per side" if border else ""
+    text = (f"the model returned a {out_hw[1]}×{out_hw[0]} tile for a {in_hw[1]}×{in_hw[0]} "
+            f"input; expected scale ×{scale}{lost} ({expected[1]}×{expected[0]}).")
+    from engine.catalog.sidecar import fitting_border  # light: no numpy, no torch
+
+    fits = fitting_border(in_hw, out_hw[:2], scale)
+    if fits is not None and fits != border:
+        return (f"{text} The output is what a model of unpadded convolutions losing {fits} "
+                f"pixels per side gives: {out_hw[0]} = {scale} × ({in_hw[0]} − 2×{fits}). "
+                f"Set border = {fits} in the model's sidecar.")
+    return f"{text} Check the model's scale and border in its sidecar."
 
 
 def _to_float_chw(region: np.ndarray, max_value: float) -> np.ndarray:

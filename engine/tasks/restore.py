@@ -12,7 +12,10 @@ Spec builders are a registry keyed by the card's runtime (no elif chains on name
 ONNX exports describe themselves in the card's sidecar (engine.catalog.sidecar):
 `scale` (probed with one small tile when absent), `range` ([0, 1] or [0, 255]; the
 output is read in the same range), `mean`/`std`, `input_size` [width, height] for
-fixed-shape graphs, `input_layout`, `input_name`, `output_names`.
+fixed-shape graphs, `input_layout`, `input_name`, `output_names`, `multiple_of`, and
+`border`/`border_mode` for models of unpadded convolutions (output = scale·(input −
+2·border); each tile is fed with `border` pixels of real context per side, so the
+output covers the tile exactly and seams stay exact).
 """
 from __future__ import annotations
 
@@ -173,15 +176,19 @@ def _apply_sidecar(spec: RestorerSpec, sidecar: Mapping[str, Any]) -> RestorerSp
     if "bytes_per_pixel" in sidecar:
         changes["bytes_per_pixel"] = int(sidecar["bytes_per_pixel"])
     size = sidecar.get("input_size")
-    multiple = sidecar.get("multiple_of")  # not (yet) a validated sidecar key; read if present
-    if size is not None or multiple is not None:
-        fixed = spec.requirement.fixed
+    multiple = sidecar.get("multiple_of")
+    border, border_mode = sidecar.get("border"), sidecar.get("border_mode")
+    if size is not None or multiple is not None or border is not None or border_mode is not None:
+        req = spec.requirement
+        fixed = req.fixed
         if size is not None:
             w, h = (int(size), int(size)) if isinstance(size, (int, float)) else map(int, size)
             fixed = (h, w)
         changes["requirement"] = replace(
-            spec.requirement, fixed=fixed,
-            multiple_of=int(multiple) if multiple is not None else spec.requirement.multiple_of)
+            req, fixed=fixed,
+            multiple_of=int(multiple) if multiple is not None else req.multiple_of,
+            border=int(border) if border is not None else req.border,
+            border_mode=str(border_mode) if border_mode is not None else req.border_mode)
     return replace(spec, **changes) if changes else spec
 
 
@@ -311,7 +318,7 @@ def auto_tile_size(spec: RestorerSpec, device: str, image_hw: tuple[int, int],
                    precision: str = "fp32") -> int:
     """Largest tile edge whose working memory fits the device's free memory."""
     if spec.requirement.fixed is not None:
-        return min(spec.requirement.fixed)
+        return spec.requirement.fit_tile(0)  # the fixed input, less any border
     per_pixel = spec.bytes_per_pixel * (0.5 if precision in ("fp16", "bf16") else 1.0)
     edge = int(math.sqrt(max(1, available_memory_bytes(device)) / per_pixel))
     edge = max(MIN_TILE * 4, min(MAX_AUTO_TILE, edge))
@@ -397,13 +404,15 @@ def restore(runner: Runner, image: LoadedImage, *, tile_size: int | None = None,
 def _probe_scale(caller: _TileCaller, spec: RestorerSpec) -> int:
     """Scale of a model that does not state it: run one small tile and compare sizes."""
     req = spec.requirement
-    edge = min(req.fixed) if req.fixed else req.fit_tile(32)
+    edge = req.fit_tile(32)  # a fixed input (less any border) or a small accepted tile
     h, w = req.padded_size(edge, edge)
-    out = caller(np.full((3, h, w), 0.5, np.float32))
+    b2 = 2 * req.border  # the model's input carries the border; its output does not
+    out = caller(np.full((3, h + b2, w + b2), 0.5, np.float32))
     if out.shape[1] % h or out.shape[1] // h < 1:
         raise UnsupportedModelError(
             f"{caller.runner.card.name}: output {out.shape[2]}×{out.shape[1]} is not an integer "
-            f"multiple of the input {w}×{h}; set 'scale' in the model's sidecar.")
+            f"multiple of the input {w}×{h}; set 'scale' in the model's sidecar (and 'border', "
+            f"for a model of unpadded convolutions).")
     return out.shape[1] // h
 
 
