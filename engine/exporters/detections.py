@@ -1,7 +1,8 @@
 """Detection exports: COCO JSON, YOLO txt (+ classes.txt), Pascal VOC XML, CSV.
 
 Category ids are the model's own label ids (its id2label), so files from
-different runs of one model agree. Boxes arrive in original pixels (x0, y0, x1, y1);
+different runs of one model agree; COCO files shift them by one when the model counts
+from 0 (`coco_category_offset`), because COCO tools treat 0 as "no category". Boxes arrive in original pixels (x0, y0, x1, y1);
 each format converts: COCO [x, y, w, h], YOLO normalised centre/size, VOC
 integer corners. Every file is written atomically and never over an input.
 """
@@ -59,11 +60,19 @@ def _check(results: Sequence[Detections], image_names: Sequence[str]) -> None:
 # -- COCO ---------------------------------------------------------------------------------------
 
 
+def coco_category_offset(label_ids: Iterable[int]) -> int:
+    """1 when the model's ids start at 0 (YOLO, SegFormer...), else 0 (DETR's COCO ids 1-90
+    already are COCO's): COCO category ids must be >= 1, and a model's own ids are kept
+    whenever they already are."""
+    return 1 if min(label_ids, default=1) <= 0 else 0
+
+
 def coco_dict(results: Sequence[Detections], image_names: Sequence[str]) -> dict:
     """A COCO document: images (file name, size), categories, annotations with bbox [x,y,w,h]."""
     _check(results, image_names)
     labels = label_ids(results)
     by_name = _name_index(labels)
+    offset = coco_category_offset(labels)
     images, annotations = [], []
     for image_id, (det, name) in enumerate(zip(results, image_names), start=1):
         w, h = det.image_size
@@ -74,14 +83,15 @@ def coco_dict(results: Sequence[Detections], image_names: Sequence[str]) -> dict
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
-                    "category_id": _box_id(box, by_name),
+                    "category_id": _box_id(box, by_name) + offset,
                     "bbox": [round(box.x0, 3), round(box.y0, 3), round(bw, 3), round(bh, 3)],
                     "area": round(max(0.0, bw) * max(0.0, bh), 3),
                     "iscrowd": 0,
                     "score": round(float(box.score), 6),
                 }
             )
-    categories = [{"id": i, "name": n, "supercategory": ""} for i, n in sorted(labels.items())]
+    categories = [{"id": i + offset, "name": n, "supercategory": ""}
+                  for i, n in sorted(labels.items())]
     return {
         "info": {"description": "Ocula detections"},
         "images": images,

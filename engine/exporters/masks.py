@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from engine.exporters.detections import coco_category_offset
 from engine.media.image import atomic_write_bytes, ensure_not_input, write_image
 from engine.results import Segmentation, SegmentInstance
 
@@ -188,6 +189,7 @@ def coco_segmentation_dict(results: Sequence[Segmentation], image_names: Sequenc
         labels.update(seg.labels)
         for inst in seg.instances:
             labels.setdefault(inst.label_id, inst.label)
+    offset = coco_category_offset(i for i in labels if i >= 0)
     images, annotations = [], []
     for image_id, (seg, name) in enumerate(zip(results, image_names), start=1):
         w, h = seg.image_size
@@ -198,7 +200,7 @@ def coco_segmentation_dict(results: Sequence[Segmentation], image_names: Sequenc
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
-                    "category_id": int(inst.label_id),
+                    "category_id": int(inst.label_id) + offset,
                     "segmentation": rle,
                     "area": rle_area(rle),
                     "bbox": mask_bbox(inst.mask),
@@ -206,7 +208,8 @@ def coco_segmentation_dict(results: Sequence[Segmentation], image_names: Sequenc
                     "score": round(float(inst.score), 6),
                 }
             )
-    categories = [{"id": int(i), "name": n} for i, n in sorted(labels.items())]
+    categories = [{"id": int(i) + offset, "name": n} for i, n in sorted(labels.items())
+                  if i >= 0]
     return {"images": images, "annotations": annotations, "categories": categories}
 
 

@@ -36,14 +36,17 @@ def test_coco_json_ids_and_xywh(tmp_path) -> None:
     doc = json.loads(dx.write_coco(tmp_path / "coco.json", results, names).read_text())
     assert [im["id"] for im in doc["images"]] == [1, 2, 3]
     assert doc["images"][0] == {"id": 1, "file_name": "dir/a.jpg", "width": 200, "height": 100}
-    assert [(c["id"], c["name"]) for c in doc["categories"]] == sorted(LABELS.items())
+    # the model counts from 0; COCO ids start at 1 (COCO tools treat 0 as no category)
+    assert [(c["id"], c["name"]) for c in doc["categories"]] == [
+        (i + 1, n) for i, n in sorted(LABELS.items())]
+    assert min(c["id"] for c in doc["categories"]) >= 1
     anns = doc["annotations"]
     assert [a["id"] for a in anns] == [1, 2, 3]  # unique, 1-based
     image_ids = {im["id"] for im in doc["images"]}
     cat_ids = {c["id"] for c in doc["categories"]}
     assert all(a["image_id"] in image_ids and a["category_id"] in cat_ids for a in anns)
     assert anns[0]["bbox"] == [10, 20, 100, 50] and anns[0]["area"] == 5000
-    assert anns[0]["category_id"] == 2 and anns[2]["image_id"] == 3
+    assert anns[0]["category_id"] == 3 and anns[2]["image_id"] == 3  # "car", model id 2
     assert anns[2]["bbox"] == [5.5, 6.25, 25.0, 34.5]
 
 
@@ -53,7 +56,8 @@ def test_coco_json_loads_in_pycocotools(tmp_path) -> None:
     path = dx.write_coco(tmp_path / "coco.json", results, names)
     coco = coco_mod.COCO(str(path))
     assert sorted(coco.getImgIds()) == [1, 2, 3]
-    assert coco.loadAnns(coco.getAnnIds(imgIds=[1], catIds=[2]))[0]["bbox"] == [10, 20, 100, 50]
+    assert coco.loadAnns(coco.getAnnIds(imgIds=[1], catIds=[3]))[0]["bbox"] == [10, 20, 100, 50]
+    assert coco.loadCats(3)[0]["name"] == "car"
 
 
 def test_open_vocabulary_labels_get_stable_ids() -> None:
@@ -67,7 +71,16 @@ def test_open_vocabulary_labels_get_stable_ids() -> None:
     )
     assert dx.label_ids([det]) == {0: "red cup", 1: "dog"}
     doc = dx.coco_dict([det], ["x.jpg"])
-    assert [a["category_id"] for a in doc["annotations"]] == [0, 1, 0]
+    assert [a["category_id"] for a in doc["annotations"]] == [1, 2, 1]
+
+
+def test_coco_keeps_model_ids_that_already_start_at_1() -> None:
+    """DETR's COCO label ids are COCO's own (1 = person, 0 = N/A): kept as they are."""
+    det = Detections(boxes=[Box(0, 0, 4, 4, "person", 0.9, 1), Box(0, 0, 2, 2, "car", 0.8, 3)],
+                     image_size=(10, 10), labels={1: "person", 3: "car"})
+    doc = dx.coco_dict([det], ["x.jpg"])
+    assert [a["category_id"] for a in doc["annotations"]] == [1, 3]
+    assert [(c["id"], c["name"]) for c in doc["categories"]] == [(1, "person"), (3, "car")]
 
 
 def test_yolo_txt_numbers(tmp_path) -> None:

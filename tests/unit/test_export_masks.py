@@ -107,7 +107,7 @@ def test_coco_segmentation_json(tmp_path) -> None:
     out = mx.write_coco_segmentation(tmp_path / "seg.json", [seg], ["a.jpg"])
     doc = json.loads(out.read_text())
     assert doc["images"] == [{"id": 1, "file_name": "a.jpg", "width": 30, "height": 20}]
-    assert [c["id"] for c in doc["categories"]] == [0, 1]
+    assert [(c["id"], c["name"]) for c in doc["categories"]] == [(1, "cat"), (2, "dog")]
     ann = doc["annotations"]
     assert [a["id"] for a in ann] == [1, 2] and {a["image_id"] for a in ann} == {1}
     assert ann[0]["bbox"] == [4.0, 2.0, 8.0, 8.0] and ann[0]["area"] == 64
