@@ -15,7 +15,9 @@ from engine import __version__
 from engine.errors import OculaError, UsageError
 from engine.format import human_bytes, human_params
 
-TASK_CHOICES = ("caption", "detect", "segment", "restore", "explain")
+from engine.catalog.card import TASKS as MODEL_TASKS  # what a model does (import, list)
+
+TASK_CHOICES = ("caption", "detect", "segment", "restore", "explain")  # what a job does
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -109,11 +111,11 @@ def cmd_models_list(args) -> int:
         rows = [(c, inst) for c, inst in rows if inst]
 
     def text() -> str:
-        lines = [f"{'ID':28} {'TASKS':18} {'RUNTIME':12} {'SIZE':>9} {'PARAMS':>7}  LICENSE  INSTALLED"]
+        lines = [f"{'ID':28} {'TASKS':18} {'RUNTIME':15} {'SIZE':>9} {'PARAMS':>7}  LICENSE  INSTALLED"]
         for c, inst in rows:
             lic = c.license + {True: "", False: " (non-commercial)",
                                None: " (commercial use unclear)"}[c.commercial_use]
-            lines.append(f"{c.id:28} {','.join(c.tasks):18} {c.runtime:12} "
+            lines.append(f"{c.id:28} {','.join(c.tasks):18} {c.runtime:15} "
                          f"{human_bytes(c.download_bytes):>9} {human_params(c.params):>7}  "
                          f"{lic}  {'yes' if inst else ''}")
         return "\n".join(lines)
@@ -155,7 +157,8 @@ def cmd_models_info(args) -> int:
 
     def text() -> str:
         lines = [f"{card.name}  [{card.id}]"]
-        for key in ("repo", "revision", "runtime", "architecture", "variant", "license"):
+        keys = ("package", "install") if card.package else ("repo", "revision")
+        for key in (*keys, "runtime", "architecture", "variant", "license"):
             lines.append(f"  {key:14} {getattr(card, key)}")
         lines.append(f"  {'tasks':14} {', '.join(card.tasks)}")
         lines.append(f"  {'commercial':14} {card.commercial_use}")
@@ -180,6 +183,14 @@ def cmd_models_pull(args) -> int:
     from engine.hub import fetch
 
     card = load_catalog().resolve(args.model)
+    if card.package:  # weights that ship inside a Python package: nothing to download
+        from engine.catalog import packaged
+
+        path = packaged.locate(card)
+        _emit(args, {"model": card.id, "path": str(path), "package": card.package},
+              f"{card.id}: nothing to download; its weights ship with the {card.package} "
+              f"package ({path})")
+        return 0
     bars = _ProgressBars(enabled=not args.json and not args.quiet)
     try:
         path = fetch(card, progress=bars, settings=_settings())
@@ -262,12 +273,15 @@ def cmd_run(args) -> int:
     if args.recipe:
         spec = JobSpec.from_toml(args.recipe)
     else:
+        options = _task_options(args)  # first: a misplaced input inside --points says so
         if not args.task or not args.model or not args.inputs or not args.out:
             raise UsageError("ocula run needs TASK, --model, at least one INPUT and --out "
                              "(or --recipe FILE).")
         spec = JobSpec(task=args.task, model=args.model, inputs=list(args.inputs),
-                       output_dir=args.out, options=_task_options(args),
+                       output_dir=args.out, options=options,
                        device=args.device, precision=args.precision)
+    spec.validate()
+    _check_model_fits_task(spec)  # a lookup or usage error exits 2 before any work
     if args.save_recipe:
         from pathlib import Path
 
@@ -280,6 +294,17 @@ def cmd_run(args) -> int:
     data = summary.to_dict() if hasattr(summary, "to_dict") else summary
     _emit(args, data, lambda: printer.summary_text(summary))
     return 1 if getattr(summary, "failed", 0) else 0
+
+
+def _check_model_fits_task(spec) -> None:
+    """Resolve the job's model now: an unknown id or a model for another task is a usage
+    error (exit 2) reported before a progress bar or an output folder appears."""
+    from engine.catalog.catalog import load_catalog
+
+    card = load_catalog().resolve(spec.model)
+    if spec.task != "explain" and not card.supports(spec.task):
+        raise UsageError(f"Model '{card.id}' does {', '.join(card.tasks)}, not {spec.task}. "
+                         f"Pick a {spec.task} model (`ocula models list --task {spec.task}`).")
 
 
 def _task_options(args) -> dict:
@@ -298,10 +323,22 @@ def _task_options(args) -> dict:
     if getattr(args, "formats", None):
         options["formats"] = [f.strip() for f in args.formats.split(",") if f.strip()]
     if getattr(args, "points", None):
-        options["points"] = [[float(v) for v in p.split(",")] for p in args.points]
+        options["points"] = [_numbers("--points", p, 2, "x,y") for p in args.points]
     if getattr(args, "boxes", None):
-        options["boxes"] = [[float(v) for v in b.split(",")] for b in args.boxes]
+        options["boxes"] = [_numbers("--boxes", b, 4, "x0,y0,x1,y1") for b in args.boxes]
     return options
+
+
+def _numbers(flag: str, text: str, count: int, shape: str) -> list[float]:
+    """`320,240` -> [320.0, 240.0]; anything else is a usage error naming the flag."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        raise UsageError(f"{flag} takes {shape} values; {text!r} is not one (put inputs before "
+                         f"{flag}, or end its values with another option).")
+    return values
 
 
 class _JobPrinter:
@@ -384,6 +421,9 @@ def cmd_explain(args) -> int:
         except OculaError as exc:
             failed += 1
             print(f"failed: {image_path}: {exc}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 — one image's problem is reported, not a traceback
+            failed += 1
+            print(f"failed: {image_path}: {type(exc).__name__}: {exc}", file=sys.stderr)
     _emit(args, {"written": written, "failed": failed},
           "\n".join(written) or "Nothing written.")
     return 1 if failed else 0
@@ -417,6 +457,101 @@ def cmd_settings(args) -> int:
 # -- parser ------------------------------------------------------------------------------
 
 
+RUN_HELP = "run a task on images, folders or videos"
+EXPLAIN_HELP = "attention maps: what the model looked at"
+RUN_EXAMPLES = """examples:
+  ocula run detect photos/ --model rtdetr-r18 --out results/ --formats coco,overlay
+  ocula run detect --model rtdetr-r18 photos/ --out results/
+  ocula run caption photos/ --model distilvit --out captions/
+  ocula run --recipe job.toml
+
+Inputs (files, folders, globs, videos) may come before, between or after the options."""
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.epilog = RUN_EXAMPLES
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("task", nargs="?", choices=TASK_CHOICES, help="what to do with the inputs")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="image or video files, folders (recursive) or globs")
+    p.add_argument("--model", "-m", help="catalog id, imported id, or hub repo owner/name[@rev]")
+    p.add_argument("--out", "-o", help="output folder (created; inputs are never overwritten)")
+    p.add_argument("--recipe", help="run a saved job recipe (TOML)")
+    p.add_argument("--save-recipe", metavar="FILE", help="also save this job as a recipe")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--precision", default="auto", help="auto | fp32 | fp16 | bf16")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--batch-size", type=int, help="images per forward pass")
+    p.add_argument("--threshold", type=float, help="detect/segment: minimum score (0-1)")
+    p.add_argument("--nms-iou", type=float, help="detect: IoU above which boxes are merged")
+    p.add_argument("--max-detections", type=int, help="detect: most boxes kept per image")
+    p.add_argument("--classes", help="detect: comma-separated class filter / open-vocabulary "
+                                     "queries")
+    p.add_argument("--formats", help="exports, e.g. coco,yolo,voc,csv,overlay")
+    p.add_argument("--prompt", help="caption: text the caption starts from")
+    p.add_argument("--max-new-tokens", type=int, help="caption: longest caption in tokens")
+    p.add_argument("--num-beams", type=int, help="caption: beam search width (1 = greedy)")
+    p.add_argument("--mode", help="segment: semantic | panoptic | instance | promptable | matting")
+    p.add_argument("--points", nargs="+", help="segment (SAM): point prompts as x,y")
+    p.add_argument("--boxes", nargs="+", help="segment (SAM): box prompts as x0,y0,x1,y1")
+    p.add_argument("--tile-size", type=int, help="restore: tile edge in pixels")
+    p.add_argument("--tile-overlap", type=int, help="restore: overlap between tiles in pixels")
+    p.add_argument("--quality", type=int, help="restore: JPEG/WebP quality (1-100)")
+    p.add_argument("--output-format", help="restore: png | jpg | webp | tiff")
+    p.add_argument("--every-nth-frame", type=int, help="video: process every Nth frame")
+    p.add_argument("--start", type=float, help="video: start time (s)")
+    p.add_argument("--end", type=float, help="video: end time (s)")
+    p.add_argument("--method", help="explain: attention method (see `ocula explain --help`)")
+    p.add_argument("--pixel-limit", type=int,
+                   help="largest image accepted, in pixels (default: Settings, 178,956,970)")
+    return p
+
+
+def _add_explain_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--model", "-m", required=True,
+                   help="catalog id, imported id, hub repo, or a path to an .onnx ViT")
+    p.add_argument("--method", default="rollout",
+                   help="rollout | raw | relevance | cross | similarity | dino | gradcam | "
+                        "windowed | cls_similarity | patch_similarity (default: rollout)")
+    p.add_argument("--patch", help="clicked point x,y (similarity: click-to-segment)")
+    p.add_argument("--target", type=int, help="class index for relevance / Grad-CAM")
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    p.add_argument("--layer", type=int, help="raw: layer index (default: last)")
+    p.add_argument("--head", type=int, help="raw: head index (default: heads fused)")
+    p.add_argument("--head-fusion", default="mean", choices=("mean", "max", "min"),
+                   help="how heads are fused (default: mean)")
+    p.add_argument("--discard-ratio", type=float, default=0.0,
+                   help="rollout: fraction of the weakest attention dropped per layer")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    return p
+
+
+# Commands whose positionals (inputs) may come anywhere among the options.
+_INTERMIXED: dict[str, tuple[Callable, Callable, str]] = {
+    "run": (_add_run_arguments, cmd_run, RUN_HELP),
+    "explain": (_add_explain_arguments, cmd_explain, EXPLAIN_HELP),
+}
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse argv; `run` and `explain` accept inputs before, between or after options.
+
+    argparse's subparsers consume positionals in one go, so `run detect --model X in/`
+    would leave `in/` unrecognised; those two commands get a standalone parser and
+    `parse_intermixed_args`, which collects positionals wherever they are.
+    """
+    if argv and argv[0] in _INTERMIXED:
+        build, func, help_text = _INTERMIXED[argv[0]]
+        own = argparse.ArgumentParser(prog=f"ocula {argv[0]}", description=help_text)
+        own.add_argument("--json", action="store_true", help="machine-readable output")
+        build(own)
+        args = own.parse_intermixed_args(argv[1:])
+        args.command, args.func, args.self_test = argv[0], func, False
+        return args
+    return parser.parse_args(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ocula",
@@ -436,11 +571,11 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list, search, download and manage models")
     msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     p = add(msub, "list", cmd_models_list, "list catalog models")
-    p.add_argument("--task", choices=TASK_CHOICES + ("features",))
+    p.add_argument("--task", choices=MODEL_TASKS)
     p.add_argument("--installed", action="store_true", help="only models in the cache")
     p = add(msub, "search", cmd_models_search, "search the catalog (or the hub with --hub)")
     p.add_argument("query", nargs="?", default="")
-    p.add_argument("--task", choices=TASK_CHOICES + ("features",))
+    p.add_argument("--task", choices=MODEL_TASKS)
     p.add_argument("--hub", action="store_true", help="search the Hugging Face hub")
     p.add_argument("--limit", type=int, default=30)
     p = add(msub, "info", cmd_models_info, "show what is known about a model")
@@ -453,7 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(msub, "import", cmd_models_import,
             "import a local model: hub-layout folder, .safetensors/.pth checkpoint, or .onnx + .toml")
     p.add_argument("path")
-    p.add_argument("--task", choices=TASK_CHOICES)
+    p.add_argument("--task", choices=MODEL_TASKS,
+                   help="what the model does, when its files do not say (features: a backbone "
+                        "for attention maps)")
     p.add_argument("--name")
     p = add(msub, "login", cmd_models_login, "store a hub token for gated models")
     p.add_argument("token", nargs="?")
@@ -467,54 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto")
 
-    p = add(sub, "run", cmd_run, "run a task on images, folders or videos")
-    p.add_argument("task", nargs="?", choices=TASK_CHOICES)
-    p.add_argument("inputs", nargs="*", metavar="INPUT")
-    p.add_argument("--model", "-m")
-    p.add_argument("--out", "-o")
-    p.add_argument("--recipe", help="run a saved job recipe (TOML)")
-    p.add_argument("--save-recipe", help="also save this job as a recipe")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--threshold", type=float)
-    p.add_argument("--nms-iou", type=float)
-    p.add_argument("--max-detections", type=int)
-    p.add_argument("--classes", help="comma-separated class filter / open-vocabulary queries")
-    p.add_argument("--formats", help="exports, e.g. coco,yolo,voc,csv,overlay")
-    p.add_argument("--prompt")
-    p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--num-beams", type=int)
-    p.add_argument("--mode", help="segmentation mode: semantic|panoptic|instance|promptable|matting")
-    p.add_argument("--points", nargs="*", help="SAM point prompts as x,y")
-    p.add_argument("--boxes", nargs="*", help="SAM box prompts as x0,y0,x1,y1")
-    p.add_argument("--tile-size", type=int)
-    p.add_argument("--tile-overlap", type=int)
-    p.add_argument("--quality", type=int)
-    p.add_argument("--output-format", help="png|jpg|webp|tiff")
-    p.add_argument("--every-nth-frame", type=int)
-    p.add_argument("--start", type=float, help="video start time (s)")
-    p.add_argument("--end", type=float, help="video end time (s)")
-    p.add_argument("--method", help="explain method")
-    p.add_argument("--pixel-limit", type=int,
-                   help="largest image accepted, in pixels (default: Settings, 178,956,970)")
-
-    p = add(sub, "explain", cmd_explain, "attention maps: what the model looked at")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--model", "-m", required=True,
-                   help="catalog id, imported id, hub repo, or a path to an .onnx ViT")
-    p.add_argument("--method", default="rollout",
-                   help="rollout | raw | relevance | cross | similarity | dino | gradcam | "
-                        "windowed | cls_similarity | patch_similarity (default: rollout)")
-    p.add_argument("--patch", help="clicked point x,y (similarity: click-to-segment)")
-    p.add_argument("--target", type=int, help="class index for relevance / Grad-CAM")
-    p.add_argument("--out", "-o", required=True)
-    p.add_argument("--layer", type=int)
-    p.add_argument("--head", type=int)
-    p.add_argument("--head-fusion", default="mean", choices=("mean", "max", "min"))
-    p.add_argument("--discard-ratio", type=float, default=0.0)
-    p.add_argument("--device", default="auto")
+    _add_run_arguments(add(sub, "run", cmd_run, RUN_HELP))
+    _add_explain_arguments(add(sub, "explain", cmd_explain, EXPLAIN_HELP))
 
     p = add(sub, "settings", cmd_settings, "show or change engine settings")
     p.add_argument("action", nargs="?", choices=("show", "set", "allow-remote-code"),
@@ -527,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if args.self_test:
         from engine.selftest import run_self_test
 
@@ -545,6 +636,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ocula models list | head`: the reader left; not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OculaError as exc:
         if getattr(args, "json", False):
             print(json.dumps({"error": str(exc), "type": type(exc).__name__}))

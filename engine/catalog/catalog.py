@@ -167,14 +167,17 @@ class Catalog:
         scored: list[tuple[int, int, ModelCard]] = []
         for order, card in enumerate(self):
             strong = f"{card.id} {card.name}".lower()
-            medium = f"{card.repo or ''} {card.architecture or ''}".lower()
+            # The repo's owner is who published it, not what it is: "face" must not match
+            # every facebook/ model. The owner counts only when a word is the whole owner.
+            owner, _, repo_name = (card.repo or "").lower().rpartition("/")
+            medium = f"{repo_name} {card.architecture or ''}".lower()
             weak = " ".join((card.description, card.seed, " ".join(card.tasks), card.variant or "",
                              card.runtime)).lower()
             score = 0
             for word in words:
                 if word in strong:
                     score += 3
-                elif word in medium:
+                elif word in medium or (owner and word in (owner, owner + "/")):
                     score += 2
                 elif word in weak:
                     score += 1
@@ -188,6 +191,8 @@ class Catalog:
     def resolve(self, model_ref: str, *, token: str | None = None) -> ModelCard:
         """A catalog id, an imported model id, or a hub repo `owner/name[@revision]`."""
         ref = model_ref.strip()
+        if ref not in self._by_id and f"local:{ref}" in self._by_id:
+            ref = f"local:{ref}"  # an imported model by its name alone (no curated id clashes)
         if ref in self._by_id:
             card = self._by_id[ref]
             if card.source is Source.LOCAL:

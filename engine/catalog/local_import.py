@@ -165,9 +165,18 @@ def _register(card: ModelCard, path: Path) -> ModelCard:
     entry["imported_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     if path.is_file():
         entry["file_size"] = path.stat().st_size
+    if not entry.get("download_bytes"):  # the size `models list` shows: the files on disk
+        entry["download_bytes"] = _bytes_on_disk(path)
     stored = card_from_entry(entry, origin=INDEX_FILE, index=len(entries), local=True)
     _write_index_entries([*entries, entry])
     return stored
+
+
+def _bytes_on_disk(path: Path) -> int:
+    """An imported model's size: the file, or every file of the folder."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _slug(text: str) -> str:

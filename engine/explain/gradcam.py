@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.errors import OptionError
 from engine.explain import methods as m
 from engine.explain.geometry import grid_to_image
 from engine.explain.layout import feature_map_layout
@@ -61,7 +62,7 @@ def gradcam_maps(model: Any, processor: Any, image: Any, *, target: int | None =
             layer_name = next(name for name, tensor in seen if tensor is activation)
             index = int(logits[0].argmax()) if target is None else int(target)
             if not 0 <= index < logits.shape[-1]:
-                raise ValueError(f"target class {index} out of range: the model has {logits.shape[-1]} classes")
+                raise OptionError(f"target class {index} out of range: the model has {logits.shape[-1]} classes")
             (gradient,) = torch.autograd.grad(logits[0, index], activation)
     finally:
         for hook in hooks:

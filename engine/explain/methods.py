@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.errors import OptionError
 from engine.explain.maps import TokenLayout
 
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -21,7 +22,7 @@ def fuse_heads(attention: np.ndarray, fusion: str = "mean", *, axis: int = -3) -
         return attention.max(axis=axis)
     if fusion == "min":
         return attention.min(axis=axis)
-    raise ValueError(f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}, not '{fusion}'")
+    raise OptionError(f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}, not '{fusion}'")
 
 
 def select_heads(attention: np.ndarray, head: int | None, fusion: str) -> np.ndarray:
@@ -29,7 +30,7 @@ def select_heads(attention: np.ndarray, head: int | None, fusion: str) -> np.nda
     if head is None:
         return fuse_heads(attention, fusion, axis=0)
     if not -attention.shape[0] <= head < attention.shape[0]:
-        raise ValueError(f"head {head} out of range: the layer has {attention.shape[0]} heads")
+        raise OptionError(f"head {head} out of range: the layer has {attention.shape[0]} heads")
     return attention[head]
 
 
@@ -55,7 +56,7 @@ def raw_attention(
 ) -> np.ndarray:
     """One layer's attention from `query` (default CLS) to every token: (N,)."""
     if not -attentions.shape[0] <= layer < attentions.shape[0]:
-        raise ValueError(f"layer {layer} out of range: the model has {attentions.shape[0]} layers")
+        raise OptionError(f"layer {layer} out of range: the model has {attentions.shape[0]} layers")
     return query_row(select_heads(attentions[layer], head, head_fusion), layout, query)
 
 
@@ -65,7 +66,7 @@ def discard_lowest(matrix: np.ndarray, ratio: float, keep: tuple[int, ...] = ())
     if ratio <= 0:
         return matrix
     if ratio >= 1:
-        raise ValueError("discard_ratio must be in [0, 1)")
+        raise OptionError("discard_ratio must be in [0, 1)")
     out = matrix.copy()
     flat = out.reshape(-1)
     count = int(flat.size * ratio)
@@ -96,7 +97,7 @@ def rollout(
     """
     layers, _, n, _ = attentions.shape
     if not 0 <= start_layer < layers:
-        raise ValueError(f"start_layer {start_layer} out of range: the model has {layers} layers")
+        raise OptionError(f"start_layer {start_layer} out of range: the model has {layers} layers")
     result = np.eye(n, dtype=np.float64)
     eye = np.eye(n, dtype=np.float64)
     for index in range(start_layer, layers):
@@ -112,7 +113,7 @@ def relevance(attentions: np.ndarray, gradients: np.ndarray, *, start_layer: int
     """Chefer et al. 2021 ("Generic attention-model explainability"), self-attention rule:
     R = I; for each layer Ā = E_h[(∇A ⊙ A)⁺]; R += Ā · R. Returns (N, N)."""
     if attentions.shape != gradients.shape:
-        raise ValueError(f"attention {attentions.shape} and gradient {gradients.shape} shapes differ")
+        raise OptionError(f"attention {attentions.shape} and gradient {gradients.shape} shapes differ")
     layers, _, n, _ = attentions.shape
     r = np.eye(n, dtype=np.float64)
     for index in range(start_layer, layers):
@@ -134,7 +135,7 @@ def keep_mass_mask(values: np.ndarray, keep: float) -> np.ndarray:
     """bool mask of the largest entries that together hold `keep` of the total mass
     (DINO's visualize_attention threshold)."""
     if not 0 < keep <= 1:
-        raise ValueError("the kept attention share must be in (0, 1]")
+        raise OptionError("the kept attention share must be in (0, 1]")
     flat = values.reshape(-1).astype(np.float64)
     total = flat.sum()
     if total <= 0:
@@ -155,7 +156,7 @@ def dino_head_maps(
     """
     cls = layout.cls_index
     if cls is None:
-        raise ValueError("DINO maps need a CLS token; this model has none (try 'raw' or 'rollout')")
+        raise OptionError("DINO maps need a CLS token; this model has none (try 'raw' or 'rollout')")
     maps = layout.to_grid(last_layer[:, cls, :])
     masks = np.stack([keep_mass_mask(m, keep) for m in maps])
     return maps, masks

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.errors import OptionError
 from engine.explain import methods as m
 from engine.explain.geometry import Geometry, grid_to_image, original_to_cell
 from engine.explain.maps import AttentionMaps, TokenLayout
@@ -83,7 +84,7 @@ def compute(
                       start_layer=options.start_layer)
     elif method == "relevance":
         if gradients is None:
-            raise ValueError("relevance needs attention gradients: only torch models provide them")
+            raise OptionError("relevance needs attention gradients: only torch models provide them")
         joint = m.relevance(attentions, gradients, start_layer=options.start_layer)
         query = _query_token(options, layout, geometry)
         if query is None:
@@ -93,14 +94,14 @@ def compute(
         params.update(target=options.target, start_layer=options.start_layer)
     elif method in ("cls_similarity", "patch_similarity"):
         if features is None:
-            raise ValueError(f"{method} needs the last layer's token features: this model does not expose them")
+            raise OptionError(f"{method} needs the last layer's token features: this model does not expose them")
         if method == "cls_similarity":
             if layout.cls_index is None:
-                raise ValueError("cls_similarity needs a CLS token; this model has none (try patch_similarity)")
+                raise OptionError("cls_similarity needs a CLS token; this model has none (try patch_similarity)")
             grid = layout.to_grid(m.cosine_to(features, layout.cls_index))
         else:
             if options.patch is None:
-                raise ValueError("patch_similarity needs patch=(x, y): the clicked pixel of the original image")
+                raise OptionError("patch_similarity needs patch=(x, y): the clicked pixel of the original image")
             query = _query_token(options, layout, geometry)
             grid = layout.to_grid(m.cosine_to(features, query))
             mask_grid = grid >= options.threshold
@@ -116,7 +117,7 @@ def compute(
         head_maps = maps[None].astype(np.float32)
         params.update(layer=layer, head=options.head, keep_mass=options.keep_mass)
     else:
-        raise ValueError(f"unknown self-attention method '{method}'; choose one of {', '.join(SELF_ATTENTION_METHODS)}")
+        raise OptionError(f"unknown self-attention method '{method}'; choose one of {', '.join(SELF_ATTENTION_METHODS)}")
 
     grid = np.asarray(grid, dtype=np.float32)
     heat = grid_to_image(m.normalize01(grid), layout, geometry)

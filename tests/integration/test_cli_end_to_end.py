@@ -101,7 +101,7 @@ def test_usage_errors_exit_2(capsys):
 def test_unknown_model_is_a_clear_error(hub, tmp_path, capsys):
     code = main(["models", "info", "yolos-tiyn"])
     err = capsys.readouterr().err
-    assert code == 1 and "yolos-tiny" in err  # a suggestion, not a traceback
+    assert code == 2 and "yolos-tiny" in err  # a lookup error, with a suggestion
 
 
 def test_models_list_json(capsys):
