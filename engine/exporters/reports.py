@@ -76,6 +76,7 @@ def write_job_report(store: JobStore, job_id: str, summary: JobSummary,
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "counts": {"total": summary.total, "done": summary.done, "failed": summary.failed},
         "timings": timings, "files": [str(f) for f in summary.files],
+        "job_files": [str(f) for f in summary.job_files],
     }
     json_path = out_dir / REPORT_JSON
     with _atomic_text(json_path) as fh:
@@ -85,6 +86,13 @@ def write_job_report(store: JobStore, job_id: str, summary: JobSummary,
         for item in store.job_items(job_id, "failed"):
             fh.write(("\n    " if first else ",\n    ")
                      + json.dumps({"path": item.path, "reason": item.error or ""}))
+            first = False
+        fh.write("\n  ],\n  \"items\": [")
+        first = True
+        for item in store.job_items(job_id):  # every input and every file it produced
+            fh.write(("\n    " if first else ",\n    ") + json.dumps(
+                {"input": item.path, "state": item.state, "outputs": item.outputs,
+                 "error": item.error}))
             first = False
         fh.write("\n  ]\n}\n")
     html_path = out_dir / REPORT_HTML
@@ -139,7 +147,7 @@ def _html(head: dict[str, Any], store: JobStore, job_id: str, summary: JobSummar
     settings = "".join(f"<tr><th>{e(str(k))}</th><td><code>{e(json.dumps(v, default=str))}"
                        f"</code></td></tr>" for k, v in head["options"].items())
     timing = "".join(f"<tr><th>{e(k)}</th><td>{v}</td></tr>" for k, v in head["timings"].items())
-    files = "".join(f"<li><code>{e(f)}</code></li>" for f in head["files"])
+    files = "".join(f"<li><code>{e(f)}</code></li>" for f in head["job_files"])
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Ocula job {e(job_id)}</title>
 <style>{_CSS}</style></head><body>

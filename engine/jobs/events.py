@@ -76,7 +76,11 @@ class JobSummary:
     elapsed_s: float
     output_dir: Path
     failures: list[Failure] = field(default_factory=list)  # the first 1,000; counts are exact
-    files: list[Path] = field(default_factory=list)  # batch-level files (COCO JSON, JSONL…)
+    # every file the job wrote: each input's outputs (queue order), then the job-level files
+    files: list[Path] = field(default_factory=list)
+    job_files: list[Path] = field(default_factory=list)  # job-level: COCO JSON, JSONL, CSV…
+    # per input, in queue order: {"input", "state", "outputs": [paths], "error"}
+    items: list[dict[str, Any]] = field(default_factory=list)
     report_json: Path | None = None
     report_html: Path | None = None
     rate: float = 0.0  # items/s over this run
@@ -93,6 +97,8 @@ class JobSummary:
             "failed": self.failed, "elapsed_s": self.elapsed_s, "output_dir": str(self.output_dir),
             "failures": [{"path": f.path, "reason": f.reason} for f in self.failures],
             "files": [str(f) for f in self.files],
+            "job_files": [str(f) for f in self.job_files],
+            "items": self.items,
             "report_json": str(self.report_json) if self.report_json else None,
             "report_html": str(self.report_html) if self.report_html else None,
             "rate": self.rate, "message": self.message}
@@ -104,6 +110,8 @@ class JobSummary:
                    output_dir=Path(s["output_dir"]),
                    failures=[Failure(f["path"], f["reason"]) for f in s["failures"]],
                    files=[Path(f) for f in s["files"]],
+                   job_files=[Path(f) for f in s.get("job_files", [])],
+                   items=list(s.get("items", [])),
                    report_json=Path(s["report_json"]) if s["report_json"] else None,
                    report_html=Path(s["report_html"]) if s["report_html"] else None,
                    rate=s["rate"], message=s["message"])

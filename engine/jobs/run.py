@@ -387,12 +387,15 @@ class _JobRun:
             failures.append(Failure(item.path, item.error or ""))
             if len(failures) >= MAX_FAILURES_IN_SUMMARY:
                 break
+        items = [{"input": item.path, "state": item.state, "outputs": list(item.outputs),
+                  "error": item.error} for item in self.store.job_items(self.job_id)]
+        per_item = [Path(p) for entry in items for p in entry["outputs"]]
         active = self._active_s()
         summary = JobSummary(
             job_id=self.job_id, state=state, total=sum(counts.values()), done=counts["done"],
             failed=counts["failed"], elapsed_s=prior_elapsed + active,
-            output_dir=self.output_dir, failures=failures, files=files,
-            rate=self.processed_now / max(active, 1e-9))
+            output_dir=self.output_dir, failures=failures, files=per_item + list(files),
+            job_files=list(files), items=items, rate=self.processed_now / max(active, 1e-9))
         summary.message = (f"{summary.done} done, {summary.failed} failed of {summary.total}"
                            + (" (cancelled; resume to finish)" if state == "cancelled" else ""))
         try:

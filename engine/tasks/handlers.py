@@ -99,13 +99,20 @@ class ModelHandler(BaseHandler):
     def write(self, image: "LoadedImage", out: "OutputPlan", result: Any) -> ItemResult:
         raise NotImplementedError
 
-    def write_record(self, image: "LoadedImage", out: "OutputPlan", payload: dict) -> None:
-        """The per-input JSON that `finish` aggregates (skipped for video frames)."""
+    def write_record(self, image: "LoadedImage", out: "OutputPlan", payload: dict,
+                     extra_outputs: dict[str, Path] | None = None) -> None:
+        """The per-input JSON that `finish` aggregates (skipped for video frames).
+
+        Written last, so its `outputs` ({kind: path relative to the output folder}) names
+        every file this input produced: a script finds them from the record alone.
+        """
         if out.is_frame:
             return
+        outputs = {kind: Path(os.path.relpath(path, out.output_dir)).as_posix()
+                   for kind, path in {**out.by_kind, **(extra_outputs or {})}.items()}
         record = {"input": str(image.path) if image.path else None, "key": out.key,
                   "image_name": _image_name(image, out), "width": image.size[0],
-                  "height": image.size[1], **payload}
+                  "height": image.size[1], "outputs": outputs, **payload}
         out.write_text(RESULT_SUFFIX[self.task], json.dumps(record), kind="record")
 
     def close(self) -> None:
@@ -132,6 +139,12 @@ def release_models(card_id: str | None = None) -> int:
     with _cache_lock:
         cache = _runner_cache
     return cache.release(card_id) if cache is not None else 0
+
+
+def _map_kind(path: os.PathLike | str, stem: str) -> str:
+    """`cat.rollout.overlay.png` (stem `cat`) -> "rollout.overlay.png": the record's key."""
+    name = Path(path).name
+    return name[len(stem) + 1:] if name.startswith(stem + ".") else name
 
 
 def _image_name(image: "LoadedImage", out: "OutputPlan") -> str:
@@ -172,8 +185,6 @@ class DetectHandler(ModelHandler):
         from engine.exporters.detections import voc_xml, yolo_lines
         from engine.exporters.overlay import draw_detections
 
-        self.write_record(image, out, {"boxes": [_box_dict(b) for b in det.boxes],
-                                       "labels": {str(k): v for k, v in det.labels.items()}})
         # Video frames: the pipeline draws the boxes after tracking (with track ids).
         if "overlay" in self.formats and not out.is_frame:
             out.write_image(".overlay" + self.image_ext, draw_detections(image.rgb, det),
@@ -184,6 +195,8 @@ class DetectHandler(ModelHandler):
                 out.write_text(".txt", "\n".join(lines) + ("\n" if lines else ""), kind="yolo")
             if "voc" in self.formats:
                 out.write_text(".xml", voc_xml(det, _image_name(image, out)), kind="voc")
+        self.write_record(image, out, {"boxes": [_box_dict(b) for b in det.boxes],
+                                       "labels": {str(k): v for k, v in det.labels.items()}})
         return ItemResult(result=det, written=list(out.written),
                           info={"boxes": len(det.boxes)})
 
@@ -248,9 +261,6 @@ class SegmentHandler(ModelHandler):
                                             label_map_image)
         from engine.exporters.overlay import draw_segmentation
 
-        coco = coco_segmentation_dict([seg], [_image_name(image, out)])
-        self.write_record(image, out, {"kind": seg.kind, "coco": coco,
-                                       "labels": {str(k): v for k, v in seg.labels.items()}})
         if "overlay" in self.formats or out.is_frame:
             out.write_image(".overlay" + self.image_ext, draw_segmentation(image.rgb, seg),
                             kind="overlay", quality=self.quality)
@@ -267,6 +277,9 @@ class SegmentHandler(ModelHandler):
                 label_map = seg.label_map if seg.label_map is not None \
                     else instances_to_label_map(seg)
                 out.write_image(".labels.png", label_map_image(label_map), kind="labelmap")
+        coco = coco_segmentation_dict([seg], [_image_name(image, out)])
+        self.write_record(image, out, {"kind": seg.kind, "coco": coco,
+                                       "labels": {str(k): v for k, v in seg.labels.items()}})
         return ItemResult(result=seg, written=list(out.written),
                           info={"kind": seg.kind, "segments": len(seg.instances)})
 
@@ -318,11 +331,11 @@ class CaptionHandler(ModelHandler):
                        batch_size=len(images), on_token=on_token)
 
     def write(self, image, out, cap: Caption) -> ItemResult:
-        self.write_record(image, out, {"caption": cap.text, "prompt": cap.prompt,
-                                       "token_ids": cap.token_ids})
         if "txt" in self.formats and not out.is_frame:
             # the dataset-builder convention: `<image name>.txt` beside the image's name
             out.write_text(".txt", cap.text + "\n", kind="caption")
+        self.write_record(image, out, {"caption": cap.text, "prompt": cap.prompt,
+                                       "token_ids": cap.token_ids})
         return ItemResult(result=cap, written=list(out.written), info={"caption": cap.text})
 
     def finish(self, spec, out_dir: Path) -> list[Path]:
@@ -401,8 +414,8 @@ class ExplainHandler(ModelHandler):
 
         out.folder.mkdir(parents=True, exist_ok=True)
         written = save_maps(maps, image.rgb, out.folder, out.stem)
-        self.write_record(image, out, {"method": maps.method, "notes": list(maps.notes),
-                                       "files": [os.fspath(p) for p in written]})
+        self.write_record(image, out, {"method": maps.method, "notes": list(maps.notes)},
+                          extra_outputs={_map_kind(p, out.stem): Path(p) for p in written})
         return ItemResult(result=maps, written=list(out.written) + list(written),
                           info={"method": maps.method})
 
