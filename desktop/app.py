@@ -38,16 +38,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = [sys.argv[0] if sys.argv else "ocula", *(argv if argv is not None else sys.argv[1:])]
     app = QApplication.instance() or QApplication(args)
 
-    from desktop import token_store
     from desktop.main_window import MainWindow
     from desktop.theme import apply_theme, icon
 
-    token_store.apply_token()
     qsettings = QSettings()
     apply_theme(app, str(qsettings.value("ui/theme", "system")))
     app.setWindowIcon(icon("ocula"))
     window = MainWindow(qsettings=qsettings)
     window.show()
+    QTimer.singleShot(0, _migrate_legacy_token)
     if os.environ.get("OCULA_STARTUP_PROBE"):
         QTimer.singleShot(0, lambda: _report_startup(window))
     code = app.exec()
@@ -55,6 +54,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     gc.unfreeze()  # desktop.workers.load_backend froze the model libraries; let exit see them
     return code
+
+
+def _migrate_legacy_token() -> None:
+    """A token the old desktop store kept (keyring or app folder) joins the CLI's login,
+    once (engine.hub.auth); after the first run this is one file check."""
+    from engine.hub.auth import migrate_legacy_token
+
+    try:
+        migrate_legacy_token()
+    except OSError:
+        pass  # an unreadable app folder: the login is still `ocula models login`'s
 
 
 def _report_startup(window) -> None:

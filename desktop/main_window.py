@@ -28,7 +28,8 @@ from desktop.views.errors import describe, show_error
 from desktop.views.model_picker import ModelPicker
 from desktop.views.queue import QueueView
 from desktop.views.results import ResultsPanel
-from desktop.views.task_panel import TASK_LABELS, TaskPanel
+from desktop.views.task_panel import TaskPanel
+from engine.vocabulary import TASK_LABELS
 from desktop.views.workspace import Workspace
 from desktop.workers import (
     Operation,

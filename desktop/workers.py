@@ -1,51 +1,49 @@
 """The only bridge from Qt to the engine's long operations.
 
-Engine code runs on QThreadPool threads and reports through plain callbacks
-(`on_event`, `progress`). Those callbacks only append to a locked buffer and ring a
-"doorbell" signal when the buffer goes from empty to non-empty; the UI thread
-drains the buffer at most every `COALESCE_S` seconds. So however fast a batch
-runs (a 15 ms model, a chunked download), the UI does bounded work: one update
-per 100 ms, never one per image, and never a `processEvents()` loop.
+Every operation is an engine handle (`engine.jobs.runner.LocalHandle`: its cancel and
+pause tokens, its result, error and outcome); jobs come from the engine's own
+`LocalJobRunner` in "deferred" mode. An `Operation` adds only the Qt side: it runs the
+handle on a QThreadPool thread and turns what happens into signals on the UI thread.
 
-Cancellation uses the engine's CancelToken; pausing a job uses a
-`threading.Event` that is *set while paused* (the engine waits at safe points).
+Engine code reports through plain callbacks (`on_event`, `progress`). Those callbacks
+only append to a locked buffer and ring a "doorbell" signal when the buffer goes from
+empty to non-empty; the UI thread drains the buffer at most every `COALESCE_S`
+seconds. So however fast a batch runs (a 15 ms model, a chunked download), the UI does
+bounded work: one update per 100 ms, never one per image, and never a
+`processEvents()` loop.
 """
 from __future__ import annotations
 
 import itertools
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal, Slot
 
-from engine.errors import Cancelled
 from engine.events import CancelToken
+
+Emit = Callable[[Any], None]  # takes any event object
+
+if TYPE_CHECKING:  # engine.jobs loads numpy and PIL: not before the window is shown
+    from engine.jobs.events import Failure, PauseSource
+    from engine.jobs.runner import LocalHandle
+
+    # Engine work: fn(emit, cancel, pause) -> result.
+    WorkFn = Callable[[Emit, CancelToken, PauseSource], Any]
 
 COALESCE_S = 0.1  # UI updates from one operation: at most ten per second
 
 _ids = itertools.count(1)
 
-# Engine work: fn(emit, cancel, pause) -> result. `emit` takes any event object.
-WorkFn = Callable[[Callable[[Any], None], CancelToken, threading.Event], Any]
-
-
-@dataclass
-class Failure:
-    """An exception from a worker, carried to the UI thread as data."""
-
-    exception: BaseException
-    details: str  # formatted traceback, for the "details" expander only
-
-    @property
-    def message(self) -> str:
-        return str(self.exception) or type(self.exception).__name__
-
 
 class Operation(QObject):
-    """One long engine operation run off the UI thread.
+    """One long engine operation (an engine handle) run off the UI thread.
+
+    Give it `work(emit, cancel, pause)`, or `handle`: a function that takes this
+    operation's `emit` and returns a LocalHandle not yet run (LocalJobRunner's "deferred"
+    mode); `prepare(emit)` runs first on the same pool thread (loading a backend).
 
     Signals are always delivered on the UI thread (the Operation lives there):
     `events(list)` carries the coalesced events since the last delivery, in order;
@@ -59,23 +57,33 @@ class Operation(QObject):
     cancelled = Signal()
     done = Signal()
     _doorbell = Signal()
-    _finished = Signal(str, object)  # outcome, payload; crosses from the worker thread
+    _finished = Signal()  # crosses from the worker thread once the handle is done
 
-    def __init__(self, fn: WorkFn, *, label: str = "", kind: str = "job",
+    def __init__(self, work: WorkFn | None = None, *, label: str = "", kind: str = "job",
+                 handle: Callable[[Emit], LocalHandle] | None = None,
+                 prepare: Callable[[Emit], None] | None = None,
                  parent: QObject | None = None) -> None:
         super().__init__(parent)
+        from engine.jobs.runner import LocalHandle
+
         self.id = next(_ids)
         self.label = label
         self.kind = kind
-        self.cancel_token = CancelToken()
-        self.pause_event = threading.Event()
+        if handle is not None:
+            self.handle = handle(self.emit_event)
+        elif work is not None:
+            self.handle = LocalHandle(
+                label, lambda h: work(self.emit_event, h.cancel_token, h.pause_token))
+        else:
+            raise TypeError("Operation needs work or handle")
+        self._prepare = prepare
         self.started_at: float | None = None
         self.finished_at: float | None = None
+        # set on the UI thread, when the outcome's signal is emitted
         self.outcome: str | None = None  # succeeded | failed | cancelled
         self.result: Any = None
         self.failure: Failure | None = None
         self.deliveries = 0  # how many times the UI received events (tests read it)
-        self._fn = fn
         self._lock = threading.Lock()
         self._buffer: list[Any] = []
         self._last_drain = 0.0
@@ -91,18 +99,21 @@ class Operation(QObject):
         (pool or QThreadPool.globalInstance()).start(_Runnable(self))
 
     def cancel(self) -> None:
-        self.pause_event.clear()  # a paused job must wake up to see the cancel
-        self.cancel_token.cancel()
+        self.handle.cancel()
 
     def pause(self) -> None:
-        self.pause_event.set()
+        self.handle.pause()
 
     def resume(self) -> None:
-        self.pause_event.clear()
+        self.handle.resume()
+
+    @property
+    def cancel_token(self) -> CancelToken:
+        return self.handle.cancel_token
 
     @property
     def paused(self) -> bool:
-        return self.pause_event.is_set()
+        return self.handle.pause_token.paused
 
     @property
     def running(self) -> bool:
@@ -118,19 +129,14 @@ class Operation(QObject):
 
     def _run(self) -> None:
         try:
-            result = self._fn(self.emit_event, self.cancel_token, self.pause_event)
-        except Cancelled:
-            self._finished.emit("cancelled", None)
-        except BaseException as exc:  # noqa: BLE001 — every failure must reach the UI
-            if self.cancel_token.cancelled:
-                self._finished.emit("cancelled", None)
-            else:
-                self._finished.emit("failed", Failure(exc, traceback.format_exc()))
-        else:
-            if self.cancel_token.cancelled and _looks_cancelled(result):
-                self._finished.emit("cancelled", result)
-            else:
-                self._finished.emit("succeeded", result)
+            if self._prepare is not None and not self.handle.cancel_token.cancelled:
+                try:
+                    self._prepare(self.emit_event)
+                except Exception:  # noqa: BLE001 — the work itself reports what is wrong
+                    pass
+            self.handle.run()  # never raises: the outcome is on the handle
+        finally:
+            self._finished.emit()
 
     # -- UI side ------------------------------------------------------------------------
     @Slot()
@@ -150,26 +156,23 @@ class Operation(QObject):
             self.deliveries += 1
             self.events.emit(batch)
 
-    @Slot(str, object)
-    def _on_finished(self, outcome: str, payload: Any) -> None:
+    @Slot()
+    def _on_finished(self) -> None:
         self._drain_timer.stop()
         self._drain()  # the last events arrive before the outcome
         self.finished_at = time.monotonic()
-        self.outcome = outcome
+        handle = self.handle
+        outcome = self.outcome = handle.outcome  # run() is over: never None here
         if outcome == "succeeded":
-            self.result = payload
-            self.succeeded.emit(payload)
+            self.result = handle.result
+            self.succeeded.emit(handle.result)
         elif outcome == "failed":
-            self.failure = payload
-            self.failed.emit(payload)
+            self.failure = handle.failure  # engine.jobs.events.Failure, with the traceback
+            self.failed.emit(self.failure)
         else:
-            self.result = payload
+            self.result = None if handle.error is not None else handle.result
             self.cancelled.emit()
         self.done.emit()
-
-
-def _looks_cancelled(result: Any) -> bool:
-    return bool(getattr(result, "cancelled", False))
 
 
 class _Runnable(QRunnable):
@@ -216,11 +219,7 @@ def planned_placement(card: Any, device: str, precision: str) -> str:
     from engine.devices import plan
     from engine.settings import Settings
 
-    settings = Settings.load()
-    if device == "auto":
-        device = settings.device or "auto"
-    if precision == "auto":
-        precision = settings.precision or "auto"
+    device, precision = Settings.load().requested_placement(device, precision)
     return plan(card, device=device, precision=precision).describe()
 
 
@@ -254,54 +253,52 @@ def load_backend(runtime: str) -> None:
         _frozen_backends.add(runtime)
 
 
+JOB_IMPORTS: tuple[str, ...] = ()  # the built-in handlers load on first use
+
+
+def _job_runner(store: Any) -> Any:
+    from engine.jobs.runner import LocalJobRunner
+
+    return LocalJobRunner(store, mode="deferred", imports=JOB_IMPORTS)
+
+
 def job_operation(spec: Any, *, store: Any = None, label: str = "",
                   parent: QObject | None = None) -> Operation:
-    """An engine job (`engine.jobs.run_job`); its JobEvents arrive through `events`,
+    """An engine job (LocalJobRunner.submit); its JobEvents arrive through `events`,
     preceded by a PlacementEvent."""
 
-    def work(emit: Callable[[Any], None], cancel: CancelToken, pause: threading.Event) -> Any:
-        try:
-            from engine.catalog.catalog import load_catalog
+    def prepare(emit: Emit) -> None:
+        from engine.catalog.catalog import load_catalog
 
-            card = load_catalog(strict=False).resolve(spec.model)
-            emit(PlacementEvent(planned_placement(card, spec.device, spec.precision)))
-            load_backend(card.runtime)
-        except Exception:  # noqa: BLE001 — the job itself reports a bad model or device
-            pass
-        import engine.tasks.handlers  # noqa: F401  registers the task handlers
-        from engine.jobs import run_job
+        card = load_catalog(strict=False).resolve(spec.model)
+        emit(PlacementEvent(planned_placement(card, spec.device, spec.precision)))
+        load_backend(card.runtime)
 
-        return run_job(spec, on_event=emit, cancel=cancel, pause=pause, store=store)
-
-    return Operation(work, label=label or f"{spec.task} · {spec.model}", kind="job", parent=parent)
+    runner = _job_runner(store)
+    return Operation(handle=lambda emit: runner.submit(spec, on_event=emit), prepare=prepare,
+                     label=label or f"{spec.task} · {spec.model}", kind="job", parent=parent)
 
 
 def resume_operation(job_id: str, *, store: Any = None, label: str = "",
                      parent: QObject | None = None) -> Operation:
-    """Resume an interrupted engine job from the job store."""
+    """Resume an interrupted engine job from the job store (LocalJobRunner.resume)."""
+    runner = _job_runner(store)
 
-    def work(emit: Callable[[Any], None], cancel: CancelToken, pause: threading.Event) -> Any:
-        try:
-            from engine.catalog.catalog import load_catalog
-            from engine.jobs.store import JobStore
+    def prepare(emit: Emit) -> None:
+        from engine.catalog.catalog import load_catalog
 
-            model = (store or JobStore()).spec(job_id).model
-            load_backend(load_catalog(strict=False).resolve(model).runtime)
-        except Exception:  # noqa: BLE001 — resume_job reports a missing job or model
-            pass
-        import engine.tasks.handlers  # noqa: F401
-        from engine.jobs import resume_job
+        model = runner.store.spec(job_id).model
+        load_backend(load_catalog(strict=False).resolve(model).runtime)
 
-        return resume_job(job_id, on_event=emit, cancel=cancel, pause=pause, store=store)
-
-    return Operation(work, label=label or f"resume {job_id}", kind="job", parent=parent)
+    return Operation(handle=lambda emit: runner.resume(job_id, on_event=emit), prepare=prepare,
+                     label=label or f"resume {job_id}", kind="job", parent=parent)
 
 
 def download_operation(card: Any, *, settings: Any = None,
                        parent: QObject | None = None) -> Operation:
     """`engine.hub.fetch` for one model card; Progress events arrive through `events`."""
 
-    def work(emit: Callable[[Any], None], cancel: CancelToken, pause: threading.Event) -> Any:
+    def work(emit: Emit, cancel: CancelToken, pause: PauseSource) -> Any:
         from engine.hub import fetch
 
         return fetch(card, progress=emit, cancel=cancel, settings=settings)
@@ -313,7 +310,7 @@ def call_operation(fn: Callable[..., Any], *args: Any, label: str = "",
                    parent: QObject | None = None, **kwargs: Any) -> Operation:
     """A one-shot engine call (hub search, model load, an attention map) off the UI thread."""
 
-    def work(emit: Callable[[Any], None], cancel: CancelToken, pause: threading.Event) -> Any:
+    def work(emit: Emit, cancel: CancelToken, pause: PauseSource) -> Any:
         return fn(*args, **kwargs)
 
     return Operation(work, label=label or getattr(fn, "__name__", "call"), kind="call",

@@ -12,50 +12,16 @@ import sys
 from typing import Any, Callable, Sequence
 
 from engine import __version__
+from engine.cli_output import emit as _emit
+from engine.cli_output import jsonable as _jsonable
+from engine.cli_output import user_settings as _settings
 from engine.errors import OculaError, UsageError
 from engine.format import human_bytes, human_params
 
-from engine.catalog.card import TASKS as MODEL_TASKS  # what a model does (import, list)
-
-TASK_CHOICES = ("caption", "detect", "segment", "restore", "explain")  # what a job does
+from engine.vocabulary import JOB_TASKS, MODEL_TASKS, PRECISION_CHOICES
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def _emit(args: argparse.Namespace, payload: Any, text: str | Callable[[], str]) -> None:
-    """Print JSON for scripts (--json) or human text."""
-    if getattr(args, "json", False):
-        print(json.dumps(_jsonable(payload), indent=2))
-    else:
-        print(text() if callable(text) else text)
-
-
-def _jsonable(value: Any) -> Any:
-    """Dataclasses, enums, paths and tuples as plain JSON values."""
-    import dataclasses
-    import enum
-    from pathlib import PurePath
-
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, PurePath):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
-
-
-def _settings():
-    from engine.settings import Settings
-
-    return Settings.load()
 
 
 def _card_dict(card) -> dict:
@@ -264,171 +230,6 @@ def cmd_doctor(args) -> int:
     return 0
 
 
-# -- run / explain -----------------------------------------------------------------------
-
-
-def cmd_run(args) -> int:
-    from engine.jobs import JobSpec, run_job
-
-    if args.recipe:
-        spec = JobSpec.from_toml(args.recipe)
-    else:
-        options = _task_options(args)  # first: a misplaced input inside --points says so
-        if not args.task or not args.model or not args.inputs or not args.out:
-            raise UsageError("ocula run needs TASK, --model, at least one INPUT and --out "
-                             "(or --recipe FILE).")
-        spec = JobSpec(task=args.task, model=args.model, inputs=list(args.inputs),
-                       output_dir=args.out, options=options,
-                       device=args.device, precision=args.precision)
-    spec.validate()
-    _check_model_fits_task(spec)  # a lookup or usage error exits 2 before any work
-    if args.save_recipe:
-        from pathlib import Path
-
-        Path(args.save_recipe).write_text(spec.to_toml(), encoding="utf-8")
-    import engine.tasks.handlers  # noqa: F401  registers the task handlers
-
-    printer = _JobPrinter(quiet=args.quiet or args.json)
-    summary = run_job(spec, on_event=printer)
-    printer.close()
-    data = summary.to_dict() if hasattr(summary, "to_dict") else summary
-    _emit(args, data, lambda: printer.summary_text(summary))
-    return 1 if getattr(summary, "failed", 0) else 0
-
-
-def _check_model_fits_task(spec) -> None:
-    """Resolve the job's model now: an unknown id or a model for another task is a usage
-    error (exit 2) reported before a progress bar or an output folder appears."""
-    from engine.catalog.catalog import load_catalog
-
-    card = load_catalog().resolve(spec.model)
-    if spec.task != "explain" and not card.supports(spec.task):
-        raise UsageError(f"Model '{card.id}' does {', '.join(card.tasks)}, not {spec.task}. "
-                         f"Pick a {spec.task} model (`ocula models list --task {spec.task}`).")
-
-
-def _task_options(args) -> dict:
-    options: dict[str, Any] = {}
-    for name in ("threshold", "nms_iou", "max_detections", "prompt", "max_new_tokens",
-                 "num_beams", "tile_size", "tile_overlap", "quality", "output_format",
-                 "every_nth_frame", "mode", "method", "batch_size", "pixel_limit"):
-        value = getattr(args, name, None)
-        if value is not None:
-            options[name] = value
-    start, end = getattr(args, "start", None), getattr(args, "end", None)
-    if start is not None or end is not None:  # video: process only this stretch
-        options["time_range"] = [start or 0.0] + ([end] if end is not None else [])
-    if getattr(args, "classes", None):
-        options["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
-    if getattr(args, "formats", None):
-        options["formats"] = [f.strip() for f in args.formats.split(",") if f.strip()]
-    if getattr(args, "points", None):
-        options["points"] = [_numbers("--points", p, 2, "x,y") for p in args.points]
-    if getattr(args, "boxes", None):
-        options["boxes"] = [_numbers("--boxes", b, 4, "x0,y0,x1,y1") for b in args.boxes]
-    return options
-
-
-def _numbers(flag: str, text: str, count: int, shape: str) -> list[float]:
-    """`320,240` -> [320.0, 240.0]; anything else is a usage error naming the flag."""
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != count:
-        raise UsageError(f"{flag} takes {shape} values; {text!r} is not one (put inputs before "
-                         f"{flag}, or end its values with another option).")
-    return values
-
-
-class _JobPrinter:
-    """Renders JobEvents as one progress bar on stderr; failures as lines."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.bar = None
-        self.failures: list[tuple[str, str]] = []
-
-    def __call__(self, event) -> None:
-        if event.kind == "item_failed":
-            self.failures.append((str(event.item), event.message))
-            if not self.quiet:
-                self._write(f"failed: {event.item}: {event.message}")
-        if self.quiet or event.kind not in ("progress", "item_done", "item_failed"):
-            return
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(total=event.total, unit="item", file=sys.stderr, leave=False)
-        if event.total is not None:
-            self.bar.total = event.total
-        self.bar.n = event.done
-        self.bar.refresh()
-
-    def _write(self, line: str) -> None:
-        if self.bar is not None:
-            self.bar.write(line, file=sys.stderr)
-        else:
-            print(line, file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-    def summary_text(self, summary) -> str:
-        done = getattr(summary, "done", "?")
-        failed = getattr(summary, "failed", 0)
-        out = getattr(summary, "output_dir", "")
-        text = f"{done} done, {failed} failed. Outputs in {out}"
-        report = getattr(summary, "report_path", None)
-        if report:
-            text += f"\nReport: {report}"
-        return text
-
-
-def cmd_explain(args) -> int:
-    from pathlib import Path
-
-    from engine.catalog.catalog import load_catalog
-    from engine.explain import explain, save_maps
-    from engine.media.image import read_image
-    from engine.runtimes import load_runner
-
-    if args.model.lower().endswith(".onnx") and Path(args.model).is_file():
-        # any ONNX ViT: its attention Softmax outputs are exposed by graph surgery
-        from engine.explain import OnnxAttentionModel
-
-        runner = OnnxAttentionModel.from_path(args.model)
-    else:
-        card = load_catalog().resolve(args.model)
-        runner = load_runner(card, device=args.device, precision="fp32", attention=True,
-                             settings=_settings())
-    for note in getattr(runner, "notes", []):
-        print(f"note: {note}", file=sys.stderr)
-    out_dir = Path(args.out)
-    written: list[str] = []
-    failed = 0
-    for image_path in args.images:
-        try:
-            image = read_image(image_path)
-            patch = tuple(float(v) for v in args.patch.split(",")) if args.patch else None
-            maps = explain(runner, image.rgb, method=args.method, layer=args.layer,
-                           head=args.head, head_fusion=args.head_fusion,
-                           discard_ratio=args.discard_ratio, patch=patch, target=args.target)
-            for note in maps.notes:
-                print(f"note: {note}", file=sys.stderr)
-            written += [str(p) for p in save_maps(maps, image.rgb, out_dir, Path(image_path).stem)]
-        except OculaError as exc:
-            failed += 1
-            print(f"failed: {image_path}: {exc}", file=sys.stderr)
-        except Exception as exc:  # noqa: BLE001 — one image's problem is reported, not a traceback
-            failed += 1
-            print(f"failed: {image_path}: {type(exc).__name__}: {exc}", file=sys.stderr)
-    _emit(args, {"written": written, "failed": failed},
-          "\n".join(written) or "Nothing written.")
-    return 1 if failed else 0
-
-
 def cmd_settings(args) -> int:
     from dataclasses import asdict
 
@@ -457,97 +258,15 @@ def cmd_settings(args) -> int:
 # -- parser ------------------------------------------------------------------------------
 
 
-RUN_HELP = "run a task on images, folders or videos"
-EXPLAIN_HELP = "attention maps: what the model looked at"
-RUN_EXAMPLES = """examples:
-  ocula run detect photos/ --model rtdetr-r18 --out results/ --formats coco,overlay
-  ocula run detect --model rtdetr-r18 photos/ --out results/
-  ocula run caption photos/ --model distilvit --out captions/
-  ocula run --recipe job.toml
-
-Inputs (files, folders, globs, videos) may come before, between or after the options."""
-
-
-def _add_run_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.epilog = RUN_EXAMPLES
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("task", nargs="?", choices=TASK_CHOICES, help="what to do with the inputs")
-    p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="image or video files, folders (recursive) or globs")
-    p.add_argument("--model", "-m", help="catalog id, imported id, or hub repo owner/name[@rev]")
-    p.add_argument("--out", "-o", help="output folder (created; inputs are never overwritten)")
-    p.add_argument("--recipe", help="run a saved job recipe (TOML)")
-    p.add_argument("--save-recipe", metavar="FILE", help="also save this job as a recipe")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--precision", default="auto", help="auto | fp32 | fp16 | bf16")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--batch-size", type=int, help="images per forward pass")
-    p.add_argument("--threshold", type=float, help="detect/segment: minimum score (0-1)")
-    p.add_argument("--nms-iou", type=float, help="detect: IoU above which boxes are merged")
-    p.add_argument("--max-detections", type=int, help="detect: most boxes kept per image")
-    p.add_argument("--classes", help="detect: comma-separated class filter / open-vocabulary "
-                                     "queries")
-    p.add_argument("--formats", help="exports, e.g. coco,yolo,voc,csv,overlay")
-    p.add_argument("--prompt", help="caption: text the caption starts from")
-    p.add_argument("--max-new-tokens", type=int, help="caption: longest caption in tokens")
-    p.add_argument("--num-beams", type=int, help="caption: beam search width (1 = greedy)")
-    p.add_argument("--mode", help="segment: semantic | panoptic | instance | promptable | matting")
-    p.add_argument("--points", nargs="+", help="segment (SAM): point prompts as x,y")
-    p.add_argument("--boxes", nargs="+", help="segment (SAM): box prompts as x0,y0,x1,y1")
-    p.add_argument("--tile-size", type=int, help="restore: tile edge in pixels")
-    p.add_argument("--tile-overlap", type=int, help="restore: overlap between tiles in pixels")
-    p.add_argument("--quality", type=int, help="restore: JPEG/WebP quality (1-100)")
-    p.add_argument("--output-format", help="restore: png | jpg | webp | tiff")
-    p.add_argument("--every-nth-frame", type=int, help="video: process every Nth frame")
-    p.add_argument("--start", type=float, help="video: start time (s)")
-    p.add_argument("--end", type=float, help="video: end time (s)")
-    p.add_argument("--method", help="explain: attention method (see `ocula explain --help`)")
-    p.add_argument("--pixel-limit", type=int,
-                   help="largest image accepted, in pixels (default: Settings, 178,956,970)")
-    return p
-
-
-def _add_explain_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--model", "-m", required=True,
-                   help="catalog id, imported id, hub repo, or a path to an .onnx ViT")
-    p.add_argument("--method", default="rollout",
-                   help="rollout | raw | relevance | cross | similarity | dino | gradcam | "
-                        "windowed | cls_similarity | patch_similarity (default: rollout)")
-    p.add_argument("--patch", help="clicked point x,y (similarity: click-to-segment)")
-    p.add_argument("--target", type=int, help="class index for relevance / Grad-CAM")
-    p.add_argument("--out", "-o", required=True, help="output folder")
-    p.add_argument("--layer", type=int, help="raw: layer index (default: last)")
-    p.add_argument("--head", type=int, help="raw: head index (default: heads fused)")
-    p.add_argument("--head-fusion", default="mean", choices=("mean", "max", "min"),
-                   help="how heads are fused (default: mean)")
-    p.add_argument("--discard-ratio", type=float, default=0.0,
-                   help="rollout: fraction of the weakest attention dropped per layer")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    return p
-
-
-# Commands whose positionals (inputs) may come anywhere among the options.
-_INTERMIXED: dict[str, tuple[Callable, Callable, str]] = {
-    "run": (_add_run_arguments, cmd_run, RUN_HELP),
-    "explain": (_add_explain_arguments, cmd_explain, EXPLAIN_HELP),
-}
-
-
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """Parse argv; `run` and `explain` accept inputs before, between or after options.
+    """Parse argv. Task commands (`ocula detect …`, `ocula run …`) get their own parser,
+    built from the task's options (engine.cli_tasks), which takes inputs anywhere among
+    the options: argparse's subparsers consume positionals in one go."""
+    if argv and (argv[0] in JOB_TASKS or argv[0] == "run"):
+        from engine.cli_tasks import cmd_task, parse_task_argv
 
-    argparse's subparsers consume positionals in one go, so `run detect --model X in/`
-    would leave `in/` unrecognised; those two commands get a standalone parser and
-    `parse_intermixed_args`, which collects positionals wherever they are.
-    """
-    if argv and argv[0] in _INTERMIXED:
-        build, func, help_text = _INTERMIXED[argv[0]]
-        own = argparse.ArgumentParser(prog=f"ocula {argv[0]}", description=help_text)
-        own.add_argument("--json", action="store_true", help="machine-readable output")
-        build(own)
-        args = own.parse_intermixed_args(argv[1:])
-        args.command, args.func, args.self_test = argv[0], func, False
+        args = parse_task_argv(argv[0], argv[1:])
+        args.command, args.func, args.self_test = argv[0], cmd_task, False
         return args
     return parser.parse_args(argv)
 
@@ -602,10 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(sub, "doctor", cmd_doctor, "show devices, runtimes and what a model would use")
     p.add_argument("--model")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto")
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
 
-    _add_run_arguments(add(sub, "run", cmd_run, RUN_HELP))
-    _add_explain_arguments(add(sub, "explain", cmd_explain, EXPLAIN_HELP))
+    # Task commands: listed here for `ocula --help`; parsed by engine.cli_tasks (_parse).
+    from engine.cli_tasks import TASK_HELP
+
+    for task in JOB_TASKS:
+        sub.add_parser(task, help=TASK_HELP[task], add_help=False)
+    sub.add_parser("run", help="run a saved recipe (--recipe FILE), or `run TASK …`",
+                   add_help=False)
 
     p = add(sub, "settings", cmd_settings, "show or change engine settings")
     p.add_argument("action", nargs="?", choices=("show", "set", "allow-remote-code"),
@@ -615,7 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *,
+         gui: Callable[[list[str]], int] | None = None) -> int:
+    """The `ocula` command line. Without a command it starts `gui` (the desktop app, which
+    desktop.launcher passes in: the engine never imports the GUI), else prints the help."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = _parse(parser, argv)
@@ -624,9 +351,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_self_test()
     if args.command is None:
-        from desktop.app import main as gui_main
-
-        return gui_main(argv)
+        if gui is None:
+            parser.print_help()
+            return 0
+        return gui(argv)
     if args.command == "settings" and args.action == "allow-remote-code":
         if not args.key or not args.value:
             parser.error("allow-remote-code needs REPO and REVISION")

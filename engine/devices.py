@@ -20,13 +20,35 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.errors import DeviceError
-from engine.runtimes.base import Placement
+from engine.errors import DeviceError, UsageError
+from engine.vocabulary import PRECISION_CHOICES, split_device
 
 if TYPE_CHECKING:
     from engine.catalog.card import ModelCard
 
-PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
+
+@dataclass(frozen=True)
+class Placement:
+    """What really runs a model: always shown to the user, never guessed.
+
+    Decided by `plan()` below and carried by every Runner (engine.runtimes.base
+    re-exports it): it lives here so that the runtimes import the device planner,
+    never the other way round."""
+
+    backend: str  # transformers | spandrel | onnx | facenet-pytorch
+    device: str  # "cpu", "cuda:0", "mps"
+    precision: str  # fp32 | fp16 | bf16
+    provider: str | None = None  # ONNX Runtime execution provider actually in use
+    fallback: str | None = None  # why this differs from what was asked (announced, never silent)
+
+    def describe(self) -> str:
+        where = self.provider or self.device
+        text = f"{self.backend} on {where} ({self.precision})"
+        if self.fallback:
+            text += f" — fallback: {self.fallback}"
+        return text
+
+
 
 # ONNX Runtime execution providers by device family, best first. TensorRT is only used
 # when asked for by name: it compiles an engine per input shape on first run (minutes).
@@ -38,7 +60,6 @@ ONNX_PROVIDER_FOR_DEVICE = {
     "cpu": "CPUExecutionProvider",
 }
 _ONNX_AUTO_ORDER = ("CUDAExecutionProvider", "DmlExecutionProvider")
-_DEVICE_ALIASES = {"gpu": "cuda", "dml": "directml", "trt": "tensorrt"}
 
 
 @dataclass(frozen=True)
@@ -335,21 +356,12 @@ def describe_report(report: DeviceReport) -> str:
 
 
 def _normalise_device(device: str) -> tuple[str, int | None]:
-    """'cuda:1' -> ('cuda', 1); 'auto' -> ('auto', None). Unknown names raise DeviceError."""
-    text = (device or "auto").strip().lower()
-    family, _, index = text.partition(":")
-    family = _DEVICE_ALIASES.get(family, family)
-    if family == "mps" or family in ONNX_PROVIDER_FOR_DEVICE or family == "auto":
-        if index and not index.isdigit():
-            raise DeviceError(
-                f"Device '{device}' is not understood: the part after ':' must be "
-                f"a GPU number, e.g. cuda:0."
-            )
-        return family, int(index) if index else None
-    raise DeviceError(
-        f"Device '{device}' is not understood. Use auto, cpu, cuda, cuda:N, mps, "
-        f"directml, coreml or tensorrt (see `ocula doctor`)."
-    )
+    """'cuda:1' -> ('cuda', 1); 'auto' -> ('auto', None). Unknown names raise DeviceError.
+    The words are engine.vocabulary's, so the doctor, jobs and the GUI accept the same."""
+    try:
+        return split_device(device)
+    except UsageError as exc:
+        raise DeviceError(str(exc)) from None
 
 
 def _model_precisions(card: ModelCard) -> tuple[str, ...] | None:

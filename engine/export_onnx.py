@@ -18,7 +18,8 @@ Three shapes of model are exported:
 Nothing is used before it is verified: the export runs on the sample next to torch
 (at two input sizes for image models, so a shape baked in by tracing is caught) and
 is refused with `ExportVerificationError` when they differ by more than the bound.
-Verified exports are cached under `paths.app_home()/optimized/<card id>/<revision>/`.
+Verified exports are cached under `paths.app_home()/optimized/<card id>/<revision>/`
+(engine.runtimes.optimized: where they are found and opened for the fast path).
 
 Exports use torch's TorchScript-based exporter (`dynamo=False`): the dynamo exporter
 needs `onnxscript`, which is not a dependency.
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 import warnings
@@ -38,8 +38,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine import paths
 from engine.errors import OculaError, UnsupportedModelError
+from engine.runtimes.optimized import (
+    MANIFEST,
+    find_optimized,
+    onnx_runner_for_export,
+    optimized_dir,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -50,36 +55,10 @@ if TYPE_CHECKING:
 OPSET = 17
 IMAGE_TOLERANCE = 1e-3  # max abs difference on [0, 1] pixels
 LOGITS_TOLERANCE = 1e-3  # relative to the largest |value| of the torch output
-MANIFEST = "optimized.json"
 
 
 class ExportVerificationError(OculaError):
     """The ONNX export does not reproduce the torch model closely enough to be used."""
-
-
-# -- where exports live ----------------------------------------------------------------------
-
-
-def _safe(part: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", part).strip("._") or "model"
-
-
-def optimized_dir(card: ModelCard) -> Path:
-    return paths.app_home() / "optimized" / _safe(card.id) / _safe(card.revision or "local")
-
-
-def find_optimized(card: ModelCard) -> Path | None:
-    """The verified export of `card` (file or folder, as `optimize` returned it), or None."""
-    folder = optimized_dir(card)
-    manifest = folder / MANIFEST
-    if not manifest.is_file():
-        return None
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    target = folder / data.get("path", "model.onnx")
-    return target if target.exists() else None
 
 
 # -- the entry point --------------------------------------------------------------------------
@@ -600,7 +579,7 @@ def _optimize_seq2seq(runner: Runner, pil: Any, folder: Path, tolerance: float) 
     scale = max(1.0, float(ref_enc.abs().max()))
     worst = float(np.abs(got_enc - ref_enc.float().numpy()).max()) / scale
     _check(runner, worst, tolerance, "relative encoder output")
-    onnx_runner = _onnx_runner_for(runner.card, folder)
+    onnx_runner = onnx_runner_for_export(runner.card, folder)
     torch_caption = caption(runner, [pil], max_new_tokens=20)[0]
     onnx_caption = caption(onnx_runner, [pil], max_new_tokens=20)[0]
     if torch_caption.token_ids != onnx_caption.token_ids:
@@ -610,31 +589,6 @@ def _optimize_seq2seq(runner: Runner, pil: Any, folder: Path, tolerance: float) 
             f"the model keeps running on torch.")
     return {"max_rel_diff": worst, "tolerance": tolerance,
             "verified_caption": torch_caption.text, "verified_tokens": len(torch_caption.token_ids)}
-
-
-def _onnx_runner_for(card: ModelCard, folder: Path) -> Runner:
-    import dataclasses
-
-    from engine.runtimes.base import Placement
-    from engine.runtimes.onnx_backend import load_onnx
-
-    onnx_card = dataclasses.replace(card, runtime="onnx", local_path=str(folder), sidecar={})
-    return load_onnx(onnx_card, folder, Placement("onnx", "cpu", "fp32",
-                                                  provider="CPUExecutionProvider"))
-
-
-def onnx_runner_for_export(card: ModelCard, path: Path) -> Runner:
-    """An OnnxRunner over an `optimize` result (file or folder), for tests and the CLI."""
-    folder = path if path.is_dir() else path.parent
-    import dataclasses
-
-    from engine.runtimes.base import Placement
-    from engine.runtimes.onnx_backend import load_onnx
-
-    onnx_card = dataclasses.replace(card, runtime="onnx", local_path=str(path), sidecar={})
-    target = path if path.is_file() else folder
-    return load_onnx(onnx_card, target, Placement("onnx", "cpu", "fp32",
-                                                  provider="CPUExecutionProvider"))
 
 
 __all__: Sequence[str] = (

@@ -397,8 +397,6 @@ def run_self_test(
     import_seconds = 0.0
     try:
         with _isolated(work / "home"):
-            import engine.tasks.handlers  # noqa: F401  registers the built-in task handlers
-
             rgb = synthetic_image()
             image_path = _write_png(rgb, work / "inputs" / "selftest.png")
             import_seconds, import_error = _import_heavy_libraries()

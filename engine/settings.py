@@ -33,6 +33,14 @@ class Settings:
     use_onnx_fast_path: bool = True  # CPU runs use a verified `ocula models optimize` export
     allowed_remote_code: list[RemoteCodeGrant] = field(default_factory=list)
 
+    def requested_placement(self, device: str = "auto",
+                            precision: str = "auto") -> tuple[str, str]:
+        """What a run asks for: "auto" defers to the user's defaults (Settings ▸ Devices).
+        The one place this is resolved; the planner (engine.devices.plan) then says what
+        really runs and reports any fallback."""
+        return ((self.device or "auto") if device in ("", "auto") else device,
+                (self.precision or "auto") if precision in ("", "auto") else precision)
+
     def allows_remote_code(self, repo: str, revision: str | None) -> bool:
         return any(
             g.repo == repo and revision is not None and g.revision == revision

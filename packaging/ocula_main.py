@@ -2,7 +2,7 @@
 
 Without arguments it opens the desktop app; with arguments it is the `ocula` command
 line (`--version`, `--self-test`, `run`, `models`, ...), exactly like the pip-installed
-`ocula` entry point (engine.cli:main).
+`ocula` entry point (desktop.launcher:main).
 """
 
 import multiprocessing
@@ -18,7 +18,7 @@ def _main() -> int:
     for name in ("stdout", "stderr"):
         if getattr(sys, name) is None:
             setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115
-    from engine.cli import main
+    from desktop.launcher import main
 
     return main(sys.argv[1:])
 

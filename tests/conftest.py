@@ -28,6 +28,9 @@ if str(ROOT) not in sys.path:
 
 import pytest  # noqa: E402
 
+# Shared fixtures: `test_handlers` and `store` for the job tests.
+pytest_plugins = ["tests.fixtures.jobs"]
+
 
 @pytest.fixture(scope="session")
 def session_root() -> Path:

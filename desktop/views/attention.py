@@ -28,11 +28,11 @@ def _load(card: Any, device: str, precision: str, settings: Any) -> Any:
 
 
 def _explain(runner: Any, path: Any, options: dict[str, Any]) -> Any:
-    from engine.explain import explain
+    """The explain task's route (engine.explain.with_options), as `ocula explain` takes it."""
+    from engine.explain.with_options import explain_with_options
     from engine.media.image import read_image
 
-    image = read_image(path).rgb
-    return explain(runner, image, **options)
+    return explain_with_options(runner, read_image(path).rgb, options)
 
 
 def supported_methods(card: Any) -> tuple[list[str], str]:

@@ -39,8 +39,9 @@ from desktop.views.catalog_model import (
 from desktop.views.errors import describe, show_error
 from desktop.views.model_details import card_markdown, installed_snapshot, read_readme
 from desktop.workers import Operation, Pools, call_operation, download_operation
+from engine.vocabulary import MODEL_TASKS
 
-TASK_FILTERS = ("", "caption", "detect", "segment", "restore", "features")
+TASK_FILTERS = ("", *MODEL_TASKS)
 
 
 def _scan(catalog: Any, settings: Any) -> list[CatalogRow]:

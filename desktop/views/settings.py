@@ -3,7 +3,9 @@
 Engine settings (device, precision, cache folder, offline mode, remote-code
 allow-list) are `engine.settings.Settings`, saved as TOML so `ocula` on the
 command line sees the same values. The theme and window layout live in QSettings.
-The Hugging Face token goes to the OS keyring when available (desktop.token_store).
+The hub token is the CLI's: engine.hub.auth stores it where huggingface_hub keeps it
+(what `ocula models login` writes); a new token is checked with the hub off the UI
+thread before it is saved.
 """
 from __future__ import annotations
 
@@ -29,10 +31,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop import token_store
 from desktop.theme import THEMES
-from desktop.views.task_panel import DEVICES, PRECISIONS
+from desktop.workers import Operation, call_operation
+from engine.hub import auth
 from engine.settings import RemoteCodeGrant, Settings
+from engine.vocabulary import DEVICE_CHOICES, PRECISION_CHOICES
 
 
 class SettingsDialog(QDialog):
@@ -46,6 +49,7 @@ class SettingsDialog(QDialog):
         self.settings = copy.deepcopy(settings)
         self.qsettings = qsettings
         self.settings_path = settings_path
+        self.login_op: Operation | None = None  # the hub check of a new token, while it runs
         tabs = QTabWidget()
         tabs.addTab(self._general_tab(), self.tr("General"))
         tabs.addTab(self._models_tab(), self.tr("Models and downloads"))
@@ -53,6 +57,7 @@ class SettingsDialog(QDialog):
                                    | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.save_and_close)
         buttons.rejected.connect(self.reject)
+        self.buttons = buttons
         layout = QVBoxLayout(self)
         layout.addWidget(tabs)
         layout.addWidget(buttons)
@@ -72,12 +77,12 @@ class SettingsDialog(QDialog):
             self.qsettings.value("ui/theme", "system"))))
         self.device = QComboBox()
         self.device.setObjectName("defaultDevice")
-        self.device.addItems(DEVICES)
+        self.device.addItems(DEVICE_CHOICES)
         self.device.setEditable(True)  # cuda:1 etc.
         self.device.setCurrentText(self.settings.device)
         self.precision = QComboBox()
         self.precision.setObjectName("defaultPrecision")
-        self.precision.addItems(PRECISIONS)
+        self.precision.addItems(PRECISION_CHOICES)
         self.precision.setCurrentText(self.settings.precision)
         self.runner_cache = QSpinBox()
         self.runner_cache.setRange(0, 1 << 20)
@@ -109,13 +114,18 @@ class SettingsDialog(QDialog):
                                          "models only"))
         self.offline.setObjectName("offlineCheck")
         self.offline.setChecked(self.settings.offline)
-        self.token = QLineEdit(token_store.load_token())
+        self.token = QLineEdit(auth.saved_token() or "")
         self.token.setObjectName("hfToken")
         self.token.setEchoMode(QLineEdit.EchoMode.Password)
         self.token.setPlaceholderText(self.tr("hf_… (only needed for gated models)"))
-        token_note = QLabel(self.tr("Stored in: {}").format(token_store.backend_name()))
+        token_note = QLabel(self.tr("Saved in {} — the same login as `ocula models login`.")
+                            .format(auth.describe_token_store()))
         token_note.setWordWrap(True)
         token_note.setObjectName("tokenNote")
+        self.token_status = QLabel()
+        self.token_status.setWordWrap(True)
+        self.token_status.setObjectName("tokenStatus")
+        self.token_status.setVisible(False)
 
         self.grants = QListWidget()
         self.grants.setObjectName("remoteCodeList")
@@ -141,6 +151,7 @@ class SettingsDialog(QDialog):
         form.addRow(self.offline)
         form.addRow(self.tr("Hub token"), self.token)
         form.addRow(token_note)
+        form.addRow(self.token_status)
         form.addRow(self.tr("Allowed remote code"), self.grants)
         form.addRow(grant_row)
         form.addRow(warn)
@@ -179,11 +190,52 @@ class SettingsDialog(QDialog):
         return s
 
     def save_and_close(self) -> None:
+        """Save and close; a changed token is first checked with the hub (off the UI
+        thread), and the dialog stays open with the hub's answer if it is refused."""
+        if self.login_op is not None:
+            return  # a check is under way
+        token = self.token.text().strip()
+        if token == (auth.saved_token() or ""):
+            self._save_and_accept()
+        elif not token:
+            auth.clear_token()  # deletes two small files
+            self._save_and_accept()
+        else:
+            self._log_in(token)
+
+    def _log_in(self, token: str) -> None:
+        self.buttons.setEnabled(False)
+        self._show_token_status(self.tr("Checking the token with the hub…"))
+        op = call_operation(auth.save_token, token, label="hub login")
+        op.succeeded.connect(self._on_logged_in)
+        op.failed.connect(self._on_login_failed)
+        self.login_op = op
+        op.start()
+
+    def _on_logged_in(self, user: str) -> None:
+        self.login_op = None
+        self.buttons.setEnabled(True)
+        self._show_token_status(self.tr("Logged in as {}.").format(user))
+        self._save_and_accept()
+
+    def _on_login_failed(self, failure) -> None:
+        self.login_op = None
+        self.buttons.setEnabled(True)
+        self._show_token_status(failure.message)
+        self.token.setFocus()
+
+    def _show_token_status(self, text: str) -> None:
+        self.token_status.setText(text)
+        self.token_status.setVisible(True)
+
+    def reject(self) -> None:
+        if self.login_op is None:  # not while a new token is being saved
+            super().reject()
+
+    def _save_and_accept(self) -> None:
         settings = self.collect()
         settings.save(self.settings_path)
         self.qsettings.setValue("ui/theme", self.theme.currentData())
-        if self.token.text().strip() != token_store.load_token():
-            token_store.save_token(self.token.text())
         self.qsettings.sync()
         self.applied.emit(settings)
         self.accept()

@@ -1,8 +1,9 @@
 """The right-hand settings for the chosen task.
 
-`options()` returns the same option names the CLI passes to `engine.jobs.JobSpec`
-(threshold, nms_iou, classes, prompt, points, boxes, tile_size…), so both front
-ends drive the engine identically. Last-used values persist in QSettings.
+Each task's form is built from its options dataclass (engine.options, through
+desktop/views/options_form.py), the same contract the CLI's flags and the job spec
+come from, so both front ends drive the engine identically, with the same defaults.
+Last-used values persist in QSettings.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from PySide6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -22,16 +22,16 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QPushButton,
     QSlider,
-    QSpinBox,
     QStackedWidget,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
-TASK_LABELS = {"caption": "Caption", "detect": "Detect", "segment": "Segment",
-               "restore": "Restore", "explain": "Explain"}
-EXPLAIN_METHODS = {  # engine.explain.METHODS -> label
+from desktop.views.options_form import OptionsForm
+from engine.vocabulary import DEVICE_CHOICES, EXPLAIN_METHODS, PRECISION_CHOICES, TASK_LABELS
+
+EXPLAIN_METHOD_LABELS = {  # engine.vocabulary.EXPLAIN_METHODS -> what the picker shows
     "raw": "Raw attention (layer, head)",
     "rollout": "Attention rollout",
     "relevance": "Relevance (gradients)",
@@ -43,95 +43,35 @@ EXPLAIN_METHODS = {  # engine.explain.METHODS -> label
     "gradcam": "Grad-CAM (no attention)",
     "windowed": "Window attention (Swin)",
 }
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
-def _double(lo: float, hi: float, step: float, value: float, decimals: int = 2) -> QDoubleSpinBox:
-    box = QDoubleSpinBox()
-    box.setRange(lo, hi)
-    box.setSingleStep(step)
-    box.setDecimals(decimals)
-    box.setValue(value)
-    return box
-
-
-def _int(lo: int, hi: int, value: int, special: str = "") -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(lo, hi)
-    box.setValue(value)
-    if special:
-        box.setSpecialValueText(special)
-    return box
-
-
-class CaptionForm(QWidget):
+class CaptionForm(OptionsForm):
     def __init__(self) -> None:
-        super().__init__()
-        form = QFormLayout(self)
-        self.prompt = QLineEdit()
+        super().__init__("caption")
         self.prompt.setObjectName("captionPrompt")
         self.prompt.setPlaceholderText(self.tr("optional: text the caption starts with"))
-        self.max_new_tokens = _int(1, 512, 40)
-        self.num_beams = _int(1, 8, 1)
-        form.addRow(self.tr("Prompt"), self.prompt)
-        form.addRow(self.tr("Max words (tokens)"), self.max_new_tokens)
-        form.addRow(self.tr("Beams"), self.num_beams)
-
-    def options(self) -> dict[str, Any]:
-        opts: dict[str, Any] = {"max_new_tokens": self.max_new_tokens.value(),
-                                "num_beams": self.num_beams.value()}
-        if self.prompt.text().strip():
-            opts["prompt"] = self.prompt.text().strip()
-        return opts
 
 
-class DetectForm(QWidget):
+class DetectForm(OptionsForm):
     def __init__(self) -> None:
-        super().__init__()
-        form = QFormLayout(self)
-        self.threshold = _double(0.0, 1.0, 0.05, 0.5)
+        super().__init__("detect")
         self.threshold.setObjectName("detectThreshold")
-        self.nms_iou = _double(0.0, 1.0, 0.05, 0.0)
-        self.nms_iou.setSpecialValueText(self.tr("model default"))
-        self.max_detections = _int(1, 1000, 100)
-        self.classes = QLineEdit()
         self.classes.setObjectName("openVocabClasses")
         self.classes.setPlaceholderText(self.tr("e.g. cat, remote control, red car"))
-        self.classes_label = QLabel(self.tr("Find these"))
-        form.addRow(self.tr("Score threshold"), self.threshold)
-        form.addRow(self.tr("Overlap (NMS IoU)"), self.nms_iou)
-        form.addRow(self.tr("Max boxes"), self.max_detections)
-        form.addRow(self.classes_label, self.classes)
         self.set_open_vocabulary(False)
 
     def set_open_vocabulary(self, enabled: bool) -> None:
-        self.classes.setVisible(enabled)
-        self.classes_label.setVisible(enabled)
-
-    def options(self) -> dict[str, Any]:
-        opts: dict[str, Any] = {"threshold": self.threshold.value(),
-                                "max_detections": self.max_detections.value()}
-        if self.nms_iou.value() > 0:
-            opts["nms_iou"] = self.nms_iou.value()
-        names = [c.strip() for c in self.classes.text().split(",") if c.strip()]
-        if self.classes.isVisibleTo(self) and names:
-            opts["classes"] = names
-        return opts
+        """Open-vocabulary models find what is typed; closed ones filter their classes."""
+        self.labels["classes"].setText(self.tr("Find these") if enabled
+                                       else self.tr("Only these classes"))
 
 
-class SegmentForm(QWidget):
+class SegmentForm(OptionsForm):
     promptModeChanged = Signal(str)  # pan | point | box
     clearPrompts = Signal()
 
     def __init__(self) -> None:
-        super().__init__()
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        form = QFormLayout()
-        self.threshold = _double(0.0, 1.0, 0.05, 0.5)
-        form.addRow(self.tr("Score threshold"), self.threshold)
-        layout.addLayout(form)
+        super().__init__("segment")
         self.prompt_box = QGroupBox(self.tr("Prompts (SAM)"))
         self.prompt_box.setObjectName("samPrompts")
         row = QHBoxLayout(self.prompt_box)
@@ -157,11 +97,13 @@ class SegmentForm(QWidget):
         row.addWidget(clear)
         self.prompt_count = QLabel()
         row.addWidget(self.prompt_count, 1)
-        layout.addWidget(self.prompt_box)
+        self.extra.addWidget(self.prompt_box)
         self.set_promptable(False)
 
     def set_promptable(self, enabled: bool) -> None:
         self.prompt_box.setVisible(enabled)
+        for name in ("points", "boxes"):
+            self.set_row_visible(name, enabled)
         if not enabled:
             self.mode_buttons["pan"].setChecked(True)
             self.promptModeChanged.emit("pan")
@@ -169,75 +111,45 @@ class SegmentForm(QWidget):
     def show_prompt_count(self, points: int, boxes: int) -> None:
         self.prompt_count.setText(self.tr("{} points, {} boxes").format(points, boxes))
 
-    def options(self) -> dict[str, Any]:
-        return {"threshold": self.threshold.value()}
 
-
-class RestoreForm(QWidget):
+class RestoreForm(OptionsForm):
     def __init__(self) -> None:
-        super().__init__()
-        form = QFormLayout(self)
-        self.tile_size = _int(0, 4096, 0, self.tr("automatic"))
-        self.tile_size.setSingleStep(64)
+        super().__init__("restore")
         self.tile_size.setObjectName("tileSize")
-        self.tile_overlap = _int(0, 256, 16)
-        self.output_format = QComboBox()
-        self.output_format.addItems(["png", "tiff", "webp", "jpg"])
-        form.addRow(self.tr("Tile size (px)"), self.tile_size)
-        form.addRow(self.tr("Tile overlap (px)"), self.tile_overlap)
-        form.addRow(self.tr("Save as"), self.output_format)
-
-    def options(self) -> dict[str, Any]:
-        opts: dict[str, Any] = {"tile_overlap": self.tile_overlap.value(),
-                                "output_format": self.output_format.currentText()}
-        if self.tile_size.value() > 0:
-            opts["tile_size"] = self.tile_size.value()
-        return opts
 
 
-class ExplainForm(QWidget):
-    """Method, layer and head for attention maps; changes re-draw the map at once."""
+class ExplainForm(OptionsForm):
+    """Method, layer and head for attention maps; changes re-draw the map at once.
 
-    changed = Signal()
+    The method picker lists the methods themselves (not the words `cross` and
+    `similarity`, which the CLI resolves per model); layer and head are sliders whose
+    -1 end means None (last layer / heads fused)."""
+
+    def make_control(self, option):
+        if option.name == "method":
+            combo = QComboBox()
+            combo.setObjectName("explainMethod")
+            for key in EXPLAIN_METHODS:
+                combo.addItem(self.tr(EXPLAIN_METHOD_LABELS[key]), key)
+            combo.setCurrentIndex(combo.findData(option.default))
+            combo.setToolTip(option.help)
+            return combo
+        if option.name in ("layer", "head"):
+            slider = QSlider(Qt.Orientation.Horizontal)  # its minimum, -1, stands for None
+            slider.setObjectName("explainLayer" if option.name == "layer" else "explainHead")
+            slider.setRange(-1, 11)
+            slider.setValue(-1)
+            slider.setToolTip(option.help)
+            return slider
+        return None
 
     def __init__(self) -> None:
-        super().__init__()
-        form = QFormLayout(self)
-        self.method = QComboBox()
-        self.method.setObjectName("explainMethod")
-        for key, label in EXPLAIN_METHODS.items():
-            self.method.addItem(self.tr(label), key)
-        self.layer = QSlider(Qt.Orientation.Horizontal)
-        self.layer.setObjectName("explainLayer")
-        self.layer.setRange(-1, 11)
-        self.layer.setValue(-1)
-        self.layer_label = QLabel()
-        self.head = QSlider(Qt.Orientation.Horizontal)
-        self.head.setObjectName("explainHead")
-        self.head.setRange(-1, 11)
-        self.head.setValue(-1)
-        self.head_label = QLabel()
-        self.head_fusion = QComboBox()
-        self.head_fusion.addItems(["mean", "max", "min"])
-        self.discard_ratio = _double(0.0, 0.99, 0.05, 0.0)
-        layer_row, head_row = QHBoxLayout(), QHBoxLayout()
-        layer_row.addWidget(self.layer, 1)
-        layer_row.addWidget(self.layer_label)
-        head_row.addWidget(self.head, 1)
-        head_row.addWidget(self.head_label)
-        form.addRow(self.tr("Method"), self.method)
-        form.addRow(self.tr("Layer"), layer_row)
-        form.addRow(self.tr("Head"), head_row)
-        form.addRow(self.tr("Heads combined by"), self.head_fusion)
-        form.addRow(self.tr("Rollout discard ratio"), self.discard_ratio)
+        super().__init__("explain")
         self.hint = QLabel()
         self.hint.setWordWrap(True)
         self.hint.setObjectName("explainHint")
-        form.addRow(self.hint)
-        for signal in (self.method.currentIndexChanged, self.layer.valueChanged,
-                       self.head.valueChanged, self.head_fusion.currentIndexChanged,
-                       self.discard_ratio.valueChanged):
-            signal.connect(self._changed)
+        self.extra.addWidget(self.hint)
+        self.changed.connect(self._update_labels)
         self._update_labels()
 
     def set_shape(self, layers: int, heads: int) -> None:
@@ -260,24 +172,16 @@ class ExplainForm(QWidget):
 
     def _update_labels(self) -> None:
         layer, head = self.layer.value(), self.head.value()
-        self.layer_label.setText(self.tr("last") if layer < 0 else str(layer))
-        self.head_label.setText(self.tr("all") if head < 0 else str(head))
+        self.labels["layer"].setText(self.tr("Layer: {}").format(
+            self.tr("last") if layer < 0 else layer))
+        self.labels["head"].setText(self.tr("Head: {}").format(
+            self.tr("all") if head < 0 else head))
         method = self.method.currentData()
         self.layer.setEnabled(method in ("raw", "cls_similarity", "patch_similarity",
                                          "cross_attention", "windowed"))
         self.head.setEnabled(method in ("raw", "dino", "cross_attention", "windowed"))
         self.discard_ratio.setEnabled(method == "rollout")
         self.head_fusion.setEnabled(method in ("rollout", "raw") and head < 0)
-
-    def _changed(self) -> None:
-        self._update_labels()
-        self.changed.emit()
-
-    def options(self) -> dict[str, Any]:
-        layer, head = self.layer.value(), self.head.value()
-        return {"method": self.method.currentData(), "layer": None if layer < 0 else layer,
-                "head": None if head < 0 else head, "head_fusion": self.head_fusion.currentText(),
-                "discard_ratio": self.discard_ratio.value()}
 
 
 class TaskPanel(QWidget):
@@ -298,10 +202,10 @@ class TaskPanel(QWidget):
         common = QFormLayout()
         self.device = QComboBox()
         self.device.setObjectName("deviceCombo")
-        self.device.addItems(DEVICES)
+        self.device.addItems(DEVICE_CHOICES)
         self.precision = QComboBox()
         self.precision.setObjectName("precisionCombo")
-        self.precision.addItems(PRECISIONS)
+        self.precision.addItems(PRECISION_CHOICES)
         self.output_dir = QLineEdit()
         self.output_dir.setObjectName("outputDir")
         self.output_dir.setPlaceholderText(self.tr("next to the inputs, in ocula-out/"))
@@ -357,66 +261,39 @@ class TaskPanel(QWidget):
             self.output_dir.setText(folder)
 
     # -- last-used values ------------------------------------------------------------------
-    def _fields(self) -> dict[str, QWidget]:
-        f = self.forms
-        return {
-            "caption/prompt": f["caption"].prompt,
-            "caption/max_new_tokens": f["caption"].max_new_tokens,
-            "caption/num_beams": f["caption"].num_beams,
-            "detect/threshold": f["detect"].threshold,
-            "detect/nms_iou": f["detect"].nms_iou,
-            "detect/max_detections": f["detect"].max_detections,
-            "detect/classes": f["detect"].classes,
-            "segment/threshold": f["segment"].threshold,
-            "restore/tile_size": f["restore"].tile_size,
-            "restore/tile_overlap": f["restore"].tile_overlap,
-            "restore/output_format": f["restore"].output_format,
-            "explain/method": f["explain"].method,
-            "common/device": self.device,
-            "common/precision": self.precision,
-            "common/output_dir": self.output_dir,
-            "common/save_outputs": self.save_outputs,
-        }
+    def _common(self) -> dict[str, QWidget]:
+        return {"device": self.device, "precision": self.precision,
+                "output_dir": self.output_dir, "save_outputs": self.save_outputs}
 
     def save_state(self, qs: QSettings) -> None:
-        for key, widget in self._fields().items():
-            qs.setValue(f"task_panel/{key}", _value_of(widget))
+        for form in self.forms.values():
+            form.save_state(qs, "task_panel")
+        for key, widget in self._common().items():
+            qs.setValue(f"task_panel/common/{key}", _value_of(widget))
 
     def restore_state(self, qs: QSettings) -> None:
-        for key, widget in self._fields().items():
-            value = qs.value(f"task_panel/{key}")
+        for form in self.forms.values():
+            form.restore_state(qs, "task_panel")
+        for key, widget in self._common().items():
+            value = qs.value(f"task_panel/common/{key}")
             if value is not None:
                 _set_value(widget, value)
 
 
 def _value_of(widget: QWidget) -> Any:
-    if isinstance(widget, (QSpinBox, QDoubleSpinBox)):
-        return widget.value()
     if isinstance(widget, QComboBox):
-        data = widget.currentData()
-        return data if data is not None else widget.currentText()
+        return widget.currentText()
     if isinstance(widget, QCheckBox):
         return widget.isChecked()
-    if isinstance(widget, QLineEdit):
-        return widget.text()
-    raise TypeError(type(widget))
+    return widget.text()
 
 
 def _set_value(widget: QWidget, value: Any) -> None:
-    try:
-        if isinstance(widget, QSpinBox):
-            widget.setValue(int(value))
-        elif isinstance(widget, QDoubleSpinBox):
-            widget.setValue(float(value))
-        elif isinstance(widget, QComboBox):
-            index = widget.findData(value)
-            if index < 0:
-                index = widget.findText(str(value))
-            if index >= 0:
-                widget.setCurrentIndex(index)
-        elif isinstance(widget, QCheckBox):
-            widget.setChecked(value in (True, "true", "1", 1))
-        elif isinstance(widget, QLineEdit):
-            widget.setText(str(value))
-    except (TypeError, ValueError):
-        pass  # a stale or hand-edited value: keep the default
+    if isinstance(widget, QComboBox):
+        index = widget.findText(str(value))
+        if index >= 0:
+            widget.setCurrentIndex(index)
+    elif isinstance(widget, QCheckBox):
+        widget.setChecked(value in (True, "true", "1", 1))
+    else:
+        widget.setText(str(value))

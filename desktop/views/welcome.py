@@ -15,8 +15,9 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.format import human_bytes, human_params
+from engine.vocabulary import JOB_TASKS
 
-STARTER_TASKS = ("caption", "detect", "segment", "restore")
+STARTER_TASKS = tuple(t for t in JOB_TASKS if t != "explain")  # a model per task
 
 
 def starter_models(catalog: Any) -> dict[str, Any]:

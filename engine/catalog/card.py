@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-TASKS = ("caption", "detect", "segment", "restore", "features")
+from engine.vocabulary import MODEL_TASKS, PRECISIONS  # noqa: F401  PRECISIONS: re-exported
+
+TASKS = MODEL_TASKS  # what a model can do (engine.vocabulary)
 RUNTIMES = ("transformers", "spandrel", "onnx", "facenet-pytorch")
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 class AttentionSupport(str, Enum):

@@ -17,26 +17,13 @@ import difflib
 import sys
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from engine.catalog.card import ModelCard, Source
-from engine.catalog.entries import card_from_entry
+from engine.catalog.entries import CatalogProblem, card_from_entry
 from engine.errors import CatalogError, UnknownModelError
 
 CATALOG_FILE = "catalog.toml"
-
-
-@dataclass(frozen=True)
-class CatalogProblem:
-    """One entry that could not be used, and why (shown by the GUI, printed by the CLI)."""
-
-    origin: str  # the file it came from
-    entry: str | None  # the entry id, when it had one
-    message: str  # the full sentence, naming file, entry and field
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def default_catalog_path() -> Path:

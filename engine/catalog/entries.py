@@ -6,11 +6,28 @@ like: catalog.toml entry 'x': field 'runtime' is 'tensorflow'; expected one of .
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from engine.catalog.card import PRECISIONS, RUNTIMES, TASKS, AttentionSupport, ModelCard, Source
 from engine.catalog.sidecar import OUTPUTS, validate_sidecar
 from engine.errors import CatalogError
+
+
+@dataclass(frozen=True)
+class CatalogProblem:
+    """One entry that could not be used, and why (shown by the GUI, printed by the CLI).
+
+    Here, below both readers (engine.catalog.catalog and engine.catalog.local_import),
+    so that neither imports the other for it."""
+
+    origin: str  # the file it came from
+    entry: str | None  # the entry id, when it had one
+    message: str  # the full sentence, naming file, entry and field
+
+    def __str__(self) -> str:
+        return self.message
+
 
 VARIANTS = ("semantic", "panoptic", "instance", "promptable", "matting", "open-vocab")
 ATTENTION_VALUES = tuple(a.value for a in AttentionSupport)

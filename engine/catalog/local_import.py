@@ -34,7 +34,13 @@ import tomli_w
 
 from engine import paths
 from engine.catalog.card import TASKS, AttentionSupport, ModelCard, Source
-from engine.catalog.entries import card_from_entry, entry_from_card, memory_for, memory_rule_mb
+from engine.catalog.entries import (
+    CatalogProblem,
+    card_from_entry,
+    entry_from_card,
+    memory_for,
+    memory_rule_mb,
+)
 from engine.catalog.families import spandrel_family, task_for_architecture, transformers_family
 from engine.catalog.sidecar import OUTPUTS, check_against_graph, validate_sidecar, with_derived_keys
 from engine.errors import (
@@ -45,7 +51,6 @@ from engine.errors import (
 )
 
 if TYPE_CHECKING:
-    from engine.catalog.catalog import CatalogProblem
     from engine.settings import Settings
 
 INDEX_FILE = "index.toml"
@@ -92,8 +97,6 @@ def _write_index_entries(entries: list[dict[str, Any]]) -> None:
 
 def load_imports() -> tuple[list[ModelCard], list[CatalogProblem]]:
     """Imported cards that are usable, and a problem for each entry that is not."""
-    from engine.catalog.catalog import CatalogProblem
-
     origin = str(index_path())
     try:
         entries = _read_index_entries()

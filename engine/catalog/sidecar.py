@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import CatalogError
+from engine.vocabulary import PRECISIONS
 
 MAX_BORDER = 256
 # = engine.media.tiling.BORDER_MODES (this module stays numpy-free)
@@ -215,7 +216,7 @@ def validate_sidecar(data: dict[str, Any], *, where: str, task: str | None = Non
     if "precisions" in data:
         precisions = data["precisions"]
         if (not isinstance(precisions, list) or not precisions
-                or not all(p in ("fp32", "fp16", "bf16") for p in precisions)):
+                or not all(p in PRECISIONS for p in precisions)):
             raise fail("precisions", f"is {precisions!r}; expected a list drawn from fp32, fp16, bf16")
         out["precisions"] = list(precisions)
     for key in ("input_name",):

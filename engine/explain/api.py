@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import UnsupportedModelError
-from engine.explain.maps import METHODS, AttentionMaps
+from engine.errors import UnsupportedModelError, UsageError
+from engine.explain.geometry import pixel_inputs
+from engine.explain.maps import AttentionMaps
+from engine.registry import Registry
 
 
 def _model_name(model: Any) -> str:
@@ -74,18 +78,127 @@ def resolve_method(method: str, caps: Any, patch: tuple[float, float] | None) ->
     attention for DETR-style detectors; `similarity` is click-to-segment when a patch
     was clicked, else CLS-to-patch similarity.
     """
-    from engine.errors import UsageError
-
     method = METHOD_ALIASES.get(method, method)
     if method == "cross":
         method = "detr" if caps.allows("detr") and not caps.allows("cross_attention") \
             else "cross_attention"
     elif method == "similarity":
         method = "patch_similarity" if patch is not None else "cls_similarity"
-    if method not in METHODS:
-        raise UsageError(f"unknown attention-map method '{method}'; choose one of "
-                         f"{', '.join(METHODS)} (or cross, similarity).")
+    EXPLAIN_METHODS.get(method)  # an unknown name: UsageError listing the methods
     return method
+
+
+# -- the methods, as data ----------------------------------------------------------------------
+
+
+@dataclass
+class MethodCall:
+    """What a method's run function gets (one explain() call)."""
+
+    model: Any  # torch module
+    processor: Any
+    image: Any  # PIL, RGB
+    method: str
+    options: Any  # engine.explain.self_attention.Options
+    max_new_tokens: int = 20
+    prompt: str | None = None
+    detection_threshold: float = 0.7
+
+
+MethodRun = Callable[[MethodCall], AttentionMaps]
+
+
+@dataclass(frozen=True)
+class ExplainMethod:
+    """One attention-map method: its run function (torch models) and what it needs."""
+
+    name: str
+    run: MethodRun
+    onnx: bool = False  # also runs on an ONNX graph's exposed attention Softmax outputs
+    gradients: bool = False  # backpropagates a target class (torch only)
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class ExplainFamily:
+    """A model type whose maps come from its own code for several methods (DETR's encoder
+    and decoder attentions), whatever the method's own run function is."""
+
+    model_type: str
+    run: MethodRun
+    methods: tuple[str, ...]
+
+
+def _self_attention(call: MethodCall) -> AttentionMaps:
+    return _explain_torch(call.model, call.processor, call.image, call.method, call.options)
+
+
+def _cross_attention(call: MethodCall) -> AttentionMaps:
+    from engine.explain.captioner import caption_maps
+
+    return caption_maps(call.model, call.processor, call.image, options=call.options,
+                        max_new_tokens=call.max_new_tokens, prompt=call.prompt)
+
+
+def _detr(call: MethodCall) -> AttentionMaps:
+    from engine.explain.detr import detr_maps
+
+    return detr_maps(call.model, call.processor, call.image, method=call.method,
+                     options=call.options, threshold=call.detection_threshold)
+
+
+def _gradcam(call: MethodCall) -> AttentionMaps:
+    from engine.explain.gradcam import gradcam_maps
+
+    return gradcam_maps(call.model, call.processor, call.image, target=call.options.target,
+                        notes=call.options.notes)
+
+
+def _windowed(call: MethodCall) -> AttentionMaps:
+    from engine.explain.windowed import windowed_maps
+
+    return windowed_maps(call.model, call.processor, call.image, options=call.options)
+
+
+EXPLAIN_METHODS: Registry[str, ExplainMethod] = Registry(
+    "attention-map method", missing=UsageError, hint="Also: cross, similarity (resolved per model).")
+for _method in (
+    ExplainMethod("raw", _self_attention, onnx=True,
+                  summary="one layer's attention, one head or heads fused"),
+    ExplainMethod("rollout", _self_attention, onnx=True,
+                  summary="attention rollout (Abnar & Zuidema 2020)"),
+    ExplainMethod("relevance", _self_attention, gradients=True,
+                  summary="gradient-weighted relevance (Chefer et al. 2021)"),
+    ExplainMethod("cls_similarity", _self_attention,
+                  summary="cosine of the CLS feature to each patch feature, last layer"),
+    ExplainMethod("patch_similarity", _self_attention,
+                  summary="cosine of the clicked patch to the others: click-to-segment"),
+    ExplainMethod("dino", _self_attention, onnx=True,
+                  summary="DINO-style last-layer CLS map per head, mass-thresholded"),
+    ExplainMethod("cross_attention", _cross_attention,
+                  summary="captioners: one cross-attention map per generated token"),
+    ExplainMethod("detr", _detr,
+                  summary="DETR decoder cross-attention, one map per detected object"),
+    ExplainMethod("gradcam", _gradcam, gradients=True,
+                  summary="Grad-CAM on the last convolutional stage (Selvaraju et al. 2017)"),
+    ExplainMethod("windowed", _windowed,
+                  summary="Swin-style window attention stitched onto the image"),
+):
+    EXPLAIN_METHODS.register(_method.name, _method)
+
+# model_type -> the family's own run function for the methods it lists
+EXPLAIN_FAMILIES: Registry[str, ExplainFamily] = Registry("attention-map model family")
+EXPLAIN_FAMILIES.register("detr", ExplainFamily("detr", _detr, ("raw", "rollout", "detr")))
+
+
+def runner_for(model: Any, method: str) -> MethodRun:
+    """The run function for `method` on a torch `model`: its family's, where its model type
+    has one for this method, else the method's own."""
+    model_type = getattr(getattr(model, "config", None), "model_type", "") or ""
+    family = EXPLAIN_FAMILIES.find(model_type)
+    if family is not None and method in family.methods:
+        return family.run
+    return EXPLAIN_METHODS.get(method).run
 
 
 def explain(
@@ -125,47 +238,18 @@ def explain(
     options = Options(layer=layer, head=head, head_fusion=head_fusion, discard_ratio=discard_ratio,
                       start_layer=start_layer, target=target, patch=patch, threshold=threshold,
                       keep_mass=keep_mass, notes=[])
+    call = MethodCall(model, processor, image, method, options, max_new_tokens=max_new_tokens,
+                      prompt=prompt, detection_threshold=detection_threshold)
     if kind == "onnx":
+        entry = EXPLAIN_METHODS.get(method)
+        if not entry.onnx:
+            raise UnsupportedModelError(f"{_model_name(runner_or_model)}: method '{method}' needs "
+                                        f"a torch module; an ONNX graph gives attentions only.")
         result = _explain_onnx(model, image, method, options)
-    elif method == "cross_attention":
-        from engine.explain.captioner import caption_maps
-
-        result = caption_maps(model, processor, image, options=options, max_new_tokens=max_new_tokens,
-                              prompt=prompt)
-    elif method == "detr" or getattr(model.config, "model_type", "") == "detr":
-        from engine.explain.detr import detr_maps
-
-        result = detr_maps(model, processor, image, method=method, options=options,
-                           threshold=detection_threshold)
-    elif method == "gradcam":
-        from engine.explain.gradcam import gradcam_maps
-
-        result = gradcam_maps(model, processor, image, target=target, notes=options.notes)
-    elif method == "windowed":
-        from engine.explain.windowed import windowed_maps
-
-        result = windowed_maps(model, processor, image, options=options)
     else:
-        result = _explain_torch(model, processor, image, method, options)
+        result = runner_for(model, method)(call)
     result.model = _model_name(runner_or_model)
     return result
-
-
-def pixel_inputs(processor: Any, image: Any, notes: list[str]) -> tuple[Any, Any]:
-    """(pixel_values tensor, Geometry) through the model's own processor."""
-    from engine.explain.geometry import geometry_from_processor, stretch_geometry
-
-    image_processor = getattr(processor, "image_processor", None) or processor
-    pixel_values = image_processor(images=image, return_tensors="pt")["pixel_values"]
-    geometry = geometry_from_processor(image_processor, image.size)
-    actual = tuple(int(v) for v in pixel_values.shape[-2:])
-    if geometry.input_size != actual:
-        notes.append(
-            f"could not replay this processor's geometry ({geometry.describe()}, but it produced "
-            f"{actual[1]}×{actual[0]}): the map is stretched over the whole image and may be misaligned"
-        )
-        geometry = stretch_geometry(image.size, actual)
-    return pixel_values, geometry
 
 
 def _explain_torch(model: Any, processor: Any, image: Any, method: str, options: Any) -> AttentionMaps:

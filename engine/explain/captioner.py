@@ -78,7 +78,7 @@ def caption_maps(model: Any, processor: Any, image: Any, *, options: Any, max_ne
                  prompt: str | None = None) -> AttentionMaps:
     import torch
 
-    from engine.explain.api import pixel_inputs
+    from engine.explain.geometry import pixel_inputs
     from engine.explain.torch_capture import eager_attention, forward_kwargs, vision_tower
 
     notes = options.notes

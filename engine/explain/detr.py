@@ -25,7 +25,7 @@ def detr_maps(model: Any, processor: Any, image: Any, *, method: str, options: A
               threshold: float = 0.7) -> AttentionMaps:
     import torch
 
-    from engine.explain.api import pixel_inputs
+    from engine.explain.geometry import pixel_inputs
     from engine.explain.self_attention import compute
     from engine.explain.torch_capture import eager_attention
 

@@ -160,6 +160,25 @@ def stretch_geometry(original_size: tuple[int, int], input_size: tuple[int, int]
     return Geometry(original_size, tuple(input_size), (0, 0), tuple(input_size))
 
 
+def pixel_inputs(processor: Any, image: Any, notes: list[str]) -> tuple[Any, Any]:
+    """(pixel_values tensor, Geometry) through the model's own processor.
+
+    Here, next to the geometry it replays, so that engine.explain.api and the method
+    modules it dispatches to (captioner, detr, gradcam, windowed, onnx_attention) all
+    import it from below instead of from each other."""
+    image_processor = getattr(processor, "image_processor", None) or processor
+    pixel_values = image_processor(images=image, return_tensors="pt")["pixel_values"]
+    geometry = geometry_from_processor(image_processor, image.size)
+    actual = tuple(int(v) for v in pixel_values.shape[-2:])
+    if geometry.input_size != actual:
+        notes.append(
+            f"could not replay this processor's geometry ({geometry.describe()}, but it produced "
+            f"{actual[1]}×{actual[0]}): the map is stretched over the whole image and may be misaligned"
+        )
+        geometry = stretch_geometry(image.size, actual)
+    return pixel_values, geometry
+
+
 def grid_to_image(grid_map: np.ndarray, layout: TokenLayout, geometry: Geometry) -> np.ndarray:
     """(rows, cols) map -> float32 (H, W) on the original image, bilinear, one resampling.
 

@@ -33,7 +33,7 @@ def gradcam_maps(model: Any, processor: Any, image: Any, *, target: int | None =
                  notes: list[str] | None = None) -> AttentionMaps:
     import torch
 
-    from engine.explain.api import pixel_inputs
+    from engine.explain.geometry import pixel_inputs
 
     notes = [] if notes is None else notes
     pixel_values, geometry = pixel_inputs(processor, image, notes)

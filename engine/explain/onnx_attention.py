@@ -192,7 +192,7 @@ class OnnxAttentionModel:
         from PIL import Image
 
         if self.processor is not None and size is None:
-            from engine.explain.api import pixel_inputs
+            from engine.explain.geometry import pixel_inputs
 
             pixels, geometry = pixel_inputs(self.processor, image.convert("RGB"), [] if notes is None else notes)
             return pixels.numpy().astype(np.float32), geometry

@@ -101,7 +101,7 @@ def capture_windows(model: Any, pixel_values: Any, notes: list[str]) -> list[Win
 
 
 def windowed_maps(model: Any, processor: Any, image: Any, *, options: Any) -> AttentionMaps:
-    from engine.explain.api import pixel_inputs
+    from engine.explain.geometry import pixel_inputs
 
     notes = options.notes
     pixel_values, geometry = pixel_inputs(processor, image, notes)

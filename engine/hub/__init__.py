@@ -2,7 +2,15 @@
 
 Importing this package is cheap: huggingface_hub is imported inside the functions.
 """
-from engine.hub.auth import clear_token, save_token, stored_token
+from engine.hub.auth import (
+    clear_token,
+    migrate_legacy_token,
+    save_token,
+    saved_token,
+    stored_token,
+    token_path,
+    whoami,
+)
 from engine.hub.cache import (
     InstalledRepo,
     InstalledRevision,
@@ -43,6 +51,10 @@ __all__ = [
     "fetch_repo",
     "installed_repos",
     "is_installed",
+    "migrate_legacy_token",
     "save_token",
+    "saved_token",
     "stored_token",
+    "token_path",
+    "whoami",
 ]

@@ -4,8 +4,8 @@
     summary = run_job(spec, on_event=print)          # or LocalJobRunner().submit(spec)
     resume_job(summary.job_id)                         # after a crash, quit or cancel
 
-Task handlers are registered per task with `register_handler` (the built-in ones
-in engine.tasks.handlers). Everything heavy (PyAV, models) loads only when a job runs.
+Task handlers are registered per task with `register_handler`; the built-in ones
+(engine.jobs.task_handlers) are named in engine.jobs.handler_registry and load on first use. Everything heavy (PyAV, models) loads only when a job runs.
 """
 from engine.jobs.events import EVENT_KINDS, Failure, JobEvent, JobSummary, PauseToken
 from engine.jobs.handlers import (

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,8 +63,26 @@ class PauseToken:
 
 @dataclass
 class Failure:
+    """Something that failed, as data a front end can show and a report can store.
+
+    For one input of a job: `path` and `reason` (all that the summary's JSON keeps).
+    For a whole operation (a job that could not run, a download, a GUI call):
+    `from_exception`, which also keeps the exception and its formatted traceback.
+    """
+
     path: str
     reason: str
+    exception: BaseException | None = field(default=None, compare=False, repr=False)
+    details: str = field(default="", compare=False, repr=False)  # traceback, for a "details" view
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, path: str = "") -> Failure:
+        details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(path, str(exc) or type(exc).__name__, exc, details)
+
+    @property
+    def message(self) -> str:
+        return self.reason
 
 
 @dataclass

@@ -13,20 +13,27 @@ show track ids), or take a whole video itself with `process_video`.
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from engine.errors import UsageError
+from engine.jobs.handler_registry import (  # noqa: F401  the registry, re-exported
+    HANDLERS,
+    get_handler,
+    handler_options_class,
+    register_handler,
+    registered_tasks,
+    unregister_handler,
+)
 
 if TYPE_CHECKING:
     from engine.events import CancelToken, ProgressCallback
     from engine.jobs.outputs import OutputPlan
     from engine.jobs.spec import JobSpec
     from engine.media.image import LoadedImage
+    from engine.settings import Settings
 
 
 @dataclass
@@ -40,7 +47,7 @@ class ItemResult:
 @runtime_checkable
 class ItemHandler(Protocol):
     def prepare(self, spec: JobSpec, progress: ProgressCallback,
-                cancel: CancelToken) -> None: ...
+                cancel: CancelToken, settings: Settings | None = None) -> None: ...
 
     def process_image(self, image: LoadedImage, out: OutputPlan) -> ItemResult: ...
 
@@ -58,7 +65,8 @@ class BaseHandler:
     batch_size: int = 1  # preferred batch; the job option `batch_size` overrides it
 
     def prepare(self, spec: JobSpec, progress: ProgressCallback,
-                cancel: CancelToken) -> None:
+                cancel: CancelToken, settings: Settings | None = None) -> None:
+        """Load what the job needs. `settings`: the front end's (run_job passes them)."""
         return None
 
     def process_image(self, image: LoadedImage, out: OutputPlan) -> ItemResult:
@@ -73,47 +81,6 @@ class BaseHandler:
 
     def close(self) -> None:
         return None
-
-
-_registry: dict[str, Any] = {}
-_lock = threading.Lock()
-
-
-def register_handler(task: str, handler: Any) -> None:
-    """Register the handler for a task (replaces an earlier one).
-
-    `handler` is an ItemHandler instance (shared by every job of that task), or a
-    class / zero-argument factory (a fresh handler per job, so two jobs of one task
-    can run at once).
-    """
-    with _lock:
-        _registry[task] = handler
-
-
-def unregister_handler(task: str) -> None:
-    with _lock:
-        _registry.pop(task, None)
-
-
-def registered_tasks() -> list[str]:
-    with _lock:
-        return sorted(_registry)
-
-
-def get_handler(task: str) -> ItemHandler:
-    with _lock:
-        entry = _registry.get(task)
-    if entry is None:
-        raise UsageError(f"no handler is registered for task '{task}'. Import "
-                         f"engine.tasks.handlers (it registers the built-in tasks) or call "
-                         f"engine.jobs.register_handler('{task}', handler).")
-    if isinstance(entry, type) or (callable(entry) and not hasattr(entry, "process_image")):
-        entry = entry()
-    for name in ("prepare", "process_image", "finish", "close"):
-        if not hasattr(entry, name):
-            raise UsageError(f"handler for task '{task}' ({type(entry).__name__}) has no "
-                             f"'{name}' method; derive it from engine.jobs.BaseHandler.")
-    return entry
 
 
 def batch_of(handler: Any, images: list[LoadedImage],

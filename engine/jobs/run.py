@@ -25,6 +25,7 @@ from engine.jobs.spec import JobSpec
 from engine.jobs.store import ItemRecord, JobStore
 from engine.media.image import LoadedImage, read_image
 from engine.media.inputs import expand_inputs
+from engine.settings import Settings
 
 MAX_FAILURES_IN_SUMMARY = 1000
 _PROGRESS_EVERY_S = 0.2
@@ -32,22 +33,27 @@ _PROGRESS_EVERY_S = 0.2
 
 def run_job(spec: JobSpec, *, on_event: EventCallback | None = None,
             cancel: CancelToken | None = None, pause: PauseSource | None = None,
-            store: JobStore | None = None, job_id: str | None = None) -> JobSummary:
+            store: JobStore | None = None, job_id: str | None = None,
+            settings: Settings | None = None) -> JobSummary:
     """Queue `spec` in the job store and run it to the end (or until cancelled).
 
     Returns a JobSummary (state "finished" or "cancelled"; `summary.cancelled`).
     Per-input failures are in the summary and the report; errors that stop the
     whole job (no handler, the model cannot load) are raised after the job is
     marked "failed" in the store, so it can be resumed once fixed.
+
+    `settings`: the front end's (device defaults, image limit, model cache). Without
+    them the user's saved settings are read here, once for the whole job.
     """
     store = store or JobStore()
     job_id = store.create_job(spec, job_id=job_id)
-    return _JobRun(store, job_id, on_event, cancel, pause).execute()
+    return _JobRun(store, job_id, on_event, cancel, pause, settings).execute()
 
 
 def resume_job(job_id: str, *, on_event: EventCallback | None = None,
                cancel: CancelToken | None = None, pause: PauseSource | None = None,
-               store: JobStore | None = None) -> JobSummary:
+               store: JobStore | None = None,
+               settings: Settings | None = None) -> JobSummary:
     """Continue a job that was interrupted, cancelled or failed, where it stopped."""
     store = store or JobStore()
     if not store.has_job(job_id):
@@ -57,7 +63,7 @@ def resume_job(job_id: str, *, on_event: EventCallback | None = None,
     if row["state"] == "running" and pid and pid != os.getpid() and _alive(pid):
         raise InputError(f"job '{job_id}' is still running in process {pid}; cancel it "
                          f"there first.")
-    return _JobRun(store, job_id, on_event, cancel, pause).execute()
+    return _JobRun(store, job_id, on_event, cancel, pause, settings).execute()
 
 
 def _alive(pid: int) -> bool:
@@ -91,8 +97,10 @@ _END = object()
 
 class _JobRun:
     def __init__(self, store: JobStore, job_id: str, on_event: EventCallback | None,
-                 cancel: CancelToken | None, pause: PauseSource | None) -> None:
+                 cancel: CancelToken | None, pause: PauseSource | None,
+                 settings: Settings | None = None) -> None:
         self.store = store
+        self.settings = settings if settings is not None else _user_settings()
         self.job_id = job_id
         self.on_event = on_event
         self.cancel = cancel or CancelToken()
@@ -146,7 +154,7 @@ class _JobRun:
         self.emit("progress", item=item, done=int(done), total=int(total or 0), rate=rate,
                   eta_s=eta_s, message=message)
 
-    def _handler_progress(self, p: Progress) -> None:
+    def handler_progress(self, p: Progress) -> None:
         if p.stage == "partial":  # e.g. a caption streaming in, token by token
             self.emit("partial", item=p.item, message=p.message)
             return
@@ -171,7 +179,8 @@ class _JobRun:
                           f"{self.total} inputs queued, {self.done} already finished",
                           force=True)
             self.handler = get_handler(spec.task)
-            self.handler.prepare(spec, self._handler_progress, self.cancel)
+            self.handler.prepare(spec, self.handler_progress, self.cancel,
+                                 settings=self.settings)
             self._cleanup_interrupted()
             self._process_all()
             files = list(self.handler.finish(spec, self.output_dir) or [])
@@ -220,7 +229,7 @@ class _JobRun:
 
     # -- images and videos in queue order -----------------------------------------------------
     def _process_all(self) -> None:
-        batch_size = int(self.spec.options.get("batch_size")
+        batch_size = int(self.spec.options.batch_size
                          or getattr(self.handler, "batch_size", 1) or 1)
         loaded: queue.Queue = queue.Queue(maxsize=2 * batch_size + 2)
         stop = threading.Event()
@@ -270,7 +279,7 @@ class _JobRun:
     def _read_ahead(self, loaded: queue.Queue, stop: threading.Event) -> None:
         """Reader thread: decode the next images while the handler works."""
         try:
-            limit = self.spec.options.get("pixel_limit") or _settings_pixel_limit()
+            limit = self.spec.options.pixel_limit or self.settings.pixel_limit
             for item in self.store.pending_items(self.job_id):
                 if stop.is_set():
                     return
@@ -379,7 +388,7 @@ class _JobRun:
 
     # -- the end ----------------------------------------------------------------------------
     def _summary(self, state: str, files: list[Path], prior_elapsed: float) -> JobSummary:
-        from engine.exporters.reports import write_job_report
+        from engine.jobs.report import write_job_report
 
         counts = self.store.counts(self.job_id)
         failures = []
@@ -413,12 +422,12 @@ def _reason(path: str, exc: BaseException) -> str:
     return f"{path}: {type(exc).__name__}: {text}"
 
 
-def _settings_pixel_limit() -> int | None:
-    """The user's image-size limit from the engine settings (Settings ▸ Images)."""
+def _user_settings() -> Settings:
+    """The user's saved settings, for a caller that passed none; an unreadable settings
+    file must not stop a job: the defaults apply."""
     from engine.errors import OculaError
-    from engine.settings import Settings
 
     try:
-        return Settings.load().pixel_limit
-    except (OculaError, OSError):  # broken or unreadable settings: the default limit applies
-        return None
+        return Settings.load()
+    except (OculaError, OSError):
+        return Settings()

@@ -6,29 +6,32 @@ same jobs elsewhere: a `RayJobRunner` would create the job in the store, split
 its pending items into Ray tasks that each call the task handler, and report the
 same JobEvents. (Not implemented: one machine is the target for now.)
 
-`LocalJobRunner` runs jobs on this machine, in one of three ways:
-- "thread": a background thread (the GUI's way: the UI thread never blocks);
+`LocalJobRunner` runs jobs on this machine, in one of four ways:
+- "thread": a background thread (the UI thread never blocks);
 - "inline": in the calling thread (the CLI's way: Ctrl+C cancels);
+- "deferred": on a thread the caller picks, by calling `handle.run()` there (the GUI's
+  way: its job pool, one model at a time; desktop/workers.py adds only Qt signals);
 - "subprocess": a worker process (`python -m engine.jobs.worker`), so a crash in a
   native library or a kill takes only the worker; the job resumes from the store.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from engine.errors import OculaError
+from engine.errors import Cancelled, OculaError
 from engine.events import CancelToken
-from engine.jobs.events import EventCallback, JobEvent, JobSummary, PauseToken
+from engine.jobs.events import EventCallback, Failure, JobEvent, JobSummary, PauseToken
 from engine.jobs.run import resume_job, run_job
 from engine.jobs.spec import JobSpec
-from engine.jobs.store import JobStore
+from engine.jobs.store import JobStore, new_job_id
 
 
 class JobHandle(Protocol):
@@ -52,15 +55,40 @@ class JobRunner(Protocol):
 
 
 class LocalHandle:
-    """A job running in this process (thread or inline)."""
+    """Work running in this process: a job, or any engine call a front end runs off its
+    UI thread (the GUI's downloads and one-shot calls use the same handle).
 
-    def __init__(self, job_id: str) -> None:
+    `work(handle)` runs once, in `run()`: in a thread of its own, inline, or on a thread
+    the caller picks (LocalJobRunner's modes). It sees the handle's `cancel_token` and
+    `pause_token`; afterwards `result` (the JobSummary of a job), `error` and `failure`
+    say how it went, and `outcome` sums that up.
+    """
+
+    def __init__(self, job_id: str, work: Callable[[LocalHandle], Any] | None = None) -> None:
         self.job_id = job_id
         self.cancel_token = CancelToken()
         self.pause_token = PauseToken()
-        self.summary: JobSummary | None = None
+        self.result: Any = None
         self.error: BaseException | None = None
+        self.failure: Failure | None = None  # `error` as data, with its traceback
+        self._work = work
         self._finished = threading.Event()
+
+    @property
+    def summary(self) -> JobSummary | None:
+        return self.result if isinstance(self.result, JobSummary) else None
+
+    def run(self) -> None:
+        """Do the work in the calling thread; never raises (see `wait`, `outcome`)."""
+        try:
+            if self._work is None:
+                raise RuntimeError(f"handle {self.job_id} has no work to run")
+            self.result = self._work(self)
+        except BaseException as exc:  # noqa: BLE001 — handed to wait() / outcome
+            self.error = exc
+            self.failure = Failure.from_exception(exc)
+        finally:
+            self._finished.set()
 
     def wait(self, timeout: float | None = None) -> JobSummary | None:
         """The summary once the job ends (None on timeout); re-raises a job failure."""
@@ -84,18 +112,44 @@ class LocalHandle:
     def done(self) -> bool:
         return self._finished.is_set()
 
+    @property
+    def outcome(self) -> str | None:
+        """None while running, then "succeeded", "failed" or "cancelled": an error raised
+        after a cancel request, or a result that says it was cancelled (a JobSummary)."""
+        if not self.done:
+            return None
+        cancelled = self.cancel_token.cancelled
+        if self.error is not None:
+            return "cancelled" if cancelled or isinstance(self.error, Cancelled) else "failed"
+        if cancelled and getattr(self.result, "cancelled", False):
+            return "cancelled"
+        return "succeeded"
+
 
 class LocalJobRunner:
+    """Runs jobs here. Modes: "thread" (a thread of its own), "inline" (submit returns when
+    the job ends), "subprocess" (a worker process, see WorkerHandle), or "deferred": submit
+    only prepares the handle, and the caller runs `handle.run()` on a thread it picks (the
+    GUI's job pool); the job is then also created in the store there, so a bad spec is the
+    handle's failure, not submit's exception.
+
+    `imports` name modules that register task handlers: the worker process imports them
+    (they replace its defaults); in this process they are imported before the job runs.
+    """
+
     def __init__(self, store: JobStore | None = None, *, mode: str = "thread",
                  imports: Sequence[str] = ()) -> None:
-        if mode not in ("thread", "inline", "subprocess"):
-            raise ValueError("mode must be thread, inline or subprocess")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}")
         self.store = store or JobStore()
         self.mode = mode
-        self.imports = list(imports)  # modules a worker process imports to register handlers
+        self.imports = list(imports)
 
     def submit(self, spec: JobSpec, *, on_event: EventCallback | None = None,
                job_id: str | None = None) -> LocalHandle | WorkerHandle:
+        if self.mode == "deferred":
+            job_id = job_id or new_job_id()
+            return self._start(job_id, on_event, create=spec)
         job_id = self.store.create_job(spec, job_id=job_id)
         return self._start(job_id, on_event)
 
@@ -103,26 +157,36 @@ class LocalJobRunner:
                ) -> LocalHandle | WorkerHandle:
         return self._start(job_id, on_event)
 
-    def _start(self, job_id: str, on_event: EventCallback | None) -> LocalHandle | WorkerHandle:
+    def _start(self, job_id: str, on_event: EventCallback | None,
+               create: JobSpec | None = None) -> LocalHandle | WorkerHandle:
         if self.mode == "subprocess":
             return WorkerHandle(job_id, self.store.path, self.imports, on_event)
-        handle = LocalHandle(job_id)
 
-        def work() -> None:
-            try:
-                handle.summary = resume_job(job_id, on_event=on_event,
-                                            cancel=handle.cancel_token,
-                                            pause=handle.pause_token, store=self.store)
-            except BaseException as exc:  # noqa: BLE001 — handed to wait()
-                handle.error = exc
-            finally:
-                handle._finished.set()
+        def work(handle: LocalHandle) -> JobSummary:
+            _import_handlers(self.imports)
+            if create is not None:
+                self.store.create_job(create, job_id=job_id)
+            return resume_job(job_id, on_event=on_event, cancel=handle.cancel_token,
+                              pause=handle.pause_token, store=self.store)
 
+        handle = LocalHandle(job_id, work)
         if self.mode == "inline":
-            work()
-        else:
-            threading.Thread(target=work, name=f"ocula-job-{job_id}", daemon=True).start()
+            handle.run()
+        elif self.mode == "thread":
+            threading.Thread(target=handle.run, name=f"ocula-job-{job_id}", daemon=True).start()
         return handle
+
+
+MODES = ("thread", "inline", "subprocess", "deferred")
+
+
+def _import_handlers(modules: Sequence[str]) -> None:
+    """Import "package.module" (or "package.module:function", then call it), as the worker does."""
+    for spec in modules:
+        module, _, func = spec.partition(":")
+        loaded = importlib.import_module(module)
+        if func:
+            getattr(loaded, func)()
 
 
 class WorkerHandle:

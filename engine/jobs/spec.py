@@ -20,23 +20,16 @@ next to its data runs the same from any working directory.
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.errors import UsageError
+from engine.options import JobOptions, options_dict, parse_options
+from engine.vocabulary import JOB_TASKS, normalize_device, normalize_precision
 
-TASKS = ("caption", "detect", "segment", "restore", "explain")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-VIDEO_CODECS = ("h264", "h265", "vp9", "ffv1")
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 RECIPE_VERSION = 1
-
-# Known options and their checks; other keys pass through to the task handler.
-_POSITIVE_INT = ("every_nth_frame", "batch_size", "tile_size", "crf", "max_new_tokens")
-_UNIT_FLOAT = ("threshold", "scene_threshold", "track_high", "track_low", "track_iou")
 
 
 class RecipeError(UsageError):
@@ -45,18 +38,36 @@ class RecipeError(UsageError):
 
 @dataclass
 class JobSpec:
+    """A job: task + model + inputs + output folder + placement + the task's typed options.
+
+    `options` may be given as a mapping (a recipe's [options], a front end's form); it is
+    parsed into the task's options dataclass (engine.options) at once, so a typo is an
+    error here, not a silently ignored key later. A handler may extend its task's options
+    (`options_class` on the handler class, as the test handlers do).
+    """
+
     task: str
     model: str
     inputs: list[str]
     output_dir: str
-    options: dict[str, Any] = field(default_factory=dict)
+    options: JobOptions | dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
     precision: str = "auto"
 
+    def __post_init__(self) -> None:
+        if self.task not in JOB_TASKS:
+            raise RecipeError(f"job task '{self.task}' is not one of {', '.join(JOB_TASKS)}.")
+        if not isinstance(self.options, (dict, JobOptions)):
+            raise RecipeError("job options must be a table of settings.")
+        try:
+            self.options = parse_options(self.task, self.options,
+                                         cls=_handler_options_class(self.task))
+        except UsageError as exc:
+            raise RecipeError(str(exc)) from exc
+
     def validate(self) -> JobSpec:
         """Raise RecipeError naming the first wrong field; return self when valid."""
-        if self.task not in TASKS:
-            raise RecipeError(f"job task '{self.task}' is not one of {', '.join(TASKS)}.")
+        self.__post_init__()  # task and options again: a field may have been set since
         if not isinstance(self.model, str) or not self.model.strip():
             raise RecipeError("job model is empty; give a catalog id or a hub repo id.")
         if (not isinstance(self.inputs, list) or not self.inputs
@@ -64,16 +75,17 @@ class JobSpec:
             raise RecipeError("job inputs must be a non-empty list of paths, folders or globs.")
         if not isinstance(self.output_dir, str) or not self.output_dir.strip():
             raise RecipeError("job output_dir is empty; choose a folder for the results.")
-        if not isinstance(self.device, str) or not _DEVICE.match(self.device):
-            raise RecipeError(f"job device '{self.device}' is not auto, cpu, mps, cuda or "
-                              f"cuda:N.")
-        if self.precision not in PRECISIONS:
-            raise RecipeError(f"job precision '{self.precision}' is not one of "
-                              f"{', '.join(PRECISIONS)}.")
-        if not isinstance(self.options, dict):
-            raise RecipeError("job options must be a table of settings.")
-        _validate_options(self.options)
+        try:
+            normalize_device(self.device if isinstance(self.device, str) else "?")
+            normalize_precision(self.precision if isinstance(self.precision, str) else "?")
+        except UsageError as exc:
+            raise RecipeError(f"job {exc}") from exc
         return self
+
+    @property
+    def options_dict(self) -> dict[str, Any]:
+        """The options that differ from the task's defaults, as plain values."""
+        return options_dict(self.options)
 
     # -- recipes ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -81,7 +93,7 @@ class JobSpec:
             "job": {"version": RECIPE_VERSION, "task": self.task, "model": self.model,
                     "inputs": list(self.inputs), "output_dir": self.output_dir,
                     "device": self.device, "precision": self.precision},
-            "options": dict(self.options),
+            "options": self.options_dict,
         }
 
     def to_toml(self) -> str:
@@ -165,39 +177,8 @@ def _under(base: Path, value: Any) -> Any:
     return expanded if os.path.isabs(expanded) else str(base / expanded)
 
 
-def _validate_options(options: dict[str, Any]) -> None:
-    for key, value in options.items():
-        if value is None:
-            raise RecipeError(f"option '{key}' has no value; remove it to use the default.")
-        if key in _POSITIVE_INT and (not isinstance(value, int) or isinstance(value, bool)
-                                     or value < 1):
-            if key == "crf" and isinstance(value, int) and value == 0:
-                continue  # crf 0 is lossless
-            raise RecipeError(f"option '{key}' must be a whole number ≥ 1 (got {value!r}).")
-        if key in _UNIT_FLOAT and (not isinstance(value, (int, float)) or isinstance(value, bool)
-                                   or not 0.0 <= float(value) <= 1.0):
-            raise RecipeError(f"option '{key}' must be a number from 0 to 1 (got {value!r}).")
-    if "time_range" in options:
-        tr = options["time_range"]
-        ok = (isinstance(tr, list) and 1 <= len(tr) <= 2
-              and all(isinstance(t, (int, float)) and not isinstance(t, bool) and t >= 0
-                      for t in tr))
-        if not ok or (len(tr) == 2 and tr[1] <= tr[0]):
-            raise RecipeError(f"option 'time_range' must be [start_s, end_s] with end after "
-                              f"start, or [start_s] to run to the end (got {tr!r}).")
-    if "segment_seconds" in options:
-        seg = options["segment_seconds"]
-        if not isinstance(seg, (int, float)) or isinstance(seg, bool) or seg <= 0:
-            raise RecipeError(f"option 'segment_seconds' must be a positive number "
-                              f"(got {seg!r}).")
-    codec = options.get("video_codec")
-    if codec is not None and codec not in VIDEO_CODECS:
-        raise RecipeError(f"option 'video_codec' must be one of {', '.join(VIDEO_CODECS)} "
-                          f"(got {codec!r}).")
-    select = options.get("frames")
-    if select is not None and select not in ("all", "keyframes", "scenes"):
-        raise RecipeError(f"option 'frames' must be all, keyframes or scenes (got {select!r}).")
-    exports = options.get("export")
-    if exports is not None and (not isinstance(exports, list)
-                                or not all(isinstance(e, str) for e in exports)):
-        raise RecipeError(f"option 'export' must be a list of format names (got {exports!r}).")
+def _handler_options_class(task: str):
+    """The registered handler's own options class, when it extends the task's."""
+    from engine.jobs.handler_registry import handler_options_class
+
+    return handler_options_class(task)

@@ -450,7 +450,7 @@ def _absolute(spec: JobSpec) -> JobSpec:
         return os.path.abspath(os.path.expanduser(p))
 
     return JobSpec(task=spec.task, model=spec.model, inputs=[absolute(p) for p in spec.inputs],
-                   output_dir=absolute(spec.output_dir), options=dict(spec.options),
+                   output_dir=absolute(spec.output_dir), options=spec.options,
                    device=spec.device, precision=spec.precision)
 
 

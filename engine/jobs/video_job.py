@@ -11,7 +11,7 @@ state at its end: an interrupted render resumes after the last finished segment.
 At the end the segments are joined by stream copy, with the input's audio and
 subtitle packets copied unchanged (engine.media.video.assemble_video).
 
-Options read here (JobSpec.options): every_nth_frame, time_range, frames
+Options read here (JobSpec.options, engine.options.JobOptions): every_nth_frame, time_range, frames
 (all | keyframes | scenes), scene_threshold, batch_size, segment_seconds,
 video_output, video_codec, crf, video_preset, track, track_high, track_low,
 track_iou, hold_results, annotations, allow_partial_video.
@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -52,18 +52,40 @@ from engine.media.video import (
 from engine.results import Detections, RestoredImage, Segmentation
 
 if TYPE_CHECKING:
-    from engine.jobs.run import _JobRun
-    from engine.jobs.store import ItemRecord
+    from engine.events import CancelToken, Progress
+    from engine.jobs.spec import JobSpec
+    from engine.jobs.store import ItemRecord, JobStore
 
 _END = object()
 DEFAULT_SEGMENT_S = 20.0
 
 
-def run_video_item(run: _JobRun, item: ItemRecord, out: OutputPlan) -> ItemResult:
+class VideoRunContext(Protocol):
+    """What a video item needs from the job run that drives it (engine.jobs.run's run
+    provides it). A protocol here, so that this module, which run.py imports, never
+    imports run.py back."""
+
+    store: JobStore
+    job_id: str
+    spec: JobSpec
+    output_dir: Path
+    handler: Any
+    cancel: CancelToken
+    paused_s: float  # seconds spent paused so far
+
+    def wait_if_paused(self) -> None: ...
+
+    def progress(self, item: str, done: float, total: float | None, rate: float,
+                 eta_s: float | None, message: str, force: bool = False) -> None: ...
+
+    def handler_progress(self, p: Progress) -> None: ...
+
+
+def run_video_item(run: VideoRunContext, item: ItemRecord, out: OutputPlan) -> ItemResult:
     handler = run.handler
     if hasattr(handler, "process_video"):
         # A handler that wants the whole video (e.g. a video-native model).
-        res = handler.process_video(Path(item.path), out, run._handler_progress, run.cancel)
+        res = handler.process_video(Path(item.path), out, run.handler_progress, run.cancel)
         return res if isinstance(res, ItemResult) else ItemResult(result=res)
     info = probe(item.path)
     return VideoPipeline(run, item, out, info).run()
@@ -92,7 +114,7 @@ class _Encoded:
 
 
 class VideoPipeline:
-    def __init__(self, run: _JobRun, item: ItemRecord, out: OutputPlan,
+    def __init__(self, run: VideoRunContext, item: ItemRecord, out: OutputPlan,
                  info: VideoInfo) -> None:
         self.job = run
         self.item = item
@@ -101,36 +123,35 @@ class VideoPipeline:
         opts = run.spec.options
         self.opts = opts
         task = run.spec.task
-        self.every_nth = int(opts.get("every_nth_frame", 1))
-        tr = opts.get("time_range")
+        self.every_nth = opts.every_nth_frame
+        tr = opts.time_range
         self.start_s: float | None = float(tr[0]) if tr else None
         self.end_s: float | None = float(tr[1]) if tr and len(tr) > 1 else None
-        self.select_mode = opts.get("frames", "scenes" if task == "caption" else "all")
-        self.scene_threshold = float(opts.get("scene_threshold", 0.15))
-        self.batch_size = int(opts.get("batch_size") or getattr(run.handler, "batch_size", 1)
-                              or 1)
-        self.segment_s = float(opts.get("segment_seconds", DEFAULT_SEGMENT_S))
-        self.video_output = bool(opts.get("video_output", task != "caption"))
-        self.annotations = bool(opts.get("annotations", True))
-        self.hold = bool(opts.get("hold_results", True))
+        self.select_mode = opts.frames or ("scenes" if task == "caption" else "all")
+        self.scene_threshold = opts.scene_threshold
+        self.batch_size = int(opts.batch_size or getattr(run.handler, "batch_size", 1) or 1)
+        self.segment_s = opts.segment_seconds
+        self.video_output = opts.video_output if opts.video_output is not None \
+            else task != "caption"
+        self.annotations = opts.annotations
+        self.hold = opts.hold_results
         self.tracker = None
-        if opts.get("track", task == "detect"):
+        track = getattr(opts, "track", None)  # DetectOptions: on unless switched off
+        if track or (track is None and task == "detect"):
             from engine.tracking import ByteTracker, TrackerConfig
 
             self.tracker = ByteTracker(TrackerConfig(
-                high_score=float(opts.get("track_high", 0.5)),
-                low_score=float(opts.get("track_low", 0.1)),
-                new_track_score=max(float(opts.get("track_high", 0.5)), 0.0),
-                match_iou=float(opts.get("track_iou", 0.3))))
+                high_score=opts.track_high, low_score=opts.track_low,
+                new_track_score=max(opts.track_high, 0.0), match_iou=opts.track_iou))
         self.work_dir = (run.output_dir / ".ocula-work" / f"{run.job_id}-{item.seq}")
         self.settings: EncodeSettings | None = None
         self.suffix = ""
         if self.video_output:
-            codec, encoder, self.suffix = choose_output(info, opts.get("video_codec"))
+            codec, encoder, self.suffix = choose_output(info, opts.video_codec)
             self.settings = EncodeSettings(
                 codec=codec, encoder=encoder, width=0, height=0, time_base=info.time_base,
                 fps=info.fps, sample_aspect_ratio=info.sample_aspect_ratio, colour=info.colour,
-                crf=opts.get("crf"), preset=opts.get("video_preset"))
+                crf=opts.crf, preset=opts.video_preset)
         self.out_size: tuple[int, int] | None = None
         self.last_result: Any = None
         self.prev_thumb: np.ndarray | None = None
@@ -463,7 +484,7 @@ class VideoPipeline:
                                 else " (no decodable frames)."))
         decoded_total = segments[-1].next_frame
         expected = self.info.frames if self.start_s is None and self.end_s is None else 0
-        if expected and decoded_total < expected and not self.opts.get("allow_partial_video"):
+        if expected and decoded_total < expected and not self.opts.allow_partial_video:
             self._discard()
             raise InputError(
                 f"{self.item.path}: truncated or corrupt video: only {decoded_total} of "

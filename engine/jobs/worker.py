@@ -16,10 +16,10 @@ from engine.errors import OculaError
 from engine.events import CancelToken
 from engine.jobs.events import JobEvent, PauseToken
 from engine.jobs.run import resume_job
-from engine.jobs.runner import event_to_dict
+from engine.jobs.runner import _import_handlers, event_to_dict
 from engine.jobs.store import JobStore
 
-DEFAULT_IMPORTS = ("engine.tasks.handlers",)  # registers the built-in task handlers
+DEFAULT_IMPORTS: tuple[str, ...] = ()  # the built-in handlers load on first use
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,12 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         except ModuleNotFoundError as exc:
             if exc.name != module:  # the module exists but something it needs is missing
                 raise
-    for spec in args.imports:
-        # "package.module" imports it; "package.module:function" also calls function().
-        module, _, func = spec.partition(":")
-        loaded = importlib.import_module(module)
-        if func:
-            getattr(loaded, func)()
+    # "package.module" imports it; "package.module:function" also calls function().
+    _import_handlers(args.imports)
 
     cancel, pause = CancelToken(), PauseToken()
     lock = threading.Lock()

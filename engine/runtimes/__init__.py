@@ -3,29 +3,21 @@
     runner = load_runner(card, device="auto", precision="auto")
     outputs = runner.forward({"pixel_values": pixel_values})
 
-Backends register themselves with `register_loader(runtime)` (see base.py) when their
-module is imported; `load_runner` imports the module for `card.runtime` on demand, so
-importing `engine.runtimes` stays free of torch, transformers and onnxruntime.
+Backends register their loader with `register_loader(runtime)` (see base.py);
+`BACKEND_MODULES` below promises each built-in runtime to its module, which
+`loader_for(card.runtime)` imports on first use, so importing `engine.runtimes` stays
+free of torch, transformers and onnxruntime. A runtime registered twice is an error.
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
-from pathlib import Path
-from typing import TYPE_CHECKING
-
-from engine.errors import OculaError
-from engine.events import CancelToken, ProgressCallback
-from engine.runtimes.base import Outputs, Placement, Runner, loader_for, register_loader
+from engine.runtimes.base import LOADERS, Outputs, Placement, Runner, loader_for, register_loader
 from engine.runtimes.cache import RunnerCache
-
-if TYPE_CHECKING:
-    from engine.catalog.card import ModelCard
-    from engine.settings import Settings
+from engine.runtimes.loading import load_runner, resolve_snapshot
 
 __all__ = [
     "BACKEND_MODULES",
+    "LOADERS",
     "Outputs",
     "Placement",
     "Runner",
@@ -36,113 +28,13 @@ __all__ = [
     "resolve_snapshot",
 ]
 
-log = logging.getLogger("ocula.runtimes")
-
-# runtime -> module whose import registers its loader (a registry, not an if/elif chain)
+# runtime -> module whose import registers its loader (a registry, not an if/elif chain).
+# Promised to LOADERS here; `loader_for(runtime)` imports the module on first use.
 BACKEND_MODULES: dict[str, str] = {
     "transformers": "engine.runtimes.transformers_backend",
     "onnx": "engine.runtimes.onnx_backend",
     "spandrel": "engine.runtimes.spandrel_backend",
     "facenet-pytorch": "engine.runtimes.facenet_backend",
 }
-
-
-def resolve_snapshot(
-    card: ModelCard,
-    *,
-    settings: Settings | None = None,
-    progress: ProgressCallback | None = None,
-    cancel: CancelToken | None = None,
-    snapshot: Path | None = None,
-) -> Path:
-    """The model's files on disk: `snapshot`, else `card.local_path`, else the installed
-    package that ships its weights (`card.package`), else a hub download."""
-    if snapshot is not None:
-        path = Path(snapshot)
-    elif card.package:
-        from engine.catalog import packaged
-
-        path = packaged.locate(card)
-    elif card.local_path:
-        path = Path(card.local_path).expanduser()
-    else:
-        from engine.hub import fetch
-
-        path = Path(fetch(card, progress=progress, cancel=cancel, settings=settings))
-    if not path.exists():
-        raise OculaError(
-            f"Model '{card.id}': its files are not at {path}. Re-import the model "
-            f"or download it again."
-        )
-    return path
-
-
-def load_runner(
-    card: ModelCard,
-    *,
-    device: str = "auto",
-    precision: str = "auto",
-    attention: bool = False,
-    settings: Settings | None = None,
-    progress: ProgressCallback | None = None,
-    cancel: CancelToken | None = None,
-    snapshot: Path | None = None,
-) -> Runner:
-    """Fetch (if needed) and load `card` on the device/precision `engine.devices.plan` picks.
-
-    "auto" device/precision defer to `settings.device` / `settings.precision`. Whatever
-    differs from the request is in `runner.placement.fallback` (and logged), never silent.
-    """
-    from engine import devices
-    from engine.settings import Settings
-
-    settings = settings if settings is not None else Settings.load()
-    if device == "auto":
-        device = settings.device or "auto"
-    if precision == "auto":
-        precision = settings.precision or "auto"
-    path = resolve_snapshot(
-        card, settings=settings, progress=progress, cancel=cancel, snapshot=snapshot
-    )
-    placement = devices.plan(card, device=device, precision=precision)
-    fast = _onnx_fast_path(card, placement, attention=attention, settings=settings)
-    if fast is not None:
-        return fast
-    module = BACKEND_MODULES.get(card.runtime)
-    if module is not None:
-        importlib.import_module(module)
-    loader = loader_for(card.runtime)
-    runner = loader(
-        card,
-        path,
-        placement,
-        attention=attention,
-        settings=settings,
-        progress=progress,
-        cancel=cancel,
-    )
-    if runner.placement.fallback:
-        log.warning("%s: %s", card.id, runner.placement.describe())
-    return runner
-
-
-def _onnx_fast_path(card: ModelCard, placement: Placement, *, attention: bool,
-                    settings: Settings) -> Runner | None:
-    """The verified ONNX export made by `ocula models optimize`, when it fits the request.
-
-    Used for torch models planned on the CPU in fp32 without attention maps (explain needs
-    the torch module); `settings.use_onnx_fast_path = False` turns it off.
-    """
-    if (card.runtime == "onnx" or attention or placement.device != "cpu"
-            or placement.precision != "fp32" or not settings.use_onnx_fast_path):
-        return None
-    from engine.export_onnx import find_optimized, onnx_runner_for_export
-
-    path = find_optimized(card)
-    if path is None:
-        return None
-    runner = onnx_runner_for_export(card, path)
-    runner.notes.append(f"using the verified ONNX fast path made by `ocula models optimize` "
-                        f"({path}); set use_onnx_fast_path = false to run the torch model")
-    log.info("%s: %s", card.id, runner.notes[-1])
-    return runner
+for _runtime, _module in BACKEND_MODULES.items():
+    LOADERS.register_lazy(_runtime, _module)

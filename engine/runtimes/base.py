@@ -13,31 +13,15 @@ Loading (snapshot on disk -> Runner) lives in the backend modules, registered wi
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from engine.devices import Placement  # what devices.plan() decides; re-exported here
+from engine.registry import Registry
 
 if TYPE_CHECKING:  # heavy imports only for type checkers
     import torch
 
     from engine.catalog.card import ModelCard
-
-
-@dataclass(frozen=True)
-class Placement:
-    """What really runs a model: always shown to the user, never guessed."""
-
-    backend: str  # transformers | spandrel | onnx | facenet-pytorch
-    device: str  # "cpu", "cuda:0", "mps"
-    precision: str  # fp32 | fp16 | bf16
-    provider: str | None = None  # ONNX Runtime execution provider actually in use
-    fallback: str | None = None  # why this differs from what was asked (announced, never silent)
-
-    def describe(self) -> str:
-        where = self.provider or self.device
-        text = f"{self.backend} on {where} ({self.precision})"
-        if self.fallback:
-            text += f" — fallback: {self.fallback}"
-        return text
 
 
 class Outputs(dict):
@@ -120,26 +104,29 @@ def to_outputs(raw: Any) -> Outputs:
 
 
 Loader = Callable[..., Runner]
-_LOADERS: dict[str, Loader] = {}
 
 
-def register_loader(runtime: str) -> Callable[[Loader], Loader]:
-    """Register `fn(card, snapshot_path, placement, **options) -> Runner` for a runtime."""
+def _unsupported(message: str) -> Exception:
+    from engine.errors import UnsupportedModelError
+
+    return UnsupportedModelError(message)
+
+
+# runtime -> `fn(card, snapshot_path, placement, **options) -> Runner`. engine.runtimes
+# promises the built-in runtimes (register_lazy: the backend module is imported on first use).
+LOADERS: Registry[str, Loader] = Registry("runtime loader", missing=_unsupported)
+
+
+def register_loader(runtime: str, *, replace: bool = False) -> Callable[[Loader], Loader]:
+    """Register `fn(card, snapshot_path, placement, **options) -> Runner` for a runtime.
+    A runtime registered twice is an error (DuplicateRegistrationError), unless `replace`."""
 
     def deco(fn: Loader) -> Loader:
-        _LOADERS[runtime] = fn
-        return fn
+        return LOADERS.register(runtime, fn, replace=replace, stacklevel=2)
 
     return deco
 
 
 def loader_for(runtime: str) -> Loader:
-    from engine.errors import UnsupportedModelError
-
-    try:
-        return _LOADERS[runtime]
-    except KeyError:
-        raise UnsupportedModelError(
-            f"No backend is registered for runtime '{runtime}'. "
-            f"Known runtimes: {', '.join(sorted(_LOADERS)) or 'none'}."
-        ) from None
+    """The loader for `runtime`, importing its backend module on first use."""
+    return LOADERS.get(runtime)

@@ -61,18 +61,15 @@ class RunnerCache:
     ) -> CacheKey:
         from engine import devices
 
-        settings = self.settings
-        if device == "auto" and settings is not None:
-            device = settings.device or "auto"
-        if precision == "auto" and settings is not None:
-            precision = settings.precision or "auto"
+        if self.settings is not None:
+            device, precision = self.settings.requested_placement(device, precision)
         placement = devices.plan(card, device=device, precision=precision)
         return (card.id, card.revision, placement.device, placement.precision, bool(attention))
 
     # -- loading and eviction ------------------------------------------------------------
     def get_or_load(self, card: ModelCard, **load_kwargs: Any) -> Runner:
         """The cached runner for this card/device/precision/attention, loading it if needed."""
-        from engine.runtimes import load_runner
+        from engine.runtimes.loading import load_runner
 
         key = self.key_for(
             card,

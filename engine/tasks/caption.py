@@ -20,58 +20,36 @@ Florence-2 is one model for many tasks (the GiT idea): `florence_task` runs
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.errors import UnsupportedModelError, UsageError
+from engine.registry import Registry
 from engine.results import Box, Caption, Detections, Segmentation, SegmentInstance
+from engine.tasks.caption_common import (
+    CaptionFamily,
+    TokenCallback,
+    TokenStream,
+    tokenizer_of,
+    trim_generated,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from engine.runtimes.base import Runner
 
-TokenCallback = Callable[[int, str], None]  # (image index, caption text so far)
 ImageInput = "LoadedImage | Image.Image | str | os.PathLike"
 
 
 # -- model families ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CaptionFamily:
-    """How one family of captioners takes its inputs and returns its tokens."""
-
-    name: str
-    # build model inputs for a batch of PIL images and an optional prompt
-    build_inputs: Callable[[Any, list, str | None], dict]
-    # how many tokens at the start of generate()'s output are prompt, not caption
-    prompt_length: Callable[[dict, Any], int]
-    prompt_in_text: bool = False  # a text prefix is part of the caption (BLIP, GIT)
-    default_prompt: str | None = None
-    eos_ids: Callable[[Any], set[int]] = field(default=lambda model: _generation_eos(model))
-    text_tasks: tuple[str, ...] = ()  # prompts that are tasks (Florence-2)
-
-
-def _generation_eos(model: Any) -> set[int]:
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        eos = getattr(model.config, "eos_token_id", None)
-    if eos is None:
-        return set()
-    return {int(e) for e in eos} if isinstance(eos, (list, tuple)) else {int(eos)}
-
-
-def _tokenizer(processor: Any) -> Any:
-    return getattr(processor, "tokenizer", processor)
-
-
 def _prompt_ids(processor: Any, prompt: str) -> list[int]:
-    return list(_tokenizer(processor)(prompt, add_special_tokens=False)["input_ids"])
+    return list(tokenizer_of(processor)(prompt, add_special_tokens=False)["input_ids"])
 
 
 def _images_only(processor: Any, images: list, prompt: str | None) -> dict:
@@ -109,7 +87,7 @@ def _git_inputs(processor: Any, images: list, prompt: str | None) -> dict:
         import torch
 
         # GIT's documented prompting: [CLS] + prompt tokens, no [SEP] (the caption continues it)
-        ids = [_tokenizer(processor).cls_token_id] + _prompt_ids(processor, prompt)
+        ids = [tokenizer_of(processor).cls_token_id] + _prompt_ids(processor, prompt)
         inputs["input_ids"] = torch.tensor([ids] * len(images))
     return inputs
 
@@ -143,20 +121,30 @@ FLORENCE_TASKS = (
     "<REGION_TO_DESCRIPTION>", "<REGION_TO_OCR>",
 )
 
-FAMILIES: dict[str, CaptionFamily] = {
-    "vision-encoder-decoder": CaptionFamily("vision-encoder-decoder", _ved_inputs,
-                                            _ved_prompt_length, prompt_in_text=True),
-    "blip": CaptionFamily("blip", _blip_inputs, _blip_prompt_length, prompt_in_text=True,
-                          eos_ids=lambda model: {int(model.config.text_config.sep_token_id)}),
-    "git": CaptionFamily("git", _git_inputs, _decoder_only_prompt_length, prompt_in_text=True),
-    "florence2": CaptionFamily("florence2", _florence_inputs, lambda inputs, model: 1,
-                               default_prompt="<CAPTION>", text_tasks=FLORENCE_TASKS),
-}
+# config.model_type -> family; a model type registered twice is an error naming both.
+FAMILIES: Registry[str, CaptionFamily] = Registry("captioner family")
+for _family in (
+    CaptionFamily("vision-encoder-decoder", _ved_inputs, _ved_prompt_length, prompt_in_text=True),
+    CaptionFamily("blip", _blip_inputs, _blip_prompt_length, prompt_in_text=True,
+                  eos_ids=lambda model: {int(model.config.text_config.sep_token_id)}),
+    CaptionFamily("git", _git_inputs, _decoder_only_prompt_length, prompt_in_text=True),
+    CaptionFamily("florence2", _florence_inputs, lambda inputs, model: 1,
+                  default_prompt="<CAPTION>", text_tasks=FLORENCE_TASKS),
+):
+    FAMILIES.register(_family.name, _family)
 GENERIC = CaptionFamily("generic", _generic_inputs, _generic_prompt_length)
 
 
+def register_family(model_type: str, family: CaptionFamily, *,
+                    replace: bool = False) -> CaptionFamily:
+    """Add a captioner family for a model type (a plug-in's); a model type already taken
+    raises DuplicateRegistrationError naming both."""
+    return FAMILIES.register(model_type, family, replace=replace, stacklevel=2)
+
+
 def family_for(model_type: str | None) -> CaptionFamily:
-    return FAMILIES.get(model_type or "", GENERIC)
+    """The family of a model type; any other captioner gets the generic one."""
+    return FAMILIES.find(model_type or "", GENERIC)
 
 
 def _model_type(runner: Runner) -> str | None:
@@ -195,36 +183,6 @@ def _streamer_base() -> type:
     return BaseStreamer
 
 
-class TokenStream:
-    """Per-image token accumulation shared by the torch streamer and the ONNX loop."""
-
-    def __init__(self, tokenizer: Any, indices: Sequence[int], eos_ids: set[int],
-                 prefixes: Sequence[list[int]], on_token: TokenCallback | None) -> None:
-        self.tokenizer = tokenizer
-        self.indices = list(indices)
-        self.eos_ids = eos_ids
-        self.prefixes = [list(p) for p in prefixes]  # prompt ids that belong to the text
-        self.on_token = on_token
-        self.ids: list[list[int]] = [[] for _ in self.indices]
-        self.done = [False] * len(self.indices)
-
-    def step(self, tokens: Sequence[int]) -> None:
-        for row, token in enumerate(tokens):
-            if self.done[row]:
-                continue
-            token = int(token)
-            if token in self.eos_ids:
-                self.done[row] = True
-                continue
-            self.ids[row].append(token)
-            if self.on_token is not None:
-                self.on_token(self.indices[row], self.text(row))
-
-    def text(self, row: int) -> str:
-        return self.tokenizer.decode(self.prefixes[row] + self.ids[row],
-                                     skip_special_tokens=True).strip()
-
-
 def _make_streamer(stream: TokenStream) -> Any:
     class _Streamer(_streamer_base()):
         """transformers calls put(prompt ids) once, then put(next token per row) each step."""
@@ -245,20 +203,6 @@ def _make_streamer(stream: TokenStream) -> Any:
 
 
 # -- the task ----------------------------------------------------------------------------------
-
-
-def trim_generated(row: Sequence[int], eos_ids: set[int], pad_id: int | None = None) -> list[int]:
-    """New tokens of one output row, up to (not including) the first end token."""
-    out: list[int] = []
-    for token in row:
-        token = int(token)
-        if token in eos_ids:
-            break
-        out.append(token)
-    if pad_id is not None and pad_id not in eos_ids:
-        while out and out[-1] == pad_id:
-            out.pop()
-    return out
 
 
 def caption(runner: Runner, images: Sequence[Any], *, prompt: str | None = None,
@@ -317,7 +261,7 @@ def _caption_torch(runner: Runner, family: CaptionFamily, pils: list, indices: l
                    on_token: TokenCallback | None) -> list[Caption]:
     model = runner.module
     processor = runner.processor
-    tokenizer = _tokenizer(processor)
+    tokenizer = tokenizer_of(processor)
     inputs = family.build_inputs(processor, pils, prompt)
     prompt_len = family.prompt_length(inputs, model)
     eos_ids = family.eos_ids(model)

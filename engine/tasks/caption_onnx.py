@@ -27,10 +27,16 @@ import numpy as np
 
 from engine.errors import UnsupportedModelError
 from engine.results import Caption
+from engine.tasks.caption_common import (
+    CaptionFamily,
+    TokenCallback,
+    TokenStream,
+    tokenizer_of,
+    trim_generated,
+)
 
 if TYPE_CHECKING:
     from engine.runtimes.base import Runner
-    from engine.tasks.caption import CaptionFamily, TokenCallback
 
 PAST_PREFIX = "past_key_values."
 PRESENT_PREFIX = "present."
@@ -224,15 +230,13 @@ def _read_json(path: Path) -> dict:
 def caption_batch_onnx(runner: Runner, family: CaptionFamily, pils: list, indices: Sequence[int],
                        *, prompt: str | None, max_new_tokens: int,
                        on_token: TokenCallback | None) -> list[Caption]:
-    from engine.tasks.caption import TokenStream, _tokenizer, trim_generated
-
     if family.name not in ("vision-encoder-decoder", "generic"):
         raise UnsupportedModelError(f"{runner.card.name}: ONNX captioning supports encoder + "
                                     f"decoder exports (VisionEncoderDecoder), not {family.name}.")
     sessions = Seq2SeqSessions.from_runner(runner)
     ids = generation_ids(runner)
     processor = runner.processor
-    tokenizer = _tokenizer(processor)
+    tokenizer = tokenizer_of(processor)
     inputs = family.build_inputs(processor, pils, prompt)
     pixel_values = np.asarray(inputs["pixel_values"], dtype=np.float32)
     start = np.full((len(pils), 1), ids.decoder_start, dtype=np.int64)

@@ -2,12 +2,14 @@
 
     results = detect(runner, images, threshold=0.5, classes=["person"])
 
-A family is a function (runner, images, options) -> list[Detections], registered for
-the model types it serves (transformers' `config.model_type`) or named by the card's
-sidecar (`family = "yolo"` for YOLO-style ONNX exports, `"mtcnn"` for the face
-detector). Families call the processor's own post-processing where transformers has
-one, so our boxes are transformers' boxes; the runner hides whether a torch model or
-its ONNX export produced the outputs.
+A family is a module of engine/tasks/detectors/ (one per family, listed in its
+`FAMILY_MODULES`) stating a `DetectorFamily`: a function (runner, images, options) ->
+list[Detections], the model types it serves (transformers' `config.model_type`) or the
+sidecar `family` that names it (`"yolo"` for YOLO-style ONNX exports, `"mtcnn"` for the
+face detector), and its capabilities. Families call the processor's own post-processing
+where transformers has one, so our boxes are transformers' boxes; the runner hides
+whether a torch model or its ONNX export produced the outputs. This module keeps the
+entry point and what the families share (`finish`, `class_filter`, `model_info`).
 
 All boxes come back in original pixels (x0, y0, x1, y1), clipped to the image, sorted
 by decreasing score. Images of one size are batched together, so results never
@@ -28,6 +30,8 @@ from PIL import Image
 from engine.errors import UnsupportedModelError, UsageError
 from engine.events import CancelToken, Progress, ProgressCallback
 from engine.results import Box, Detections
+from engine.tasks.detectors import FAMILY_MODULES
+from engine.tasks.families import FamilyTable, TaskFamily
 
 if TYPE_CHECKING:
     from engine.media.image import LoadedImage
@@ -46,28 +50,23 @@ Family = Callable[["Runner", list[Image.Image], DetectOptions], list[Detections]
 
 
 @dataclass(frozen=True)
-class FamilyEntry:
-    name: str
-    run: Family
+class DetectorFamily(TaskFamily):
+    """A detector family as data (see engine.tasks.families): `run(runner, images, opts)`,
+    the model types / sidecar families it serves, and whether it is open-vocabulary
+    (then `classes` are the text queries, and required)."""
+
     open_vocabulary: bool = False
 
 
-_FAMILIES: dict[str, FamilyEntry] = {}
-_BY_MODEL_TYPE: dict[str, str] = {}
+# The families: one module each, listed in engine/tasks/detectors/__init__.py, imported on
+# the first lookup (the first detect()).
+FAMILIES: FamilyTable[DetectorFamily] = FamilyTable("detector", FAMILY_MODULES)
 
 
-def register_family(
-    name: str, *model_types: str, open_vocabulary: bool = False
-) -> Callable[[Family], Family]:
-    """Register a detector family for transformers model types (and/or sidecar `family`)."""
-
-    def deco(fn: Family) -> Family:
-        _FAMILIES[name] = FamilyEntry(name, fn, open_vocabulary)
-        for model_type in model_types:
-            _BY_MODEL_TYPE[model_type] = name
-        return fn
-
-    return deco
+def register_family(family: DetectorFamily, *, replace: bool = False) -> DetectorFamily:
+    """Add a detector family (a plug-in's); a name or model type already taken raises
+    DuplicateRegistrationError naming both."""
+    return FAMILIES.register(family, replace=replace, stacklevel=2)
 
 
 # -- what a runner is ---------------------------------------------------------------------------
@@ -125,25 +124,10 @@ def _config_json(runner: Runner) -> dict[str, Any]:
     return {}
 
 
-def family_for(runner: Runner) -> FamilyEntry:
-    sidecar = getattr(runner.card, "sidecar", {}) or {}
-    name = sidecar.get("family")
-    if name is None:
-        model_type = model_info(runner).model_type
-        name = _BY_MODEL_TYPE.get(model_type or "")
-        if name is None:
-            raise UnsupportedModelError(
-                f"Model '{runner.card.id}' (model type {model_type or 'unknown'}) is not a "
-                f"detector Ocula knows. Known model types: {', '.join(sorted(_BY_MODEL_TYPE))}; "
-                f'for a YOLO-style ONNX file set family = "yolo" in its sidecar.'
-            )
-    try:
-        return _FAMILIES[name]
-    except KeyError:
-        raise UnsupportedModelError(
-            f"Model '{runner.card.id}': unknown detector family '{name}'. "
-            f"Known: {', '.join(sorted(_FAMILIES))}."
-        ) from None
+def family_for(runner: Runner) -> DetectorFamily:
+    return FAMILIES.for_runner(
+        runner, lambda r: model_info(r).model_type,
+        hint='for a YOLO-style ONNX file set family = "yolo" in its sidecar.')
 
 
 # -- the entry point ----------------------------------------------------------------------------
@@ -225,7 +209,7 @@ def size_batches(images: Sequence[Image.Image], batch_size: int) -> list[list[in
 # -- shared post-processing ---------------------------------------------------------------------
 
 
-def _class_filter(opts: DetectOptions, id2label: dict[int, str], model_id: str) -> set[int] | None:
+def class_filter(opts: DetectOptions, id2label: dict[int, str], model_id: str) -> set[int] | None:
     if not opts.classes:
         return None
     by_name = {name.lower(): i for i, name in id2label.items()}
@@ -252,7 +236,7 @@ def finish(
     nms_iou: float | None = None,
 ) -> Detections:
     """Clip, filter, optional class-wise NMS, sort by score, cap, and wrap as Detections."""
-    from engine.tasks.yolo import batched_nms
+    from engine.tasks.nms import batched_nms
 
     w, h = image_size
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -282,11 +266,11 @@ def finish(
     return Detections(boxes=out, image_size=(w, h), labels=dict(id2label))
 
 
-def _image_processor(processor: Any) -> Any:
+def image_processor(processor: Any) -> Any:
     return getattr(processor, "image_processor", None) or processor
 
 
-def _require_processor(runner: Runner) -> Any:
+def require_processor(runner: Runner) -> Any:
     if runner.processor is None:
         raise UnsupportedModelError(
             f"Model '{runner.card.id}' has no image processor (preprocessor_config.json); "
@@ -296,233 +280,5 @@ def _require_processor(runner: Runner) -> Any:
     return runner.processor
 
 
-def _numpy(t: Any) -> np.ndarray:
+def to_numpy(t: Any) -> np.ndarray:
     return t.detach().cpu().float().numpy() if hasattr(t, "detach") else np.asarray(t)
-
-
-# -- families: closed-vocabulary transformers detectors -------------------------------------------
-
-
-@register_family(
-    "transformers-detection",
-    "detr",
-    "conditional_detr",
-    "deformable_detr",
-    "dab-detr",
-    "table-transformer",
-    "yolos",
-    "rt_detr",
-    "rt_detr_v2",
-    "d_fine",
-    "deimv2",
-    "lw_detr",
-    "rf_detr",
-)
-def _run_processor_detection(
-    runner: Runner, images: list[Image.Image], opts: DetectOptions
-) -> list[Detections]:
-    """DETR-likes: the processor prepares, the processor's post_process_object_detection decodes."""
-    processor = _image_processor(_require_processor(runner))
-    info = model_info(runner)
-    keep_ids = _class_filter(opts, info.id2label, runner.card.id)
-    inputs = processor(images=images, return_tensors="pt")
-    outputs = runner.forward(dict(inputs))
-    target_sizes = [(img.height, img.width) for img in images]
-    decoded = processor.post_process_object_detection(
-        outputs, threshold=opts.threshold, target_sizes=target_sizes
-    )
-    return [
-        finish(
-            _numpy(d["scores"]),
-            _numpy(d["labels"]),
-            _numpy(d["boxes"]),
-            image_size=img.size,
-            id2label=info.id2label,
-            opts=opts,
-            keep_ids=keep_ids,
-        )
-        for d, img in zip(decoded, images)
-    ]
-
-
-# -- families: open vocabulary ---------------------------------------------------------------------
-
-
-@register_family("owl", "owlv2", "owlvit", open_vocabulary=True)
-def _run_owl(runner: Runner, images: list[Image.Image], opts: DetectOptions) -> list[Detections]:
-    """OWL-ViT / OWLv2: text queries from `classes`; boxes scaled by the processor (OWLv2 pads
-    to a square, which its post-processing undoes given the original sizes)."""
-    processor = _require_processor(runner)
-    queries = list(opts.classes or ())
-    inputs = processor(text=[queries] * len(images), images=images, return_tensors="pt")
-    outputs = runner.forward(dict(inputs))
-    target_sizes = [(img.height, img.width) for img in images]
-    decoded = processor.post_process_grounded_object_detection(
-        outputs,
-        threshold=opts.threshold,
-        target_sizes=target_sizes,
-        text_labels=[queries] * len(images),
-    )
-    id2label = dict(enumerate(queries))
-    return [
-        finish(
-            _numpy(d["scores"]),
-            _numpy(d["labels"]),
-            _numpy(d["boxes"]),
-            image_size=img.size,
-            id2label=id2label,
-            opts=opts,
-        )
-        for d, img in zip(decoded, images)
-    ]
-
-
-@register_family("grounding-dino", "grounding-dino", "mm-grounding-dino", open_vocabulary=True)
-def _run_grounding_dino(
-    runner: Runner, images: list[Image.Image], opts: DetectOptions
-) -> list[Detections]:
-    """Grounding DINO: phrases come back as text; those equal to a query get its index."""
-    processor = _require_processor(runner)
-    queries = list(opts.classes or ())
-    inputs = processor(images=images, text=[queries] * len(images), return_tensors="pt")
-    outputs = runner.forward(dict(inputs))
-    target_sizes = [(img.height, img.width) for img in images]
-    decoded = processor.post_process_grounded_object_detection(
-        outputs,
-        input_ids=inputs["input_ids"],
-        threshold=opts.threshold,
-        text_threshold=opts.threshold,
-        target_sizes=target_sizes,
-    )
-    by_text = {q.lower().strip(): i for i, q in enumerate(queries)}
-    results = []
-    for d, img in zip(decoded, images):
-        names = [str(t) for t in d["text_labels"]]
-        ids = np.array([by_text.get(n.lower().strip(), -1) for n in names], dtype=np.int64)
-        results.append(
-            finish(
-                _numpy(d["scores"]),
-                ids,
-                _numpy(d["boxes"]),
-                image_size=img.size,
-                id2label=dict(enumerate(queries)),
-                opts=opts,
-                label_names=names,
-                nms_iou=opts.nms_iou,
-            )
-        )
-    return results
-
-
-# -- families: YOLO-style ONNX exports -------------------------------------------------------------
-
-
-def yolo_spec(runner: Runner):
-    from engine.tasks.yolo import YoloSpec
-
-    local = getattr(runner.card, "local_path", None)
-    onnx_path = local if local and str(local).lower().endswith(".onnx") else None
-    return YoloSpec.from_sidecar(getattr(runner.card, "sidecar", {}) or {}, onnx_path=onnx_path)
-
-
-@register_family("florence2", "florence2")
-def _run_florence(runner: Runner, images: list[Image.Image], opts: DetectOptions) -> list[Detections]:
-    """Florence-2 (one ViT for many tasks): `<OD>` for closed-set detection, or
-    `<OPEN_VOCABULARY_DETECTION>` with the class names as the text input. Florence-2
-    gives no scores (all 1.0), so the threshold keeps everything it names."""
-    from engine.tasks.caption import florence_task
-
-    if opts.classes:
-        per_class = [florence_task(runner, images, "<OPEN_VOCABULARY_DETECTION>",
-                                   text_input=name) for name in opts.classes]
-        merged = []
-        for i in range(len(images)):
-            boxes = [b for results in per_class if isinstance(results[i], Detections)
-                     for b in results[i].boxes]
-            merged.append(_relabel(boxes, images[i].size, list(opts.classes)))
-    else:
-        merged = [d for d in florence_task(runner, images, "<OD>")]
-    return [Detections(boxes=[b for b in d.boxes if b.score >= opts.threshold]
-                       [:opts.max_detections], image_size=d.image_size, labels=d.labels)
-            for d in merged]
-
-
-def _relabel(boxes: list[Box], size: tuple[int, int], names: list[str]) -> Detections:
-    labels = dict(enumerate(dict.fromkeys(names + [b.label for b in boxes])))
-    ids = {name: i for i, name in labels.items()}
-    for box in boxes:
-        box.label_id = ids[box.label]
-    return Detections(boxes=boxes, image_size=size, labels=labels)
-
-
-@register_family("yolo")
-def _run_yolo(runner: Runner, images: list[Image.Image], opts: DetectOptions) -> list[Detections]:
-    """Letterbox -> ONNX -> decode v5/v8 -> class-wise NMS -> undo letterbox (original pixels)."""
-    from engine.tasks import yolo
-
-    spec = yolo_spec(runner)
-    id2label = dict(enumerate(spec.class_names))
-    keep_ids = _class_filter(opts, id2label, runner.card.id) if id2label else None
-    if opts.classes and not id2label:
-        raise UsageError(
-            f"Model '{runner.card.id}' has no class names (sidecar `labels` or ONNX "
-            f"metadata `names`), so it cannot filter by class."
-        )
-    iou = opts.nms_iou if opts.nms_iou is not None else 0.45
-    results = []
-    # one image per call: most YOLO exports have a fixed batch dimension of 1
-    for img in images:
-        batch, geos = yolo.preprocess([np.asarray(img)], spec)
-        outputs = runner.forward({spec.input_name or "images": batch})
-        raw = outputs[spec.output_name] if spec.output_name else next(iter(outputs.values()))
-        (dets,) = yolo.postprocess(
-            _numpy(raw),
-            geos,
-            spec,
-            threshold=opts.threshold,
-            nms_iou=iou,
-            max_detections=opts.max_detections,
-            class_filter=keep_ids,
-        )
-        names = [id2label.get(int(c), f"class_{int(c)}") for c in dets.class_ids]
-        results.append(
-            finish(
-                dets.scores,
-                dets.class_ids,
-                dets.boxes,
-                image_size=img.size,
-                id2label=id2label,
-                opts=opts,
-                label_names=names,
-            )
-        )
-    return results
-
-
-# -- family: MTCNN face detector (facenet-pytorch, weights ship inside the package) -------------
-# The runner is engine.runtimes.facenet_backend (runtime "facenet-pytorch"): its forward takes
-# {"image": PIL} and returns boxes [N, 4] and scores [N] (numpy) in original pixels.
-
-
-@register_family("mtcnn")
-def _run_mtcnn(runner: Runner, images: list[Image.Image], opts: DetectOptions) -> list[Detections]:
-    labels = (getattr(runner.card, "sidecar", {}) or {}).get("labels") or ["face"]
-    id2label = {0: str(labels[0])}
-    keep_ids = _class_filter(opts, id2label, runner.card.id)
-    results = []
-    for img in images:
-        outputs = runner.forward({"image": img})
-        scores = _numpy(outputs.scores)
-        keep = scores > opts.threshold
-        results.append(
-            finish(
-                scores[keep],
-                np.zeros(int(keep.sum()), np.int64),
-                _numpy(outputs.boxes)[keep],
-                image_size=img.size,
-                id2label=id2label,
-                opts=opts,
-                keep_ids=keep_ids,
-            )
-        )
-    return results

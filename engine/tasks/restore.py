@@ -30,6 +30,7 @@ import numpy as np
 from engine.errors import UnsupportedModelError
 from engine.events import CancelToken, ProgressCallback
 from engine.media.tiling import MIN_TILE, SizeRequirement, TiledRunner
+from engine.registry import Registry
 from engine.results import RestoredImage
 
 if TYPE_CHECKING:
@@ -61,25 +62,28 @@ class RestorerSpec:
 
 
 SpecBuilder = Callable[["Runner"], RestorerSpec]
-_SPEC_BUILDERS: dict[str, SpecBuilder] = {}
+# runtime -> what a restorer of that runtime is (scale, range, tiling…); a runtime
+# registered twice is an error naming both.
+SPEC_BUILDERS: Registry[str, SpecBuilder] = Registry("restorer spec builder")
 
 
-def register_spec(runtime: str) -> Callable[[SpecBuilder], SpecBuilder]:
+def register_spec(runtime: str, *, replace: bool = False) -> Callable[[SpecBuilder], SpecBuilder]:
+    """Register `fn(runner) -> RestorerSpec` for a runtime (`replace=True`: on purpose).
+    (`replace` shadows dataclasses.replace only in here.)"""
+
     def deco(fn: SpecBuilder) -> SpecBuilder:
-        _SPEC_BUILDERS[runtime] = fn
-        return fn
+        return SPEC_BUILDERS.register(runtime, fn, replace=replace, stacklevel=2)
 
     return deco
 
 
 def spec_for(runner: Runner) -> RestorerSpec:
     """The runner's RestorerSpec; sidecar keys override what the model says."""
-    try:
-        builder = _SPEC_BUILDERS[runner.card.runtime]
-    except KeyError:
+    builder = SPEC_BUILDERS.find(runner.card.runtime)
+    if builder is None:
         raise UnsupportedModelError(
             f"{runner.card.name}: restoration does not support the '{runner.card.runtime}' "
-            f"runtime.") from None
+            f"runtime (only {', '.join(SPEC_BUILDERS)}).")
     spec = builder(runner)
     return _apply_sidecar(spec, runner.card.sidecar or {})
 

@@ -62,7 +62,7 @@ def main() -> None:
     try:
         src = work / "in"
         paths = make_images(src, args.count, size=(width, height), subfolders=10)
-        register_handler("restore", InvertRestore)
+        register_handler("restore", InvertRestore, replace=True)
         store = JobStore(work / "jobs.sqlite")
         bare_times, job_times = [], []
         for n in range(args.repeat):  # interleaved, best of N: the machine is shared

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-LAUNCH = "import sys; from engine.cli import main; sys.exit(main([]))"  # what `ocula` runs
+LAUNCH = "import sys; from desktop.launcher import main; sys.exit(main([]))"  # what `ocula` runs
 
 
 def launch_once() -> tuple[float, float, str]:

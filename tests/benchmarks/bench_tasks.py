@@ -68,7 +68,6 @@ def bench_throughput(work: Path, repeats: int) -> dict:
     import torch
     from PIL import Image
 
-    import engine.tasks.handlers  # noqa: F401
     from engine.jobs import JobSpec, JobStore, run_job
     from engine.runtimes import load_runner
     from engine.tasks.detect import detect

@@ -123,7 +123,7 @@ def stage_encode(frames: list[np.ndarray], n: int, path: Path, fps: int, preset:
 
 def end_to_end(path: Path, out_dir: Path, store: JobStore, preset: str,
                frames: int) -> tuple[float, dict]:
-    register_handler("restore", BlurRestore)
+    register_handler("restore", BlurRestore, replace=True)
     began = time.perf_counter()
     summary = run_job(JobSpec("restore", "blur", [str(path)], str(out_dir),
                               options={"video_preset": preset, "annotations": False}),

@@ -1,5 +1,5 @@
 """Settings survive a restart: window layout and last-used task settings (QSettings),
-engine settings (TOML shared with the CLI), the hub token (keyring or a 0600 file)."""
+engine settings (TOML shared with the CLI), the hub token (the CLI's login: one store)."""
 from __future__ import annotations
 
 import os
@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import QSettings
+from PySide6.QtWidgets import QLabel
 
-from desktop import token_store
 from desktop.main_window import MainWindow
+from engine.hub import auth
 from engine.settings import Settings
 
 
@@ -83,20 +84,103 @@ def test_settings_dialog_writes_engine_settings_and_theme(qtbot, tmp_path, setti
     again.close()
 
 
-def test_token_goes_to_a_private_file_without_keyring(tmp_path, monkeypatch):
-    monkeypatch.setenv("OCULA_HOME", str(tmp_path / "home"))
+@pytest.fixture
+def token_files(tmp_path, monkeypatch):
+    """huggingface_hub's token files in this test's folder, not the session's HF_HOME."""
+    from huggingface_hub import constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
+    monkeypatch.setattr(hf_constants, "HF_STORED_TOKENS_PATH",
+                        str(tmp_path / "hf" / "stored_tokens"))
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    if token_store._keyring() is not None:
-        pytest.skip("an OS keyring is available here; the file fallback is not used")
-    where = token_store.save_token("hf_secret_value")
-    path = token_store.token_file()
-    assert where == str(path) and path.read_text() == "hf_secret_value"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert os.environ["HF_TOKEN"] == "hf_secret_value"
-    monkeypatch.delenv("HF_TOKEN")
-    assert token_store.apply_token() and os.environ["HF_TOKEN"] == "hf_secret_value"
-    token_store.save_token("")
-    assert not path.exists() and "HF_TOKEN" not in os.environ
+    return tmp_path / "hf" / "token"
+
+
+def _settings_view(qtbot, qsettings, settings_path):
+    from desktop.views.settings import SettingsDialog
+
+    dialog = SettingsDialog(Settings.load(settings_path), qsettings, settings_path=settings_path)
+    qtbot.addWidget(dialog)
+    dialog.open()
+    return dialog
+
+
+def _save_token_in_settings(qtbot, qsettings, settings_path, token: str):
+    dialog = _settings_view(qtbot, qsettings, settings_path)
+    dialog.token.setText(token)
+    dialog.save_and_close()
+    qtbot.waitUntil(lambda: dialog.login_op is None, timeout=20_000)
+    return dialog
+
+
+def test_token_saved_in_settings_is_the_clis_login_and_back(qtbot, tmp_path, qsettings,
+                                                           settings_path, hub, token_files):
+    """One store: the settings view saves where `ocula models login` saves, reads what it
+    wrote, and the engine's downloads send it."""
+    from engine import cli
+    from tests.fixtures.repos import write_files
+
+    hub.add_token("hf_from_the_gui", user="alice")
+    hub.add_token("hf_from_the_cli", user="bob")
+    hub.add_repo("org/gated-tiny", write_files(tmp_path / "repo", {"config.json": "{}"}),
+                 gated=True, token="hf_only_for_this_repo")
+    views = (qtbot, qsettings, settings_path)
+
+    # GUI -> store: checked with the hub off the UI thread, then saved and the dialog closes
+    dialog = _save_token_in_settings(*views, "hf_from_the_gui")
+    assert dialog.result() == dialog.DialogCode.Accepted
+    assert "alice" in dialog.token_status.text()
+    assert auth.saved_token() == auth.stored_token() == "hf_from_the_gui"
+    assert token_files.read_text().strip() == "hf_from_the_gui"
+    assert stat.S_IMODE(token_files.stat().st_mode) & 0o077 == 0  # only the user reads it
+    assert "HF_TOKEN" not in os.environ  # the file is the store, not this process's env
+    from engine.hub import fetch_repo
+
+    assert (fetch_repo("org/gated-tiny") / "config.json").is_file()  # sent by the engine
+    assert hub.requests("*/resolve/*")[-1].token == "hf_from_the_gui"
+
+    # CLI -> store -> GUI: `ocula models login` replaces it, the settings view shows that one
+    assert cli.main(["models", "login", "hf_from_the_cli"]) == 0
+    assert auth.saved_token() == "hf_from_the_cli"
+    again = _settings_view(*views)
+    assert again.token.text() == "hf_from_the_cli"
+    assert str(token_files) in again.findChild(QLabel, "tokenNote").text()
+    again.reject()
+
+    # a token the hub refuses is not saved, and the dialog stays open with the reason
+    refused = _save_token_in_settings(*views, "hf_not_a_token")
+    assert refused.isVisible() and "rejected" in refused.token_status.text()
+    assert auth.saved_token() == "hf_from_the_cli"
+    refused.reject()
+
+    # an emptied field logs out: the CLI's login is gone too
+    _save_token_in_settings(*views, "")
+    assert auth.saved_token() is None and not token_files.exists()
+
+
+def test_a_token_of_the_old_desktop_store_moves_to_the_hub_store_once(tmp_path, monkeypatch,
+                                                                       token_files):
+    monkeypatch.setenv("OCULA_HOME", str(tmp_path / "home"))
+    legacy = auth.legacy_token_file()
+    legacy.parent.mkdir(parents=True, exist_ok=True)
+    legacy.write_text("hf_old_gui_token", encoding="utf-8")
+    assert auth.migrate_legacy_token()
+    assert auth.saved_token() == "hf_old_gui_token" and not legacy.exists()
+    assert stat.S_IMODE(token_files.stat().st_mode) == 0o600
+    legacy.write_text("hf_written_again", encoding="utf-8")  # by an old copy of the app
+    assert not auth.migrate_legacy_token()  # once: the marker says it was done
+    assert auth.saved_token() == "hf_old_gui_token"
+
+
+def test_a_saved_login_wins_over_the_old_desktop_token(tmp_path, monkeypatch, token_files):
+    monkeypatch.setenv("OCULA_HOME", str(tmp_path / "home"))
+    token_files.parent.mkdir(parents=True, exist_ok=True)
+    token_files.write_text("hf_cli_login", encoding="utf-8")
+    legacy = auth.legacy_token_file()
+    legacy.parent.mkdir(parents=True, exist_ok=True)
+    legacy.write_text("hf_old_gui_token", encoding="utf-8")
+    assert not auth.migrate_legacy_token()
+    assert auth.saved_token() == "hf_cli_login" and not legacy.exists()
 
 
 @pytest.mark.parametrize("saved", [None, "caption", "restore"])

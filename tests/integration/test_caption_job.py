@@ -9,7 +9,6 @@ import torch
 from skimage import data as skdata
 from PIL import Image
 
-import engine.tasks.handlers  # noqa: F401  registers the built-in handlers
 from engine.jobs import JobSpec, JobStore, run_job
 from tests.fixtures.tiny_captioners import vit_gpt2
 
@@ -43,6 +42,8 @@ def test_caption_job_streams_and_matches_generate(hub, tmp_path):
         with torch.no_grad():
             ids = tiny.model.generate(pixel_values, max_new_tokens=12, do_sample=False)[0]
         expected = tiny.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        # exact text from greedy argmaxes on two fp32 paths: safe, the fixture's top-two logit
+        # gaps on these photos (>= 1.2e-2) exceed what summation order can move (test_caption.py)
         assert caption == expected
         partial = [e.message for e in events if e.kind == "partial" and e.item.endswith(name)]
         assert partial and partial[-1].strip() == caption  # streamed, ending in the caption

@@ -69,10 +69,11 @@ def test_explain_takes_images_after_the_options(hub, tmp_path, capsys):
     image = tmp_path / "p.png"
     noise_image(48, 40).save(image)
     code = main(["explain", "--model", "tiny-org/vit-contract", "--out", str(tmp_path / "m"),
-                 str(image), "--method", "raw", "--layer", "99", "--json"])
+                 str(image), "--method", "raw", "--layer", "9", "--json"])
     # a layer the model lacks is that image's failure with a message, never a traceback
     assert code == 1
-    assert "layer 99 out of range" in capsys.readouterr().err
+    failures = json.loads(capsys.readouterr().out)["failures"]
+    assert "layer 9 out of range" in failures[0]["reason"]
 
 
 def test_every_output_of_every_input_is_in_the_json(detr, photos, tmp_path, capsys):
@@ -123,7 +124,8 @@ def test_a_model_for_another_task_exits_2_before_any_work(detr, photos, tmp_path
 def test_bad_prompt_points_are_a_usage_error(detr, photos, tmp_path, capsys):
     code = main(["run", "segment", "--points", "10,20", str(photos / "a.png"),
                  "--model", detr, "--out", str(tmp_path / "o")])
-    assert code == 2 and "--points takes x,y" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "'points' takes x,y" in err and "put inputs first" in err
 
 
 def test_import_offers_the_tasks_an_import_can_have(tmp_path, capsys):

@@ -122,7 +122,7 @@ def test_explain_cli_writes_maps_at_image_resolution(hub, tmp_path, capsys):
     code = main(["explain", str(image), "--model", "tiny-org/vit", "--method", "rollout",
                  "--out", str(tmp_path / "maps"), "--json"])
     assert code == 0, capsys.readouterr().err
-    written = json.loads(capsys.readouterr().out)["written"]
+    written = json.loads(capsys.readouterr().out)["files"]  # explain is a job like the others
     heatmap = np.load(next(p for p in written if p.endswith(".heatmap.npy")))
     assert heatmap.shape == (60, 90) and np.isfinite(heatmap).all()
     assert any(p.endswith(".png") for p in written)
@@ -144,7 +144,7 @@ def test_explain_cli_on_the_real_dinov2_onnx(tmp_path, capsys):
     code = main(["explain", str(image), "--model", str(onnx_path), "--method", "dino",
                  "--out", str(tmp_path / "maps"), "--json"])
     assert code == 0, capsys.readouterr().err
-    written = json.loads(capsys.readouterr().out)["written"]
+    written = json.loads(capsys.readouterr().out)["files"]
     heatmap = np.load(next(p for p in written if p.endswith(".heatmap.npy")))
     attentions = np.load(next(p for p in written if p.endswith(".attentions.npy")))
     assert heatmap.shape == (512, 512)
@@ -154,16 +154,27 @@ def test_explain_cli_on_the_real_dinov2_onnx(tmp_path, capsys):
 
 
 def test_cli_options_become_job_options():
-    from engine.cli import _task_options, build_parser
+    from engine.cli import _parse, build_parser
+    from engine.cli_tasks import options_from_args
 
-    args = build_parser().parse_args(
-        ["run", "detect", "clip.mp4", "-m", "x", "-o", "out", "--start", "1.5", "--end", "4",
-         "--classes", "cat, red car", "--formats", "coco,yolo", "--pixel-limit", "5000",
-         "--points", "10,20", "--every-nth-frame", "3"])
-    options = _task_options(args)
-    assert options == {"time_range": [1.5, 4.0], "classes": ["cat", "red car"],
-                       "formats": ["coco", "yolo"], "pixel_limit": 5000, "points": [[10.0, 20.0]],
-                       "every_nth_frame": 3}
+    args = _parse(build_parser(), [
+        "detect", "clip.mp4", "-m", "x", "-o", "out", "--time-range", "1.5,4",
+        "--classes", "cat, red car", "--formats", "coco,yolo", "--pixel-limit", "5000",
+        "--every-nth-frame", "3", "--no-track"])
+    options = options_from_args(args)
+    assert options == {"time_range": "1.5,4", "classes": "cat, red car", "formats": "coco,yolo",
+                       "pixel_limit": 5000, "every_nth_frame": 3, "track": False}
     from engine.jobs import JobSpec
 
-    JobSpec("detect", "x", ["clip.mp4"], "out", options=options).validate()
+    spec = JobSpec("detect", "x", ["clip.mp4"], "out", options=options).validate()
+    assert spec.options_dict == {"time_range": [1.5, 4.0], "classes": ["cat", "red car"],
+                                 "formats": ["coco", "yolo"], "pixel_limit": 5000,
+                                 "every_nth_frame": 3, "track": False}
+    # `ocula run detect …` is the same command
+    assert options_from_args(_parse(build_parser(), ["run", *args_list()])) == options
+
+
+def args_list() -> list[str]:
+    return ["detect", "clip.mp4", "-m", "x", "-o", "out", "--time-range", "1.5,4",
+            "--classes", "cat, red car", "--formats", "coco,yolo", "--pixel-limit", "5000",
+            "--every-nth-frame", "3", "--no-track"]

@@ -17,20 +17,10 @@ import pytest
 from PIL import Image
 
 from engine.jobs import JobSpec, JobStore, LocalJobRunner, resume_job
-from engine.jobs import handlers as handler_registry
-from tests.fixtures.media import make_images, make_video, register_test_handlers
+from tests.fixtures.media import make_images, make_video
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 WORKER_IMPORTS = ["tests.fixtures.media:register_test_handlers"]
-
-
-@pytest.fixture
-def test_handlers():
-    saved = dict(handler_registry._registry)
-    register_test_handlers()
-    yield
-    handler_registry._registry.clear()
-    handler_registry._registry.update(saved)
 
 
 def wait_until(predicate, timeout: float = 60.0, what: str = "") -> None:

@@ -21,24 +21,11 @@ from engine.jobs import (
     register_handler,
     resume_job,
     run_job,
+    unregister_handler,
 )
-from engine.jobs import handlers as handler_registry
-from tests.fixtures.media import make_audio_only, make_images, register_test_handlers
+from tests.fixtures.jobs import handlers_restored
+from tests.fixtures.media import make_audio_only, make_images
 from tests.unit.test_jobs_inputs import as_unprivileged, make_locked_tree, open_tmp  # noqa: F401
-
-
-@pytest.fixture
-def test_handlers():
-    saved = dict(handler_registry._registry)
-    register_test_handlers()
-    yield
-    handler_registry._registry.clear()
-    handler_registry._registry.update(saved)
-
-
-@pytest.fixture
-def store(tmp_path) -> JobStore:
-    return JobStore(tmp_path / "jobs.sqlite")
 
 
 def hidden_files(folder: Path) -> list[Path]:
@@ -114,7 +101,7 @@ class TinyRefusing(BaseHandler):
 
     batch_size = 4
 
-    def prepare(self, spec, progress, cancel):
+    def prepare(self, spec, progress, cancel, settings=None):
         self.calls: list[int] = []
 
     def process_batch(self, images, outs):
@@ -129,18 +116,14 @@ class TinyRefusing(BaseHandler):
 
 
 def test_a_failing_input_in_a_batch_does_not_take_the_batch_down(tmp_path, store):
-    saved = dict(handler_registry._registry)
     handler = TinyRefusing()
-    register_handler("restore", handler)
-    try:
+    with handlers_restored():
+        register_handler("restore", handler, replace=True)
         src = tmp_path / "in"
         make_images(src, 7, size=(32, 32))
         Image.new("RGB", (8, 8), "white").save(src / "img00003.png")  # replaced by a tiny one
         summary = run_job(JobSpec("restore", "m", [str(src)], str(tmp_path / "out")),
                           store=store)
-    finally:
-        handler_registry._registry.clear()
-        handler_registry._registry.update(saved)
     assert (summary.done, summary.failed) == (6, 1)
     assert "the model needs ≥16 px" in summary.failures[0].reason
     assert summary.failures[0].path.endswith("img00003.png")
@@ -233,9 +216,8 @@ def test_inline_runner_and_pause_with_a_threading_event(tmp_path, store, test_ha
 
 
 def test_a_job_that_cannot_start_is_marked_failed_and_resumable(tmp_path, store):
-    saved = dict(handler_registry._registry)
-    handler_registry._registry.pop("segment", None)
-    try:
+    with handlers_restored():
+        unregister_handler("segment")
         make_images(tmp_path / "in", 1)
         with pytest.raises(Exception, match="no handler is registered for task 'segment'"):
             run_job(JobSpec("segment", "m", [str(tmp_path / "in")], str(tmp_path / "out")),
@@ -244,9 +226,6 @@ def test_a_job_that_cannot_start_is_marked_failed_and_resumable(tmp_path, store)
         register_handler("segment", TinyRefusing)  # a class: one instance per job
         summary = resume_job("job-1", store=store)
         assert summary.done == 1
-    finally:
-        handler_registry._registry.clear()
-        handler_registry._registry.update(saved)
 
 
 def test_an_unreadable_folder_fails_alone(test_handlers, open_tmp):  # noqa: F811
@@ -279,3 +258,34 @@ def test_an_unreadable_folder_fails_alone(test_handlers, open_tmp):  # noqa: F81
         "b.restored.png", "ok/a.restored.png"]
     if os.geteuid() == 0:
         assert (out / "b.restored.png").stat().st_uid == 65534  # really ran unprivileged
+
+
+def test_deferred_runner_runs_where_the_caller_says(tmp_path, store, test_handlers):
+    """The GUI's way: submit only prepares the handle; `run()` on the caller's thread
+    creates and runs the job; a spec that fails validation is the handle's failure."""
+    src = tmp_path / "in"
+    make_images(src, 3)
+    runner = LocalJobRunner(store, mode="deferred")
+    events = []
+    handle = runner.submit(JobSpec("restore", "invert", [str(src)], str(tmp_path / "out")),
+                           on_event=events.append)
+    assert not handle.done and handle.outcome is None and not store.has_job(handle.job_id)
+    worker = threading.Thread(target=handle.run)
+    worker.start()
+    worker.join(30)
+    assert handle.outcome == "succeeded" and handle.wait(0).done == 3
+    assert handle.result is handle.summary and events[-1].kind == "finished"
+
+    bad = JobSpec("restore", "invert", [str(src)], str(tmp_path / "o2"))
+    bad.output_dir = ""
+    broken = runner.submit(bad)  # no exception here: the job is created in run()
+    broken.run()
+    assert broken.outcome == "failed" and "output_dir" in broken.failure.message
+    assert "Traceback" in broken.failure.details and broken.failure.exception is broken.error
+    with pytest.raises(type(broken.error)):
+        broken.wait(0)
+
+    cancelled = runner.submit(JobSpec("restore", "invert", [str(src)], str(tmp_path / "o3")))
+    cancelled.cancel()  # before it starts: the job stops at its first safe point
+    cancelled.run()
+    assert cancelled.outcome == "cancelled" and cancelled.summary.cancelled

@@ -11,26 +11,11 @@ import numpy as np
 import pytest
 
 from engine.errors import Cancelled
-from engine.jobs import JobSpec, JobStore, resume_job, run_job
-from engine.jobs import handlers as handler_registry
+from engine.jobs import JobSpec, resume_job, run_job
 from engine.jobs.video_job import _draw_tracked
 from engine.media.video import probe, video_encoders
 from engine.results import Box, Detections
-from tests.fixtures.media import make_audio_only, make_video, register_test_handlers, truncate_copy
-
-
-@pytest.fixture
-def test_handlers():
-    saved = dict(handler_registry._registry)
-    register_test_handlers()
-    yield
-    handler_registry._registry.clear()
-    handler_registry._registry.update(saved)
-
-
-@pytest.fixture
-def store(tmp_path) -> JobStore:
-    return JobStore(tmp_path / "jobs.sqlite")
+from tests.fixtures.media import make_audio_only, make_video, truncate_copy
 
 
 def decoded(path: Path) -> tuple[list[int], list[np.ndarray], Fraction]:

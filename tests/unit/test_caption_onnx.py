@@ -59,6 +59,8 @@ def test_onnx_tokens_equal_torch_generate(layout, exported, tiny):
     images = photos()
     reference = caption(runner_for(tiny), images, max_new_tokens=12)
     got = caption(runner, images, max_new_tokens=12, batch_size=3)
+    # exact ids from two runtimes' fp32 logits: greedy top-two gaps here are >= 1.2e-2, above
+    # twice the worst case by which summation order moves a logit (see test_caption.py)
     assert [c.token_ids for c in got] == [c.token_ids for c in reference]
     assert [c.text for c in got] == [c.text for c in reference]
     lengths = {len(c.token_ids) for c in got}

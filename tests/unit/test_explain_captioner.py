@@ -16,6 +16,7 @@ from tests.fixtures.tiny_vits import (
     tiny_ved_captioner,
     word_tokenizer,
 )
+from tests.tolerances import softmax_tol
 
 MAX_NEW = 6
 
@@ -65,10 +66,17 @@ def test_maps_equal_the_cross_attention_of_each_greedy_step(processor, image):
                                output_attentions=True, return_dict_in_generate=True)
     maps = explain(model, image, method="cross_attention", processor=processor, max_new_tokens=MAX_NEW)
     assert len(steps.cross_attentions) == len(maps.per_token)
+    # Two fp32 paths: generate's one-query KV-cache step vs our teacher-forced pass over the whole
+    # sequence (other GEMM shapes, other summation order). The encoder runs on the same input in
+    # both, so only the 2 GPT-2 decoder layers differ (widest reduction: the 128-wide MLP). This
+    # fixture (initializer_range=0.6) has cross-attention logits built from max Σ|q·k|/√d ~ 61, so
+    # |δz| <= 2·128·eps·64 and the probabilities agree to 2|δz| *relative* (~4e-3); they span
+    # 1e-11..0.3, which an absolute 1e-6 did not check at the small end and broke at the large.
+    tol = softmax_tol(logit_scale=64, reduction_len=128, depth=2, tokens=17)
     for step, token in zip(steps.cross_attentions, maps.per_token):
         per_layer = torch.stack([layer[0, :, -1, :] for layer in step])  # (layers, heads, encoder tokens)
         expected = per_layer.mean(dim=(0, 1))[1:].reshape(4, 4).numpy()  # drop CLS, patch grid
-        np.testing.assert_allclose(token.grid_map, expected, atol=1e-6)
+        np.testing.assert_allclose(token.grid_map, expected, rtol=tol.rtol, atol=tol.atol)
 
 
 def test_blip_prompt_tokens_are_not_counted_as_generated(processor, image):

@@ -16,6 +16,7 @@ from engine.explain.onnx_attention import (
     patch_embedding_conv,
 )
 from tests.fixtures.tiny_vits import bright_patch_image, crafted_vit, processor_for, random_like
+from tests.tolerances import softmax_tol
 
 MEAN = STD = (0.5, 0.5, 0.5)
 
@@ -88,8 +89,15 @@ def test_onnx_maps_equal_torch_maps(vit_and_onnx, method):
                          options=Options())
     np.testing.assert_allclose(from_onnx.grid_map, same_input.grid_map, atol=1e-5, rtol=0)
     np.testing.assert_allclose(from_onnx.attentions, captured.attentions, atol=1e-5, rtol=0)
-    # min-max normalisation divides by the map's range, which magnifies float noise a little
-    np.testing.assert_allclose(from_onnx.heatmap, same_input.heatmap, atol=1e-4, rtol=0)
+    # ONNX Runtime vs torch: two fp32 paths (tests/tolerances.py). This random-init ViT's logits
+    # are tiny (max Σ|q·k|/√d < 0.03; Σ K ~600: the 8×8×3 patch conv and 3 layers), so each
+    # probability is exact to 2·Σ K·eps·0.03 + (25 + 2)·eps relative; rollout chains 3 layers.
+    grid_rtol = 3 * softmax_tol(logit_scale=0.03, reduction_len=600, tokens=25).rtol
+    # The heatmap is (g - lo) / (hi - lo), so |δh| <= 4·max|δg| / (hi - lo): near-uniform
+    # attention (range ~1.5e-4 on values ~0.04) magnifies 1 ulp of the grid to ~3e-5 here.
+    grid = same_input.grid_map
+    heat_atol = 4 * grid_rtol * np.abs(grid).max() / np.ptp(grid)
+    np.testing.assert_allclose(from_onnx.heatmap, same_input.heatmap, atol=heat_atol, rtol=0)
 
 
 def test_crafted_onnx_export_peaks_on_the_bright_patch():

@@ -18,7 +18,8 @@ from engine.export_onnx import (
 from engine.runtimes.base import Placement
 from engine.tasks.restore import restore, spec_for
 from tests.fixtures import tiny_restorers as tr
-from tests.unit.test_restore import loaded, photo
+from tests.tolerances import fp32_tol
+from tests.unit.test_restore import SAME_PICTURE, loaded, photo
 
 
 def sample() -> Image.Image:
@@ -38,7 +39,7 @@ def test_restorer_export_gives_the_same_restoration(tmp_path):
     for tile in (4096, 40):
         ref = restore(runner, image, tile_size=tile, tile_overlap=16).image / 65535
         got = restore(onnx_runner, image, tile_size=tile, tile_overlap=16).image / 65535
-        assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-4
+        assert got.shape == ref.shape and np.abs(got - ref).max() < SAME_PICTURE
     # cached: a second call reuses the verified export
     mtime = path.stat().st_mtime_ns
     assert optimize(runner.card, runner, sample()) == path and path.stat().st_mtime_ns == mtime
@@ -55,7 +56,7 @@ def test_size_requirements_and_call_functions_travel_with_the_export():
     image = loaded(photo(37, 53, np.uint16))
     ref = restore(runner, image, tile_size=24, tile_overlap=8).image / 65535
     got = restore(onnx_runner, image, tile_size=24, tile_overlap=8).image / 65535
-    assert got.shape == (37, 53, 3) and np.abs(got - ref).max() < 1e-4
+    assert got.shape == (37, 53, 3) and np.abs(got - ref).max() < SAME_PICTURE
 
 
 def test_models_torch_cannot_export_are_refused_clearly():
@@ -116,7 +117,11 @@ def test_single_forward_model_export():
     inputs = processor(images=[sample(), sample().rotate(90)], return_tensors="pt")
     got = onnx_runner.forward(dict(inputs))  # batch of 2: the batch axis is dynamic
     ref = runner.forward(dict(inputs))
-    assert torch.allclose(got["last_hidden_state"], ref["last_hidden_state"], atol=1e-4)
+    # ONNX Runtime vs torch, fp32 (tests/tolerances.py): the 8×8×3 patch conv (192) and two
+    # layers (~200 terms each) before the final LayerNorm, whose outputs reach ~3
+    tol = fp32_tol(600, scale=4)
+    assert torch.allclose(got["last_hidden_state"], ref["last_hidden_state"], rtol=tol.rtol,
+                          atol=tol.atol)
 
 
 @pytest.mark.slow

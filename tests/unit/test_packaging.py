@@ -261,6 +261,22 @@ def _config(path: Path) -> dict:
     return data
 
 
+def _imported_packages(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree)
+              if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module}
+    return {name.split(".")[0] for name in names}
+
+
+def test_packaging_never_imports_the_tests_and_its_model_builders_not_the_engine():
+    """The tests use packaging/tiny_models.py (one copy of the tiny models), not the reverse."""
+    for script in PACKAGING.rglob("*.py"):
+        assert "tests" not in _imported_packages(script), script
+    assert not {"engine", "desktop", "tests"} & _imported_packages(PACKAGING / "tiny_models.py")
+    assert "tiny_models" in _imported_packages(PACKAGING / "make_selftest_models.py")
+
+
 @pytest.mark.slow
 def test_selftest_models_are_what_the_generator_makes(tmp_path):
     """Re-run packaging/make_selftest_models.py: same configs, same tensor names and

@@ -12,6 +12,13 @@ from engine.runtimes.base import Outputs, Runner
 from engine.tasks.restore import auto_tile_size, restore, spec_for
 from tests.fixtures import tiny_restorers as tr
 
+# Two fp32 paths to the same 16-bit picture (a tile vs the whole image, ONNX Runtime vs torch:
+# other conv shapes, other summation order) differ by fp32 noise (~1e-6 measured) that only tips
+# a rounding: 1 code value (1.5e-5) seen on every kernel set tried. The worst-case fp32 bound is
+# no guide here (tests/tolerances.py): these nets run on |weights| reach 1e2 (Compact) to 1e19
+# (DRUNet). 1e-4 allows 6 code values; a visible seam costs 1e-3 and more (test_tiling: 8e-3).
+SAME_PICTURE = 1e-4
+
 
 def loaded(array: np.ndarray, alpha: np.ndarray | None = None) -> LoadedImage:
     rgb8 = array if array.dtype == np.uint8 else (array.astype(np.uint32) * 255 // 65535).astype(np.uint8)
@@ -49,11 +56,11 @@ def test_tiled_equals_whole_image_for_a_convolutional_spandrel_model(compact):
     assert whole.tile_size is None and tiled.tile_size == 48 and tiled.info["tiles"] > 9
     assert whole.image.dtype == np.uint16 and whole.image.shape == (240, 272, 3)
     diff = np.abs(whole.image.astype(np.int64) - tiled.image.astype(np.int64)) / 65535
-    assert diff.max() < 1e-4
+    assert diff.max() < SAME_PICTURE
     # and the whole pass is the descriptor's own output (spandrel's call, rounded to 16 bits)
     x = torch.from_numpy(image.array.astype(np.float32).transpose(2, 0, 1) / 65535)[None]
     ref = compact.descriptor(x)[0].numpy().transpose(1, 2, 0)
-    assert np.abs(whole.image / 65535 - ref).max() < 1e-4
+    assert np.abs(whole.image / 65535 - ref).max() < SAME_PICTURE
 
 
 def test_padding_to_size_requirements_and_crop_back():
@@ -129,7 +136,7 @@ def test_out_of_memory_halves_the_tile_size(compact):
     assert any("halved" in note for note in result.info["notes"])
     reference = restore(compact, image, tile_size=4096)
     diff = np.abs(reference.image.astype(np.int64) - result.image.astype(np.int64)) / 65535
-    assert diff.max() < 1e-4
+    assert diff.max() < SAME_PICTURE
 
 
 @pytest.mark.slow
@@ -200,7 +207,7 @@ def test_fixed_size_onnx_export_is_tiled_padded_and_cropped(tmp_path, compact):
     assert got.info["tile_size_final"] == 32 and got.image.shape == (100, 140, 3)
     # radius-4 model, overlap 16: tiles reproduce the whole-image torch pass
     ref = restore(compact, image, tile_size=4096)
-    assert np.abs(got.image / 65535 - ref.image / 65535).max() < 1e-4
+    assert np.abs(got.image / 65535 - ref.image / 65535).max() < SAME_PICTURE
 
 
 def test_precision_requests_autocast_or_fall_back_with_a_note(compact):

@@ -125,19 +125,9 @@ def test_detr_outputs_feed_transformers_post_processing(detr_folder):
 
 
 def test_segformer_semantic(tmp_path):
-    config = transformers.SegformerConfig(
-        num_channels=3,
-        num_encoder_blocks=2,
-        depths=[1, 1],
-        sr_ratios=[2, 1],
-        hidden_sizes=[8, 16],
-        patch_sizes=[7, 3],
-        strides=[4, 2],
-        num_attention_heads=[1, 2],
-        mlp_ratios=[2, 2],
-        decoder_hidden_size=16,
-        num_labels=5,
-    )
+    from tests.fixtures.tiny_models import segformer_config
+
+    config = segformer_config(num_labels=5)  # no labels' names, no processor saved
     torch.manual_seed(0)
     transformers.SegformerForSemanticSegmentation(config).save_pretrained(tmp_path)
     runner = load_runner(card_for(tmp_path, tasks=("segment",), variant="semantic"), device="cpu")

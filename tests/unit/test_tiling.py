@@ -18,6 +18,7 @@ from engine.media.tiling import (
     plan_tiles,
     ramp,
 )
+from tests.tolerances import fp32_tol
 
 
 def nearest_up(scale):
@@ -78,8 +79,11 @@ def test_conv_net_tiled_equals_whole_image_when_overlap_covers_receptive_field()
         tiled, stats = run(_torch_fn(net), image, scale=2, tile=48, overlap=overlap)
         assert stats.planned > 9
         errors[overlap] = np.abs(tiled - whole).max()
-    # zero weight over the outer overlap/4: exact once overlap/4 >= radius 3
-    assert errors[12] < 1e-4 and errors[16] < 1e-4
+    # zero weight over the outer overlap/4: exact once overlap/4 >= radius 3, up to fp32 order (a
+    # 48-px tile and the whole image are other conv shapes): Σ K = 27 + 72 + 72, the net run on
+    # |weights| and |pixels| reaches 40, the sigmoid quarters it (tests/tolerances.py): ~2e-4
+    exact = fp32_tol(27 + 72 + 72, scale=40).atol / 4
+    assert errors[12] < exact and errors[16] < exact
     assert errors[4] > 1e-3  # too little overlap: the seams are visible (the test can fail)
 
 

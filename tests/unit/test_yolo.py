@@ -9,8 +9,9 @@ from PIL import Image
 
 from engine.catalog.card import ModelCard, Source
 from engine.media.image import read_image
-from engine.tasks import yolo
+from engine.tasks import nms as ours_nms
 from engine.tasks.detect import detect
+from engine.tasks.detectors import yolo
 from tests.fixtures import tiny_detectors as td
 
 NAMES = {0: "white", 1: "red"}
@@ -111,17 +112,17 @@ def test_numpy_nms_equals_torchvision() -> None:
     xy = rng.uniform(0, 100, (200, 2))
     boxes = np.concatenate([xy, xy + rng.uniform(5, 40, (200, 2))], axis=1).astype(np.float32)
     scores = rng.uniform(0, 1, 200).astype(np.float32)
-    ours = yolo.nms_numpy(boxes, scores, 0.5)
+    ours = ours_nms.nms_numpy(boxes, scores, 0.5)
     theirs = nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.5).numpy()
     assert ours.tolist() == theirs.tolist()
     classes = rng.integers(0, 3, 200)
-    keep = yolo.batched_nms_numpy(boxes, scores, classes, 0.5)
+    keep = ours_nms.batched_nms_numpy(boxes, scores, classes, 0.5)
     assert len(keep) > len(ours)  # other classes never suppress each other
     theirs = batched_nms(
         torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(classes), 0.5
     ).numpy()
     assert keep.tolist() == theirs.tolist()
-    assert yolo.batched_nms(boxes, scores, classes, 0.5).tolist() == theirs.tolist()
+    assert ours_nms.batched_nms(boxes, scores, classes, 0.5).tolist() == theirs.tolist()
 
 
 def test_decode_v5_multiplies_objectness_and_guesses_layout() -> None:

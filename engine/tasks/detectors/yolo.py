@@ -1,4 +1,5 @@
-"""YOLO-style ONNX exports: letterbox, decode, class-wise NMS, letterbox undo.
+"""YOLO-style ONNX exports (sidecar family "yolo"): letterbox, decode, class-wise NMS,
+letterbox undo; the detector family that runs them is at the end.
 
 Ultralytics-style exports come in two layouts:
 - "v5": one tensor [B, N, 5 + C] — cx, cy, w, h, objectness, class scores
@@ -16,15 +17,23 @@ from __future__ import annotations
 
 import ast
 import json
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.errors import CatalogError
+from engine.errors import CatalogError, UsageError
+from engine.results import Detections
+from engine.tasks.detect import DetectOptions, DetectorFamily, finish, to_numpy
+from engine.tasks.detect import class_filter as class_ids_for  # decode() has an arg class_filter
+from engine.tasks.nms import batched_nms
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from engine.runtimes.base import Runner
 
 PAD_VALUE = 114
 
@@ -274,59 +283,6 @@ def decode(
     return results
 
 
-def nms_numpy(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy NMS; returns kept indices by decreasing score (same rule as torchvision)."""
-    order = np.argsort(-scores, kind="stable")
-    x0, y0, x1, y1 = boxes.T
-    areas = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    keep: list[int] = []
-    while order.size:
-        i = order[0]
-        keep.append(int(i))
-        rest = order[1:]
-        ix0 = np.maximum(x0[i], x0[rest])
-        iy0 = np.maximum(y0[i], y0[rest])
-        ix1 = np.minimum(x1[i], x1[rest])
-        iy1 = np.minimum(y1[i], y1[rest])
-        inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
-        union = areas[i] + areas[rest] - inter
-        iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-        order = rest[iou <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
-
-
-def batched_nms(
-    boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float
-) -> np.ndarray:
-    """Class-wise NMS: boxes of different classes never suppress each other."""
-    if len(boxes) == 0:
-        return np.zeros(0, dtype=np.int64)
-    if "torchvision.ops" in sys.modules:  # already paid for (transformers loads it): use its kernel
-        import torch
-        from torchvision.ops import batched_nms as tv_batched_nms
-
-        keep = tv_batched_nms(
-            torch.as_tensor(boxes, dtype=torch.float32),
-            torch.as_tensor(scores, dtype=torch.float32),
-            torch.as_tensor(class_ids),
-            iou_threshold,
-        )
-        return keep.numpy().astype(np.int64)
-    # importing torchvision.ops costs seconds (it pulls in torch._dynamo), so the ONNX path
-    # stays on the numpy NMS, which keeps the same boxes (tested against torchvision)
-    return batched_nms_numpy(boxes, scores, class_ids, iou_threshold)
-
-
-def batched_nms_numpy(
-    boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float
-) -> np.ndarray:
-    if len(boxes) == 0:
-        return np.zeros(0, dtype=np.int64)
-    # offsetting each class far apart is torchvision's own trick for class-wise NMS
-    offset = (boxes.max() + 1) * class_ids.astype(np.float64)
-    return nms_numpy(boxes + offset[:, None], scores, iou_threshold)
-
-
 def postprocess(
     raw: np.ndarray,
     geos: list[Letterbox],
@@ -355,3 +311,61 @@ def postprocess(
             RawDetections(boxes=boxes, scores=det.scores[keep], class_ids=det.class_ids[keep])
         )
     return out
+
+
+# -- the family ---------------------------------------------------------------------------------
+
+
+def yolo_spec(runner: Runner) -> YoloSpec:
+    local = getattr(runner.card, "local_path", None)
+    onnx_path = local if local and str(local).lower().endswith(".onnx") else None
+    return YoloSpec.from_sidecar(getattr(runner.card, "sidecar", {}) or {}, onnx_path=onnx_path)
+
+
+def run(runner: Runner, images: list[Image.Image], opts: DetectOptions) -> list[Detections]:
+    """Letterbox -> ONNX -> decode v5/v8 -> class-wise NMS -> undo letterbox (original pixels)."""
+    spec = yolo_spec(runner)
+    id2label = dict(enumerate(spec.class_names))
+    keep_ids = class_ids_for(opts, id2label, runner.card.id) if id2label else None
+    if opts.classes and not id2label:
+        raise UsageError(
+            f"Model '{runner.card.id}' has no class names (sidecar `labels` or ONNX "
+            f"metadata `names`), so it cannot filter by class."
+        )
+    iou = opts.nms_iou if opts.nms_iou is not None else 0.45
+    results = []
+    # one image per call: most YOLO exports have a fixed batch dimension of 1
+    for img in images:
+        batch, geos = preprocess([np.asarray(img)], spec)
+        outputs = runner.forward({spec.input_name or "images": batch})
+        raw = outputs[spec.output_name] if spec.output_name else next(iter(outputs.values()))
+        (dets,) = postprocess(
+            to_numpy(raw),
+            geos,
+            spec,
+            threshold=opts.threshold,
+            nms_iou=iou,
+            max_detections=opts.max_detections,
+            class_filter=keep_ids,
+        )
+        names = [id2label.get(int(c), f"class_{int(c)}") for c in dets.class_ids]
+        results.append(
+            finish(
+                dets.scores,
+                dets.class_ids,
+                dets.boxes,
+                image_size=img.size,
+                id2label=id2label,
+                opts=opts,
+                label_names=names,
+            )
+        )
+    return results
+
+
+FAMILY = DetectorFamily(
+    "yolo",
+    run,
+    sidecar_families=("yolo",),
+    summary="YOLO-style ONNX exports (v5 / v8 layouts): letterbox, decode, class-wise NMS",
+)

@@ -1,4 +1,4 @@
-"""The built-in job handlers: one per task, registered with engine.jobs on import.
+"""The built-in job handlers, one per task (engine.jobs.handler_registry names them).
 
 A handler loads its model once, runs the task on batches of images (or video
 frames), and writes each input's files through its OutputPlan (atomic, never over
@@ -6,7 +6,8 @@ an input). Every input also gets a small machine-readable `<name>.<task>.json`;
 `finish` builds the batch-level files (COCO JSON, CSV, JSONL) from those, so a job
 resumed after a crash still exports every input exactly once.
 
-Output formats are chosen with the job option `formats` (defaults per task below).
+Output formats are chosen with the job option `formats` (defaults per task:
+engine.vocabulary.DEFAULT_FORMATS).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from engine.errors import UsageError
-from engine.jobs.handlers import BaseHandler, ItemResult, register_handler
+from engine.jobs.handlers import BaseHandler, ItemResult
 from engine.results import Box, Caption, Detections, Segmentation
 
 if TYPE_CHECKING:
@@ -38,20 +39,19 @@ class ModelHandler(BaseHandler):
 
     task = ""
     needs_attention = False
-    default_formats: tuple[str, ...] = ()
-    known_formats: tuple[str, ...] = ()
 
     def prepare(self, spec: "JobSpec", progress: "ProgressCallback",
-                cancel: "CancelToken") -> None:
+                cancel: "CancelToken", settings: "Settings | None" = None) -> None:
         from engine.catalog.catalog import load_catalog
         from engine.settings import Settings
+        from engine.vocabulary import DEFAULT_FORMATS
 
         self.spec = spec
         self.cancel = cancel
         self.progress = progress
-        self.options: dict[str, Any] = dict(spec.options or {})
-        self.formats = self._formats()
-        settings = Settings.load()
+        self.options = spec.options  # the task's typed options (engine.options), validated
+        self.formats = self.options.formats or DEFAULT_FORMATS[self.task]
+        settings = settings if settings is not None else Settings()  # run_job passes the user's
         card = load_catalog().resolve(spec.model)
         if not card.supports(self.task) and not (self.task == "explain"):
             raise UsageError(f"Model '{card.id}' does {', '.join(card.tasks)}, not {self.task}. "
@@ -59,23 +59,13 @@ class ModelHandler(BaseHandler):
         self.card = card
         # Loaded models stay in a process-wide LRU cache (bounded by settings.runner_cache_mb),
         # so the GUI's second run of a model does not load it again.
+        device, precision = settings.requested_placement(spec.device, spec.precision)
         self.runner = runner_cache(settings).get_or_load(
-            card, device=spec.device, precision=spec.precision, attention=self.needs_attention,
+            card, device=device, precision=precision, attention=self.needs_attention,
             settings=settings, progress=progress, cancel=cancel)
-        self.batch_size = int(self.options.get("batch_size", self.batch_size))
-        self.quality = self.options.get("quality")
-        self.image_ext = "." + str(self.options.get("output_format", "png")).lower().lstrip(".")
-        if self.image_ext == ".jpeg":
-            self.image_ext = ".jpg"
-
-    def _formats(self) -> tuple[str, ...]:
-        asked = self.options.get("formats")
-        formats = tuple(asked) if asked else self.default_formats
-        unknown = [f for f in formats if f not in self.known_formats]
-        if unknown:
-            raise UsageError(f"Unknown output format(s) for {self.task}: {', '.join(unknown)}. "
-                             f"Choose from {', '.join(self.known_formats)}.")
-        return formats
+        self.batch_size = self.options.batch_size or self.batch_size
+        self.quality = getattr(self.options, "quality", None)
+        self.image_ext = "." + getattr(self.options, "output_format", "png")
 
     @property
     def placement(self) -> str:
@@ -168,18 +158,14 @@ def _records(out_dir: Path, task: str) -> Iterator[dict]:
 class DetectHandler(ModelHandler):
     task = "detect"
     batch_size = 8
-    default_formats = ("coco", "overlay")
-    known_formats = ("coco", "yolo", "voc", "csv", "overlay")
 
     def run_batch(self, images):
         from engine.tasks.detect import detect
 
-        classes = self.options.get("classes")
-        return detect(self.runner, images,
-                      threshold=float(self.options.get("threshold", 0.5)),
-                      nms_iou=self.options.get("nms_iou"),
-                      max_detections=int(self.options.get("max_detections", 100)),
-                      classes=classes, batch_size=len(images))
+        opts = self.options
+        return detect(self.runner, images, threshold=opts.threshold, nms_iou=opts.nms_iou,
+                      max_detections=opts.max_detections, classes=opts.classes,
+                      batch_size=len(images))
 
     def write(self, image, out, det: Detections) -> ItemResult:
         from engine.exporters.detections import voc_xml, yolo_lines
@@ -245,15 +231,13 @@ def _detections_from(record: dict) -> Detections:
 class SegmentHandler(ModelHandler):
     task = "segment"
     batch_size = 4
-    default_formats = ("labelmap", "overlay", "coco", "cutout")
-    known_formats = ("labelmap", "overlay", "coco", "cutout", "alpha")
 
     def run_batch(self, images):
         from engine.tasks.segment import segment
 
-        return segment(self.runner, images, mode=self.options.get("mode"),
-                       points=self.options.get("points"), boxes=self.options.get("boxes"),
-                       threshold=float(self.options.get("threshold", 0.5)),
+        opts = self.options
+        return segment(self.runner, images, mode=opts.mode, points=opts.points,
+                       boxes=opts.boxes, threshold=opts.threshold,
                        batch_size=len(images))
 
     def write(self, image, out, seg: Segmentation) -> ItemResult:
@@ -313,8 +297,6 @@ class SegmentHandler(ModelHandler):
 class CaptionHandler(ModelHandler):
     task = "caption"
     batch_size = 8
-    default_formats = ("txt", "jsonl")
-    known_formats = ("txt", "jsonl")
 
     def run_batch(self, images):
         from engine.events import Progress
@@ -325,9 +307,9 @@ class CaptionHandler(ModelHandler):
             item = str(images[index].path) if images[index].path else ""
             self.progress(Progress(stage="partial", done=0, item=item, message=text))
 
-        return caption(self.runner, images, prompt=self.options.get("prompt"),
-                       max_new_tokens=int(self.options.get("max_new_tokens", 30)),
-                       num_beams=int(self.options.get("num_beams", 1)),
+        opts = self.options
+        return caption(self.runner, images, prompt=opts.prompt,
+                       max_new_tokens=opts.max_new_tokens, num_beams=opts.num_beams,
                        batch_size=len(images), on_token=on_token)
 
     def write(self, image, out, cap: Caption) -> ItemResult:
@@ -359,15 +341,13 @@ class CaptionHandler(ModelHandler):
 class RestoreHandler(ModelHandler):
     task = "restore"
     batch_size = 1
-    default_formats = ("image",)
-    known_formats = ("image",)
 
     def run_batch(self, images):
         from engine.tasks.restore import restore
 
-        tile = self.options.get("tile_size")
-        return [restore(self.runner, image, tile_size=int(tile) if tile else None,
-                        tile_overlap=int(self.options.get("tile_overlap", 32)),
+        opts = self.options
+        return [restore(self.runner, image, tile_size=opts.tile_size,
+                        tile_overlap=opts.tile_overlap,
                         precision=None if self.spec.precision == "auto" else self.spec.precision,
                         cancel=self.cancel)  # a huge image stops between tiles
                 for image in images]
@@ -392,17 +372,30 @@ class ExplainHandler(ModelHandler):
     task = "explain"
     needs_attention = True
     batch_size = 1
-    default_formats = ("overlay", "npy", "sheet")
-    known_formats = ("overlay", "npy", "sheet")
+
+    def prepare(self, spec, progress, cancel, settings=None) -> None:
+        model = Path(spec.model).expanduser()
+        if model.suffix.lower() != ".onnx" or not model.is_file():
+            return super().prepare(spec, progress, cancel, settings)
+        # any ONNX ViT file: its attention Softmax outputs are exposed by graph surgery
+        from engine.explain import OnnxAttentionModel
+
+        self.spec, self.cancel, self.progress = spec, cancel, progress
+        self.options = spec.options
+        self.formats = self.options.formats or ("overlay", "npy", "sheet")
+        self.runner = OnnxAttentionModel.from_path(model)
+        self.batch_size = 1
+        self.quality, self.image_ext = None, ".png"
+
+    @property
+    def placement(self) -> str:
+        found = getattr(self.runner, "placement", None)
+        return found.describe() if found is not None else "onnxruntime cpu fp32"
 
     def run_batch(self, images):
-        from engine.explain import explain
+        from engine.explain.with_options import explain_with_options
 
-        method = self.options.get("method", "rollout")
-        keys = ("layer", "head", "head_fusion", "discard_ratio", "start_layer", "target",
-                "patch", "threshold", "keep_mass")
-        kwargs = {k: self.options[k] for k in keys if k in self.options}
-        return [explain(self.runner, image.rgb, method=method, **kwargs) for image in images]
+        return [explain_with_options(self.runner, image.rgb, self.options) for image in images]
 
     def write(self, image, out, maps) -> ItemResult:
         from engine.explain import overlay
@@ -418,7 +411,3 @@ class ExplainHandler(ModelHandler):
                           extra_outputs={_map_kind(p, out.stem): Path(p) for p in written})
         return ItemResult(result=maps, written=list(out.written) + list(written),
                           info={"method": maps.method})
-
-
-for _handler in (DetectHandler, SegmentHandler, CaptionHandler, RestoreHandler, ExplainHandler):
-    register_handler(_handler.task, _handler)

@@ -1,0 +1,66 @@
+"""DETR-likes: the processor prepares, the processor's post_process_object_detection decodes."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from engine.results import Detections
+from engine.tasks.detect import (
+    DetectOptions,
+    DetectorFamily,
+    class_filter,
+    finish,
+    image_processor,
+    model_info,
+    require_processor,
+    to_numpy,
+)
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from engine.runtimes.base import Runner
+
+
+def run(runner: Runner, images: list[Image.Image], opts: DetectOptions) -> list[Detections]:
+    processor = image_processor(require_processor(runner))
+    info = model_info(runner)
+    keep_ids = class_filter(opts, info.id2label, runner.card.id)
+    inputs = processor(images=images, return_tensors="pt")
+    outputs = runner.forward(dict(inputs))
+    target_sizes = [(img.height, img.width) for img in images]
+    decoded = processor.post_process_object_detection(
+        outputs, threshold=opts.threshold, target_sizes=target_sizes
+    )
+    return [
+        finish(
+            to_numpy(d["scores"]),
+            to_numpy(d["labels"]),
+            to_numpy(d["boxes"]),
+            image_size=img.size,
+            id2label=info.id2label,
+            opts=opts,
+            keep_ids=keep_ids,
+        )
+        for d, img in zip(decoded, images)
+    ]
+
+
+FAMILY = DetectorFamily(
+    "transformers-detection",
+    run,
+    model_types=(
+        "detr",
+        "conditional_detr",
+        "deformable_detr",
+        "dab-detr",
+        "table-transformer",
+        "yolos",
+        "rt_detr",
+        "rt_detr_v2",
+        "d_fine",
+        "deimv2",
+        "lw_detr",
+        "rf_detr",
+    ),
+    summary="closed-vocabulary transformers detectors decoded by post_process_object_detection",
+)
