@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 
 from desktop.theme import apply_theme, icon
 from desktop.views.attention import ExplainController, supported_methods
-from desktop.views.errors import describe, show_error
+from desktop.views.error_dialogs import describe, show_error
 from desktop.views.model_picker import ModelPicker
 from desktop.views.queue import QueueView
 from desktop.views.results import ResultsPanel

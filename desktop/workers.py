@@ -1,8 +1,8 @@
 """The only bridge from Qt to the engine's long operations.
 
-Every operation is an engine handle (`engine.jobs.runner.LocalHandle`: its cancel and
+Every operation is an engine handle (`engine.jobs.executors.LocalHandle`: its cancel and
 pause tokens, its result, error and outcome); jobs come from the engine's own
-`LocalJobRunner` in "deferred" mode. An `Operation` adds only the Qt side: it runs the
+`LocalJobExecutor` in "deferred" mode. An `Operation` adds only the Qt side: it runs the
 handle on a QThreadPool thread and turns what happens into signals on the UI thread.
 
 Engine code reports through plain callbacks (`on_event`, `progress`). Those callbacks
@@ -27,8 +27,8 @@ from engine.events import CancelToken
 Emit = Callable[[Any], None]  # takes any event object
 
 if TYPE_CHECKING:  # engine.jobs loads numpy and PIL: not before the window is shown
-    from engine.jobs.events import Failure, PauseSource
-    from engine.jobs.runner import LocalHandle
+    from engine.jobs.job_events import Failure, PauseSource
+    from engine.jobs.executors import LocalHandle
 
     # Engine work: fn(emit, cancel, pause) -> result.
     WorkFn = Callable[[Emit, CancelToken, PauseSource], Any]
@@ -42,7 +42,7 @@ class Operation(QObject):
     """One long engine operation (an engine handle) run off the UI thread.
 
     Give it `work(emit, cancel, pause)`, or `handle`: a function that takes this
-    operation's `emit` and returns a LocalHandle not yet run (LocalJobRunner's "deferred"
+    operation's `emit` and returns a LocalHandle not yet run (LocalJobExecutor's "deferred"
     mode); `prepare(emit)` runs first on the same pool thread (loading a backend).
 
     Signals are always delivered on the UI thread (the Operation lives there):
@@ -64,7 +64,7 @@ class Operation(QObject):
                  prepare: Callable[[Emit], None] | None = None,
                  parent: QObject | None = None) -> None:
         super().__init__(parent)
-        from engine.jobs.runner import LocalHandle
+        from engine.jobs.executors import LocalHandle
 
         self.id = next(_ids)
         self.label = label
@@ -167,7 +167,7 @@ class Operation(QObject):
             self.result = handle.result
             self.succeeded.emit(handle.result)
         elif outcome == "failed":
-            self.failure = handle.failure  # engine.jobs.events.Failure, with the traceback
+            self.failure = handle.failure  # engine.jobs.job_events.Failure, with the traceback
             self.failed.emit(self.failure)
         else:
             self.result = None if handle.error is not None else handle.result
@@ -257,14 +257,14 @@ JOB_IMPORTS: tuple[str, ...] = ()  # the built-in handlers load on first use
 
 
 def _job_runner(store: Any) -> Any:
-    from engine.jobs.runner import LocalJobRunner
+    from engine.jobs.executors import LocalJobExecutor
 
-    return LocalJobRunner(store, mode="deferred", imports=JOB_IMPORTS)
+    return LocalJobExecutor(store, mode="deferred", imports=JOB_IMPORTS)
 
 
 def job_operation(spec: Any, *, store: Any = None, label: str = "",
                   parent: QObject | None = None) -> Operation:
-    """An engine job (LocalJobRunner.submit); its JobEvents arrive through `events`,
+    """An engine job (LocalJobExecutor.submit); its JobEvents arrive through `events`,
     preceded by a PlacementEvent."""
 
     def prepare(emit: Emit) -> None:
@@ -281,7 +281,7 @@ def job_operation(spec: Any, *, store: Any = None, label: str = "",
 
 def resume_operation(job_id: str, *, store: Any = None, label: str = "",
                      parent: QObject | None = None) -> Operation:
-    """Resume an interrupted engine job from the job store (LocalJobRunner.resume)."""
+    """Resume an interrupted engine job from the job store (LocalJobExecutor.resume)."""
     runner = _job_runner(store)
 
     def prepare(emit: Emit) -> None:

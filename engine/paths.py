@@ -2,7 +2,7 @@
 
 `OCULA_HOME` overrides everything (tests and portable installs use it); otherwise
 the platform's per-user data folder. Model downloads live in the Hugging Face cache
-(see engine.hub.cache), not here.
+(see engine.hub.model_cache), not here.
 """
 from __future__ import annotations
 

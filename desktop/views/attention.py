@@ -13,7 +13,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from desktop.views.errors import describe
+from desktop.views.error_dialogs import describe
 from desktop.workers import Operation, Pools, call_operation
 
 

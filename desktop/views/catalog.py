@@ -36,7 +36,7 @@ from desktop.views.catalog_model import (
     CatalogRow,
     ProgressDelegate,
 )
-from desktop.views.errors import describe, show_error
+from desktop.views.error_dialogs import describe, show_error
 from desktop.views.model_details import card_markdown, installed_snapshot, read_readme
 from desktop.workers import Operation, Pools, call_operation, download_operation
 from engine.vocabulary import MODEL_TASKS

@@ -72,7 +72,7 @@ def installed_snapshot(card: Any, settings: Any = None) -> Path | None:
         return path if path.is_dir() else path.parent
     if not card.repo:
         return None
-    from engine.hub.cache import cache_dir, cached_commit, repo_folder
+    from engine.hub.model_cache import cache_dir, cached_commit, repo_folder
 
     cache = cache_dir(settings)
     commit = cached_commit(cache, card.repo, card.revision)

@@ -11,7 +11,7 @@ from engine.hub.auth import (
     token_path,
     whoami,
 )
-from engine.hub.cache import (
+from engine.hub.model_cache import (
     InstalledRepo,
     InstalledRevision,
     cache_dir,
@@ -21,7 +21,7 @@ from engine.hub.cache import (
     installed_repos,
     is_installed,
 )
-from engine.hub.errors import (
+from engine.hub.http_errors import (
     CacheNotWritableError,
     DiskFullError,
     GatedRepoAccessError,

@@ -76,7 +76,7 @@ def whoami(token: str | None = None) -> str:
             f"the whole token and that it has read access."
         ) from exc
     except Exception as exc:  # noqa: BLE001 — offline mode, no connection, a proxy
-        from engine.hub.cache import endpoint
+        from engine.hub.model_cache import endpoint
 
         raise OculaError(
             f"Could not check the token with the hub at {endpoint()} "

@@ -19,8 +19,8 @@ from pathlib import Path
 from engine.catalog.card import ModelCard
 from engine.errors import Cancelled, CatalogError, DownloadError, OculaError
 from engine.events import CancelToken, ProgressCallback
-from engine.hub.cache import cache_dir, endpoint, missing_files, repo_folder
-from engine.hub.errors import (
+from engine.hub.model_cache import cache_dir, endpoint, missing_files, repo_folder
+from engine.hub.http_errors import (
     NO_SPACE_ERRNOS,
     CacheNotWritableError,
     OfflineMissingFilesError,
@@ -28,7 +28,7 @@ from engine.hub.errors import (
     translate,
 )
 from engine.hub.progress import DownloadTracker, quiet_tqdm_class
-from engine.hub.safety import check_repo_filename
+from engine.hub.safe_paths import check_repo_filename
 from engine.hub.transfer import (
     RemoteFile,
     RepoTarget,

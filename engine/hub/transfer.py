@@ -23,10 +23,10 @@ from urllib.parse import urlsplit
 
 from engine.errors import Cancelled, IntegrityError
 from engine.events import CancelToken
-from engine.hub.errors import is_retryable
+from engine.hub.http_errors import is_retryable
 from engine.hub.integrity import Expected, verify
 from engine.hub.progress import DownloadTracker
-from engine.hub.safety import check_blob_name
+from engine.hub.safe_paths import check_blob_name
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

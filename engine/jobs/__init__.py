@@ -1,14 +1,14 @@
 """Jobs: the one spine the CLI and the GUI share.
 
     spec = JobSpec(task="detect", model="…", inputs=["photos", "clip.mp4"], output_dir="out")
-    summary = run_job(spec, on_event=print)          # or LocalJobRunner().submit(spec)
+    summary = run_job(spec, on_event=print)          # or LocalJobExecutor().submit(spec)
     resume_job(summary.job_id)                         # after a crash, quit or cancel
 
 Task handlers are registered per task with `register_handler`; the built-in ones
 (engine.jobs.task_handlers) are named in engine.jobs.handler_registry and load on first use. Everything heavy (PyAV, models) loads only when a job runs.
 """
-from engine.jobs.events import EVENT_KINDS, Failure, JobEvent, JobSummary, PauseToken
-from engine.jobs.handlers import (
+from engine.jobs.job_events import EVENT_KINDS, Failure, JobEvent, JobSummary, PauseToken
+from engine.jobs.handler_protocol import (
     BaseHandler,
     ItemHandler,
     ItemResult,
@@ -18,8 +18,8 @@ from engine.jobs.handlers import (
     unregister_handler,
 )
 from engine.jobs.outputs import FrameInfo, FrameOutput, OutputPlan
-from engine.jobs.run import resume_job, run_job
-from engine.jobs.runner import JobHandle, JobRunner, LocalJobRunner
+from engine.jobs.job_loop import resume_job, run_job
+from engine.jobs.executors import JobHandle, JobExecutor, LocalJobExecutor
 from engine.jobs.spec import JobSpec, RecipeError
 from engine.jobs.store import ItemRecord, JobRecord, JobStore
 
@@ -36,8 +36,8 @@ def job_items(job_id: str, state: str | None = None, *,
 
 __all__ = [
     "EVENT_KINDS", "BaseHandler", "Failure", "FrameInfo", "FrameOutput", "ItemHandler",
-    "ItemRecord", "ItemResult", "JobEvent", "JobHandle", "JobRecord", "JobRunner", "JobSpec",
-    "JobStore", "JobSummary", "LocalJobRunner", "OutputPlan", "PauseToken", "RecipeError",
+    "ItemRecord", "ItemResult", "JobEvent", "JobHandle", "JobRecord", "JobExecutor", "JobSpec",
+    "JobStore", "JobSummary", "LocalJobExecutor", "OutputPlan", "PauseToken", "RecipeError",
     "get_handler", "job_items", "list_jobs", "register_handler", "registered_tasks",
     "resume_job", "run_job", "unregister_handler",
 ]

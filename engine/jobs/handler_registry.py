@@ -1,6 +1,6 @@
 """The task-handler registry: which handler runs the jobs of each task.
 
-Below both the handler protocol (engine.jobs.handlers) and the job spec (which asks a
+Below both the handler protocol (engine.jobs.handler_protocol) and the job spec (which asks a
 registered handler for its options class), so neither imports the other. The built-in
 handlers are promised here by name and imported from engine.jobs.task_handlers on first
 use: nothing needs importing "for its side effect" before a job can run.

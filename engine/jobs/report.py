@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from engine.jobs.events import JobSummary
+    from engine.jobs.job_events import JobSummary
     from engine.jobs.spec import JobSpec
     from engine.jobs.store import JobStore
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from engine.errors import UsageError
-from engine.jobs.handlers import BaseHandler, ItemResult
+from engine.jobs.handler_protocol import BaseHandler, ItemResult
 from engine.results import Box, Caption, Detections, Segmentation
 
 if TYPE_CHECKING:

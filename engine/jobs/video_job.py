@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from engine.errors import Cancelled, InputError
-from engine.jobs.handlers import ItemResult, batch_of
+from engine.jobs.handler_protocol import ItemResult, batch_of
 from engine.jobs.outputs import FrameInfo, FrameOutput, OutputPlan
 from engine.jobs.store import SegmentRecord
 from engine.media.image import LoadedImage, atomic_write_bytes
@@ -61,7 +61,7 @@ DEFAULT_SEGMENT_S = 20.0
 
 
 class VideoRunContext(Protocol):
-    """What a video item needs from the job run that drives it (engine.jobs.run's run
+    """What a video item needs from the job run that drives it (engine.jobs.job_loop's run
     provides it). A protocol here, so that this module, which run.py imports, never
     imports run.py back."""
 

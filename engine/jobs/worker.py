@@ -14,9 +14,9 @@ import threading
 
 from engine.errors import OculaError
 from engine.events import CancelToken
-from engine.jobs.events import JobEvent, PauseToken
-from engine.jobs.run import resume_job
-from engine.jobs.runner import _import_handlers, event_to_dict
+from engine.jobs.job_events import JobEvent, PauseToken
+from engine.jobs.job_loop import resume_job
+from engine.jobs.executors import _import_handlers, event_to_dict
 from engine.jobs.store import JobStore
 
 DEFAULT_IMPORTS: tuple[str, ...] = ()  # the built-in handlers load on first use

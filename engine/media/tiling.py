@@ -291,7 +291,7 @@ class TileStats:
     history: list[int] = field(default_factory=list)  # tile sizes tried, in order
 
 
-class TiledRunner:
+class TileScheduler:
     """Runs `tile_fn` over an image tile by tile; see the module docstring."""
 
     def __init__(self, tile_fn: TileFn, *, scale: int, channels_out: int,

@@ -12,7 +12,7 @@ free of torch, transformers and onnxruntime. A runtime registered twice is an er
 from __future__ import annotations
 
 from engine.runtimes.base import LOADERS, Outputs, Placement, Runner, loader_for, register_loader
-from engine.runtimes.cache import RunnerCache
+from engine.runtimes.runner_cache import RunnerCache
 from engine.runtimes.loading import load_runner, resolve_snapshot
 
 __all__ = [

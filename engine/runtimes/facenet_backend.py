@@ -8,7 +8,7 @@ arrays; N may be 0. `engine.tasks.detect` (family "mtcnn") turns them into Detec
 
 The snapshot is the folder inside the installed package that holds pnet.pt, rnet.pt and
 onet.pt (engine.catalog.packaged.locate; nothing is downloaded). Those pickles are
-scanned and loaded weights-only (engine.runtimes.safety) before facenet-pytorch's own
+scanned and loaded weights-only (engine.runtimes.pickle_safety) before facenet-pytorch's own
 constructor reads its copies, so no pickle is ever loaded unscanned. MTCNN runs in fp32
 only; any other precision is a fallback, announced like every other backend's.
 """
@@ -26,7 +26,7 @@ import torch
 from engine.errors import MissingPackageError, UnsupportedModelError
 from engine.events import CancelToken, Progress, ProgressCallback
 from engine.runtimes.base import Outputs, Placement, Runner, finish_load, register_loader
-from engine.runtimes.safety import safe_torch_load, scan_pickle_checkpoint
+from engine.runtimes.pickle_safety import safe_torch_load, scan_pickle_checkpoint
 from engine.runtimes.torch_utils import free_device_memory, module_bytes
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """`load_runner(card, …)`: a model card's files on disk -> a Runner on the planned device.
 
 Re-exported by engine.runtimes (import it from there). It lives in its own module so
-that engine.runtimes.cache, which loads through it, does not import the package that
+that engine.runtimes.runner_cache, which loads through it, does not import the package that
 imports the cache.
 """
 

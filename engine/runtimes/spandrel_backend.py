@@ -3,7 +3,7 @@
 spandrel detects the architecture from the state dict and returns a typed descriptor
 (scale, size requirements, half/bfloat16 support, tiling advice); the runner exposes
 those so restore tasks ask instead of guessing. Pickle checkpoints are scanned and
-loaded with `torch.load(weights_only=True)` (engine.runtimes.safety) — never through
+loaded with `torch.load(weights_only=True)` (engine.runtimes.pickle_safety) — never through
 TorchScript or a full unpickler.
 """
 
@@ -27,7 +27,7 @@ from engine.runtimes.base import (
     register_loader,
     torch_dtype,
 )
-from engine.runtimes.safety import safe_torch_load
+from engine.runtimes.pickle_safety import safe_torch_load
 from engine.runtimes.torch_utils import free_device_memory, module_bytes, to_cpu, to_device
 
 if TYPE_CHECKING:

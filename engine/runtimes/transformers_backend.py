@@ -31,7 +31,7 @@ from engine.runtimes.base import (
     torch_dtype,
 )
 from engine.runtimes.processors import load_processor
-from engine.runtimes.safety import scan_pickle_checkpoint
+from engine.runtimes.pickle_safety import scan_pickle_checkpoint
 from engine.runtimes.torch_utils import (
     free_device_memory,
     module_bytes,

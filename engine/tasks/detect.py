@@ -31,7 +31,7 @@ from engine.errors import UnsupportedModelError, UsageError
 from engine.events import CancelToken, Progress, ProgressCallback
 from engine.results import Box, Detections
 from engine.tasks.detectors import FAMILY_MODULES
-from engine.tasks.families import FamilyTable, TaskFamily
+from engine.tasks.family_table import FamilyTable, TaskFamily
 
 if TYPE_CHECKING:
     from engine.media.image import LoadedImage
@@ -51,7 +51,7 @@ Family = Callable[["Runner", list[Image.Image], DetectOptions], list[Detections]
 
 @dataclass(frozen=True)
 class DetectorFamily(TaskFamily):
-    """A detector family as data (see engine.tasks.families): `run(runner, images, opts)`,
+    """A detector family as data (see engine.tasks.family_table): `run(runner, images, opts)`,
     the model types / sidecar families it serves, and whether it is open-vocabulary
     (then `classes` are the text queries, and required)."""
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from engine.errors import UnsupportedModelError
 from engine.events import CancelToken, ProgressCallback
-from engine.media.tiling import MIN_TILE, SizeRequirement, TiledRunner
+from engine.media.tiling import MIN_TILE, SizeRequirement, TileScheduler
 from engine.registry import Registry
 from engine.results import RestoredImage
 
@@ -370,7 +370,7 @@ def restore(runner: Runner, image: LoadedImage, *, tile_size: int | None = None,
 
     scale = spec.scale
     out = np.empty((height * scale, width * scale, 3), dtype=out_dtype)
-    tiler = TiledRunner(caller, scale=scale, channels_out=3, requirement=spec.requirement,
+    tiler = TileScheduler(caller, scale=scale, channels_out=3, requirement=spec.requirement,
                         tile_size=tile_size, overlap=tile_overlap, progress=progress,
                         cancel=cancel, item=image.name)
     tiler.run(array, out, max_value=max_value)

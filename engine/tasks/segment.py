@@ -27,7 +27,7 @@ from engine.errors import UnsupportedModelError, UsageError
 from engine.events import CancelToken, ProgressCallback
 from engine.results import Segmentation
 from engine.tasks.detect import model_info, run_in_size_batches
-from engine.tasks.families import FamilyTable, TaskFamily
+from engine.tasks.family_table import FamilyTable, TaskFamily
 from engine.tasks.segmenters import FAMILY_MODULES
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ SegFamily = Callable[["Runner", list[Image.Image], SegmentOptions], list[Segment
 
 @dataclass(frozen=True)
 class SegmenterFamily(TaskFamily):
-    """A segmenter family as data (see engine.tasks.families): `run(runner, images, opts)`,
+    """A segmenter family as data (see engine.tasks.family_table): `run(runner, images, opts)`,
     the model types / sidecar families / card variants it serves, and the modes it offers
     (the first is its default)."""
 

@@ -74,7 +74,7 @@ def main(out_dir: str) -> int:
     app = QApplication([sys.argv[0]])
     from desktop.main_window import MainWindow
     from desktop.theme import apply_theme
-    from desktop.views.errors import ErrorDialog
+    from desktop.views.error_dialogs import ErrorDialog
     from engine.catalog.local_import import import_model
     from engine.errors import OfflineError
     from tests.fixtures.repos import tiny_vit_classifier

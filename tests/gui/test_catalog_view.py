@@ -105,7 +105,7 @@ def test_failed_download_says_why(view, qtbot):
     assert op.outcome == "failed" and row.state == "failed"
     assert REPO in view.status.text()  # a sentence naming the repo, not a traceback
     assert "Traceback" not in view.status.text()
-    from desktop.views.errors import ErrorDialog
+    from desktop.views.error_dialogs import ErrorDialog
 
     dialogs = [w for w in view.findChildren(ErrorDialog)]
     assert dialogs and not dialogs[0].details_view.isVisible()

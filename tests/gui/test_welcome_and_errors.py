@@ -7,7 +7,7 @@ from PySide6.QtCore import QSettings
 
 from desktop.format import human_bytes
 from desktop.main_window import MainWindow
-from desktop.views.errors import ErrorDialog, describe
+from desktop.views.error_dialogs import ErrorDialog, describe
 from desktop.views.welcome import STARTER_TASKS, WelcomeDialog, starter_models
 from engine.catalog.catalog import load_catalog
 from engine.errors import InputError

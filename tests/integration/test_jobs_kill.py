@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.jobs import JobSpec, JobStore, LocalJobRunner, resume_job
+from engine.jobs import JobSpec, JobStore, LocalJobExecutor, resume_job
 from tests.fixtures.media import make_images, make_video
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
@@ -46,7 +46,7 @@ def test_killed_worker_resumes_each_image_exactly_once(tmp_path, test_handlers):
     out = tmp_path / "out"
     spec = JobSpec("restore", "invert", [str(src)], str(out),
                    options={"test_delay_s": 0.04, "test_log": str(log)})
-    runner = LocalJobRunner(store, mode="subprocess", imports=WORKER_IMPORTS)
+    runner = LocalJobExecutor(store, mode="subprocess", imports=WORKER_IMPORTS)
     handle = runner.submit(spec)
     wait_until(lambda: store.counts(handle.job_id)["done"] >= 10, what="10 inputs done")
     kill(handle)
@@ -81,7 +81,7 @@ def test_killed_video_render_resumes_after_its_last_segment(tmp_path, test_handl
     out = tmp_path / "out"
     spec = JobSpec("restore", "invert", [str(video.path)], str(out),
                    options={"test_delay_s": 0.03, "segment_seconds": 0.4, "batch_size": 2})
-    runner = LocalJobRunner(store, mode="subprocess", imports=WORKER_IMPORTS)
+    runner = LocalJobExecutor(store, mode="subprocess", imports=WORKER_IMPORTS)
     handle = runner.submit(spec)
     wait_until(lambda: len(store.segments(handle.job_id, 0)) >= 2, what="two segments")
     kill(handle)
@@ -110,7 +110,7 @@ def test_worker_process_reports_events_and_obeys_pause_and_cancel(tmp_path, test
     store = JobStore(tmp_path / "jobs.sqlite")
     make_images(tmp_path / "in", 30, size=(16, 16))
     events = []
-    runner = LocalJobRunner(store, mode="subprocess", imports=WORKER_IMPORTS)
+    runner = LocalJobExecutor(store, mode="subprocess", imports=WORKER_IMPORTS)
     handle = runner.submit(JobSpec("restore", "invert", [str(tmp_path / "in")],
                                    str(tmp_path / "out"), options={"test_delay_s": 0.03}),
                            on_event=events.append)

@@ -16,7 +16,7 @@ from engine.jobs import (
     ItemResult,
     JobSpec,
     JobStore,
-    LocalJobRunner,
+    LocalJobExecutor,
     list_jobs,
     register_handler,
     resume_job,
@@ -158,7 +158,7 @@ def test_pause_resume_cancel_and_resume_job(tmp_path, store, test_handlers):
     spec = JobSpec("restore", "invert", [str(src)], str(tmp_path / "out"),
                    options={"test_delay_s": 0.03, "test_log": str(log)})
     events = []
-    runner = LocalJobRunner(store, mode="thread")
+    runner = LocalJobExecutor(store, mode="thread")
     handle = runner.submit(spec, on_event=events.append)
 
     def count(kind: str) -> int:
@@ -199,7 +199,7 @@ def test_pause_resume_cancel_and_resume_job(tmp_path, store, test_handlers):
 def test_inline_runner_and_pause_with_a_threading_event(tmp_path, store, test_handlers):
     src = tmp_path / "in"
     make_images(src, 3)
-    runner = LocalJobRunner(store, mode="inline")
+    runner = LocalJobExecutor(store, mode="inline")
     handle = runner.submit(JobSpec("restore", "invert", [str(src)], str(tmp_path / "o")))
     assert handle.done and handle.wait().done == 3
     # The GUI passes a threading.Event as the pause flag (set = paused).
@@ -265,7 +265,7 @@ def test_deferred_runner_runs_where_the_caller_says(tmp_path, store, test_handle
     creates and runs the job; a spec that fails validation is the handle's failure."""
     src = tmp_path / "in"
     make_images(src, 3)
-    runner = LocalJobRunner(store, mode="deferred")
+    runner = LocalJobExecutor(store, mode="deferred")
     events = []
     handle = runner.submit(JobSpec("restore", "invert", [str(src)], str(tmp_path / "out")),
                            on_event=events.append)

@@ -115,7 +115,7 @@ def assert_matches(det: Detections, expected: list[tuple], labels: dict[int, str
     Labels and order are compared exactly. A label is an argmax and the order a sort by score,
     so either can flip where two class scores, or two kept boxes' scores, are closer than the
     two paths' difference. These fixtures' closest pairs: kept RT-DETR scores 2e-5 apart, top-two
-    class scores 4e-4 (OWLv2); the paths differ by <= 1e-6 measured (SSE to AVX-512 kernels,
+    class scores 4e-4 (OWLv2); the paths' scores differ by ~1e-6 measured (SSE to AVX-512 kernels,
     1-4 threads). Inside the worst-case bound, so a flip is possible in principle, not seen.
     """
     if two_paths is None:

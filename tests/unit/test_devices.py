@@ -85,7 +85,7 @@ def test_real_cuda_request_on_this_machine_is_announced():
 
 def test_importing_devices_and_runtimes_does_not_import_torch():
     code = (
-        "import sys, engine.devices, engine.runtimes, engine.runtimes.cache; "
+        "import sys, engine.devices, engine.runtimes, engine.runtimes.runner_cache; "
         "heavy = [m for m in ('torch', 'transformers', 'onnxruntime', 'spandrel') "
         "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)"
     )

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.hub.errors import UnsafeFilenameError
-from engine.hub.safety import check_blob_name, check_repo_filename
+from engine.hub.http_errors import UnsafeFilenameError
+from engine.hub.safe_paths import check_blob_name, check_repo_filename
 
 
 @pytest.mark.parametrize("name", [

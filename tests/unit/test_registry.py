@@ -228,7 +228,7 @@ def test_registry_module_imports_only_engine_errors() -> None:
 
 
 def test_a_second_handler_for_a_task_is_an_error() -> None:
-    from engine.jobs import handlers
+    from engine.jobs import handler_protocol as handlers
 
     class First(handlers.BaseHandler):
         pass

@@ -18,7 +18,7 @@ from engine.catalog.sidecar import BORDER_MODES as SIDECAR_BORDER_MODES
 from engine.catalog.sidecar import validate_sidecar
 from engine.errors import CatalogError
 from engine.media.image import LoadedImage
-from engine.media.tiling import BORDER_MODES, SizeRequirement, TiledRunner, border_region
+from engine.media.tiling import BORDER_MODES, SizeRequirement, TileScheduler, border_region
 from engine.runtimes import load_runner
 from engine.tasks.restore import restore, spec_for
 
@@ -252,7 +252,7 @@ def valid_box(border: int, scale: int, *, multiple_of: int = 1, fixed: tuple | N
 
 
 def tiled_run(fn, image, requirement, *, scale, tile, overlap=8, **kw):
-    runner = TiledRunner(fn, scale=scale, channels_out=3, requirement=requirement,
+    runner = TileScheduler(fn, scale=scale, channels_out=3, requirement=requirement,
                          tile_size=tile, overlap=overlap, min_tile=4, **kw)
     out = np.zeros((image.shape[0] * scale, image.shape[1] * scale, 3), np.float32)
     runner.run(image, out, max_value=1.0)

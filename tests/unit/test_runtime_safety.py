@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from engine.errors import UnsafeCheckpointError
-from engine.runtimes.safety import safe_torch_load, scan_pickle_checkpoint
+from engine.runtimes.pickle_safety import safe_torch_load, scan_pickle_checkpoint
 
 
 def weights() -> dict:

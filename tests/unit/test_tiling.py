@@ -11,7 +11,7 @@ from engine.errors import Cancelled
 from engine.events import CancelToken
 from engine.media.tiling import (
     SizeRequirement,
-    TiledRunner,
+    TileScheduler,
     axis_starts,
     is_out_of_memory,
     pad_tile,
@@ -32,7 +32,7 @@ NO_REQUIREMENT = SizeRequirement()
 
 def run(fn, image, *, scale=1, tile=64, overlap=16, requirement=NO_REQUIREMENT, dtype=np.float32,
         max_value=1.0, **kw):
-    runner = TiledRunner(fn, scale=scale, channels_out=3, requirement=requirement,
+    runner = TileScheduler(fn, scale=scale, channels_out=3, requirement=requirement,
                          tile_size=tile, overlap=overlap, **kw)
     h, w = image.shape[:2]
     out = np.zeros((h * scale, w * scale, 3), dtype)
@@ -220,7 +220,7 @@ def test_memory_stays_bounded_by_one_band_of_tiles():
     """A 1024×1024 image with 128-px tiles: float accumulators never hold the whole image."""
     image = np.zeros((1024, 1024, 3), np.uint8)
     out = np.zeros((1024, 1024, 3), np.uint8)
-    runner = TiledRunner(nearest_up(1), scale=1, channels_out=3, tile_size=128, overlap=16)
+    runner = TileScheduler(nearest_up(1), scale=1, channels_out=3, tile_size=128, overlap=16)
     tracemalloc.start()
     try:
         runner.run(image, out, max_value=255.0)

@@ -18,8 +18,8 @@ from typing import Any
 
 from engine.errors import Cancelled, InputError
 from engine.events import CancelToken, Progress
-from engine.jobs.events import EventCallback, Failure, JobEvent, JobSummary, PauseSource
-from engine.jobs.handlers import ItemResult, batch_of, get_handler
+from engine.jobs.job_events import EventCallback, Failure, JobEvent, JobSummary, PauseSource
+from engine.jobs.handler_protocol import ItemResult, batch_of, get_handler
 from engine.jobs.outputs import OutputPlan, check_output_dir, cleanup_partial
 from engine.jobs.spec import JobSpec
 from engine.jobs.store import ItemRecord, JobStore

@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from engine.hub.errors import UnsafeFilenameError
+from engine.hub.http_errors import UnsafeFilenameError
 
 _BLOB_NAME = re.compile(r"^[0-9A-Za-z._-]{1,128}$")
 

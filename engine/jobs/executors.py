@@ -1,12 +1,12 @@
-"""Where a job runs: the JobRunner interface and its local implementation.
+"""Where a job runs: the JobExecutor interface and its local implementation.
 
-`JobRunner` is deliberately small — submit a spec or resume a job id, get a handle
+`JobExecutor` is deliberately small — submit a spec or resume a job id, get a handle
 to wait on, pause, resume or cancel — so a later implementation can run the very
 same jobs elsewhere: a `RayJobRunner` would create the job in the store, split
 its pending items into Ray tasks that each call the task handler, and report the
 same JobEvents. (Not implemented: one machine is the target for now.)
 
-`LocalJobRunner` runs jobs on this machine, in one of four ways:
+`LocalJobExecutor` runs jobs on this machine, in one of four ways:
 - "thread": a background thread (the UI thread never blocks);
 - "inline": in the calling thread (the CLI's way: Ctrl+C cancels);
 - "deferred": on a thread the caller picks, by calling `handle.run()` there (the GUI's
@@ -28,8 +28,8 @@ from typing import Any, Protocol
 
 from engine.errors import Cancelled, OculaError
 from engine.events import CancelToken
-from engine.jobs.events import EventCallback, Failure, JobEvent, JobSummary, PauseToken
-from engine.jobs.run import resume_job, run_job
+from engine.jobs.job_events import EventCallback, Failure, JobEvent, JobSummary, PauseToken
+from engine.jobs.job_loop import resume_job, run_job
 from engine.jobs.spec import JobSpec
 from engine.jobs.store import JobStore, new_job_id
 
@@ -45,7 +45,7 @@ class JobHandle(Protocol):
     def done(self) -> bool: ...
 
 
-class JobRunner(Protocol):
+class JobExecutor(Protocol):
     """Runs jobs described by JobSpec; every implementation reports JobEvents."""
 
     def submit(self, spec: JobSpec, *, on_event: EventCallback | None = None,
@@ -59,7 +59,7 @@ class LocalHandle:
     UI thread (the GUI's downloads and one-shot calls use the same handle).
 
     `work(handle)` runs once, in `run()`: in a thread of its own, inline, or on a thread
-    the caller picks (LocalJobRunner's modes). It sees the handle's `cancel_token` and
+    the caller picks (LocalJobExecutor's modes). It sees the handle's `cancel_token` and
     `pause_token`; afterwards `result` (the JobSummary of a job), `error` and `failure`
     say how it went, and `outcome` sums that up.
     """
@@ -126,7 +126,7 @@ class LocalHandle:
         return "succeeded"
 
 
-class LocalJobRunner:
+class LocalJobExecutor:
     """Runs jobs here. Modes: "thread" (a thread of its own), "inline" (submit returns when
     the job ends), "subprocess" (a worker process, see WorkerHandle), or "deferred": submit
     only prepares the handle, and the caller runs `handle.run()` on a thread it picks (the
@@ -298,7 +298,7 @@ def event_from_dict(data: dict) -> JobEvent:
     if data.get("summary"):
         result = JobSummary.from_dict(data["summary"])
     elif "written" in data:
-        from engine.jobs.handlers import ItemResult
+        from engine.jobs.handler_protocol import ItemResult
 
         result = ItemResult(written=[Path(p) for p in data["written"]], info=data.get("info", {}))
     return JobEvent(kind=data.get("kind", ""), job_id=data.get("job_id", ""),
@@ -309,9 +309,9 @@ def event_from_dict(data: dict) -> JobEvent:
 
 __all__ = [
     "JobHandle",
-    "JobRunner",
+    "JobExecutor",
     "LocalHandle",
-    "LocalJobRunner",
+    "LocalJobExecutor",
     "WorkerHandle",
     "resume_job",
     "run_job",
