@@ -18,13 +18,15 @@ from desktop.workers import Operation, Pools, call_operation
 
 
 def _load(card: Any, device: str, precision: str, settings: Any) -> Any:
+    """The model with attention capture, from the process-wide cache the jobs use."""
     from desktop.workers import load_backend
-    from engine.runtimes import load_runner
+    from engine.runtimes.runner_cache import shared_runner_cache
 
     load_backend(card.runtime)  # import + gc.freeze, see there
-
-    return load_runner(card, device=device, precision=precision, attention=True,
-                       settings=settings)
+    if settings is not None:
+        device, precision = settings.requested_placement(device, precision)
+    return shared_runner_cache(settings).get_or_load(
+        card, device=device, precision=precision, attention=True, settings=settings)
 
 
 def _explain(runner: Any, path: Any, options: dict[str, Any]) -> Any:
@@ -149,9 +151,5 @@ class ExplainController(QObject):
         return True
 
     def release(self) -> None:
-        if self.runner is not None:
-            try:
-                self.runner.release()
-            except Exception:  # noqa: BLE001 — freeing memory must not raise into the UI
-                pass
+        """Forget the model here; the shared runner cache owns (and evicts) it."""
         self.runner, self.runner_key, self.maps = None, None, None

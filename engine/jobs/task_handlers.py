@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -109,26 +108,18 @@ class ModelHandler(BaseHandler):
         self.runner = None  # the cache owns the model; `release_models()` frees it
 
 
-_cache_lock = threading.Lock()
-_runner_cache: "RunnerCache | None" = None
-
-
 def runner_cache(settings: "Settings | None" = None) -> "RunnerCache":
-    """The process-wide cache of loaded models that job handlers share."""
-    global _runner_cache
-    from engine.runtimes import RunnerCache
+    """The process-wide cache of loaded models (engine.runtimes.runner_cache)."""
+    from engine.runtimes.runner_cache import shared_runner_cache
 
-    with _cache_lock:
-        if _runner_cache is None:
-            _runner_cache = RunnerCache(settings=settings)
-        return _runner_cache
+    return shared_runner_cache(settings)
 
 
 def release_models(card_id: str | None = None) -> int:
     """Free loaded models (all, or one card's); returns how many were released."""
-    with _cache_lock:
-        cache = _runner_cache
-    return cache.release(card_id) if cache is not None else 0
+    from engine.runtimes.runner_cache import release_shared
+
+    return release_shared(card_id)
 
 
 def _map_kind(path: os.PathLike | str, stem: str) -> str:

@@ -32,6 +32,14 @@ class RunnerCache:
         self._lock = threading.RLock()
         self.evictions: list[CacheKey] = []  # keys evicted so far, oldest first (for the UI log)
 
+    def use_settings(self, settings: Settings) -> None:
+        """The latest front end's settings: their memory budget and device defaults apply
+        from the next load on (a changed default device or budget is seen at once)."""
+        with self._lock:
+            self.settings = settings
+            self.budget_bytes = int(settings.runner_cache_mb) * 2**20
+            self._evict_until(self.budget_bytes, keep=None)
+
     # -- queries -------------------------------------------------------------------
     @property
     def total_bytes(self) -> int:
@@ -108,3 +116,27 @@ class RunnerCache:
             for key in keys:
                 self._runners.pop(key).release()
             return len(keys)
+
+
+_shared: RunnerCache | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_runner_cache(settings: Settings | None = None) -> RunnerCache:
+    """The process-wide cache of loaded models: job handlers and the GUI's explain view
+    share it, so a model is loaded once per process. `settings`: the caller's, which
+    replace those of earlier callers (RunnerCache.use_settings)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = RunnerCache(settings=settings)
+        elif settings is not None and settings is not _shared.settings:
+            _shared.use_settings(settings)
+        return _shared
+
+
+def release_shared(card_id: str | None = None) -> int:
+    """Free the shared cache's models (all, or one card's); returns how many."""
+    with _shared_lock:
+        cache = _shared
+    return cache.release(card_id) if cache is not None else 0
