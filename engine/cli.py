@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from typing import Any, Callable, Sequence
 
@@ -115,8 +116,8 @@ def cmd_models_info(args) -> int:
     from engine.catalog.catalog import load_catalog
     from engine.hub import disk_usage, is_installed
 
-    card = load_catalog().resolve(args.model)
     settings = _settings()
+    card = load_catalog().resolve(args.model, settings=settings)
     installed = is_installed(card, settings=settings)
     data = dict(_card_dict(card), installed=installed,
                 disk_bytes=disk_usage(card, settings=settings) if installed else 0)
@@ -148,7 +149,8 @@ def cmd_models_pull(args) -> int:
     from engine.catalog.catalog import load_catalog
     from engine.hub import fetch
 
-    card = load_catalog().resolve(args.model)
+    settings = _settings()
+    card = load_catalog().resolve(args.model, settings=settings)
     if card.package:  # weights that ship inside a Python package: nothing to download
         from engine.catalog import packaged
 
@@ -158,11 +160,13 @@ def cmd_models_pull(args) -> int:
               f"package ({path})")
         return 0
     bars = _ProgressBars(enabled=not args.json and not args.quiet)
+    notes: list[str] = []  # damaged cached files downloaded again ("repaired")
     try:
-        path = fetch(card, progress=bars, settings=_settings())
+        path = fetch(card, progress=bars, settings=settings, on_notice=notes.append)
     finally:
         bars.close()
-    _emit(args, {"model": card.id, "path": str(path)}, f"{card.id}: ready at {path}")
+    _emit(args, {"model": card.id, "path": str(path), "repaired": notes},
+          "\n".join([*notes, f"{card.id}: ready at {path}"]))
     return 0
 
 
@@ -226,6 +230,13 @@ def cmd_doctor(args) -> int:
         placement = plan(card, device=args.device, precision=args.precision, report=report)
         payload["model"] = {"id": card.id, "placement": placement}
         text += f"\n\nModel {card.id}:\n" + describe_plan(card, placement, report)
+        if card.repo and not card.local_path and not card.package:
+            from engine.hub import cache_state
+
+            states = cache_state(card, settings=_settings())
+            payload["model"]["cache"] = states
+            text += "\nCache: " + (", ".join(f"{name} {state}" for name, state
+                                             in sorted(states.items())) or "nothing cached")
     _emit(args, payload, text)
     return 0
 
@@ -323,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
 
+    from engine.cli_jobs import add_jobs_commands
+
+    add_jobs_commands(sub, add)
+
     # Task commands: listed here for `ocula --help`; parsed by engine.cli_tasks (_parse).
     from engine.cli_tasks import TASK_HELP
 
@@ -370,11 +385,19 @@ def main(argv: Sequence[str] | None = None, *,
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OculaError as exc:
-        if getattr(args, "json", False):
-            print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
-        else:
-            print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _report(args, exc)
+    except sqlite3.DatabaseError as exc:  # the job store went bad under a running command
+        from engine.jobs.store import default_store_path, store_error
+
+        return _report(args, store_error(default_store_path(), exc))
+
+
+def _report(args, exc: OculaError) -> int:
+    if getattr(args, "json", False):
+        print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
+    else:
+        print(f"error: {exc}", file=sys.stderr)
+    return exc.exit_code
 
 
 if __name__ == "__main__":  # python -m engine.cli

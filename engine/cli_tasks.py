@@ -33,6 +33,9 @@ TASK_EXAMPLES = {
                 "ocula explain cat.jpg --model dino-vits16 --method raw --layer 11 --head 3 "
                 "--out maps/"],
 }
+RESTART_HELP = ("start a fresh job even if an unfinished one with the same command and "
+                "output folder exists (by default that one is resumed: finished inputs are "
+                "not redone)")
 GROUP_TITLES = {"task": "{task} options", "output": "output files", "video": "video inputs",
                 "advanced": "advanced"}
 
@@ -90,6 +93,7 @@ def add_task_arguments(parser: argparse.ArgumentParser, task: str) -> argparse.A
     job.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                      help="[default: auto = Settings]")
     job.add_argument("--save-recipe", metavar="FILE", help="also save this job as a recipe")
+    job.add_argument("--restart", action="store_true", help=RESTART_HELP)
     job.add_argument("--quiet", action="store_true", help="no progress bar")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for option in options_of(options_class(task)):
@@ -107,6 +111,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("task_or_recipe", nargs="?", metavar="TASK",
                         help=f"{' | '.join(JOB_TASKS)} (then that command's arguments)")
     parser.add_argument("--recipe", help="run a saved job recipe (TOML)")
+    parser.add_argument("--restart", action="store_true", help=RESTART_HELP)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(task=None, save_recipe=None)
     return parser
@@ -139,9 +144,13 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_task(args: argparse.Namespace) -> int:
-    """Run one job (a task command or a recipe) to the end; 1 if some inputs failed."""
-    from engine.cli_output import emit, user_settings
-    from engine.jobs import JobSpec, run_job
+    """Run one job (a task command or a recipe) to the end; 1 if some inputs failed.
+
+    The same command again on the same output folder resumes the job it left unfinished
+    (killed, crashed, cancelled): finished inputs are kept, the rest are done. `--restart`
+    starts a fresh job instead."""
+    from engine.cli_output import user_settings
+    from engine.jobs import JobSpec, resume_job, run_job
 
     if args.recipe:
         spec = JobSpec.from_toml(args.recipe)
@@ -153,14 +162,60 @@ def cmd_task(args: argparse.Namespace) -> int:
             raise UsageError(f"ocula {args.task} needs --model, at least one INPUT and --out "
                              f"(see `ocula {args.task} --help`).")
     spec.validate()
-    _check_model_fits_task(spec)  # a lookup or usage error exits 2 before any work
+    settings = user_settings()
+    _check_model_fits_task(spec, settings)  # a lookup or usage error exits 2 before any work
+    store = open_store()
     if args.save_recipe:
         from pathlib import Path
 
-        Path(args.save_recipe).write_text(spec.to_toml(), encoding="utf-8")
-    printer = JobPrinter(quiet=args.quiet or args.json)
+        from engine.errors import InputError
+
+        try:
+            Path(args.save_recipe).write_text(spec.to_toml(), encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"{args.save_recipe}: the recipe cannot be saved "
+                             f"({exc.strerror}).") from exc
+    job_id = None if getattr(args, "restart", False) else store.find_unfinished(spec)
+    if job_id is not None:
+        from engine.errors import InputError
+
+        pid = store.live_pid(job_id)
+        if pid is not None:
+            raise InputError(f"job {job_id} (this command, into {spec.output_dir}) is still "
+                             f"running in process {pid}; wait for it (`ocula jobs show "
+                             f"{job_id}`), or choose another --out.")
+        say_resuming(store, job_id)
+        store.mark_unexpanded(job_id)  # inputs added to the folders since are queued too
+        return run_printed(args, lambda printer: resume_job(
+            job_id, on_event=printer, store=store, settings=settings))
+    return run_printed(args, lambda printer: run_job(
+        spec, on_event=printer, store=store, settings=settings))
+
+
+def open_store():
+    """The user's job store, opened before any work: a damaged or unwritable store is one
+    message (engine.jobs.store.JobStoreDamaged names `ocula jobs reset-store`)."""
+    from engine.jobs import JobStore
+
+    return JobStore()
+
+
+def say_resuming(store, job_id: str) -> None:
+    counts = store.counts(job_id)
+    total = sum(counts.values())
+    failed = f", {counts['failed']} failed" if counts["failed"] else ""
+    print(f"resuming job {job_id} ({counts['done']} of {total} done{failed}); "
+          f"--restart starts a fresh job", file=sys.stderr)
+
+
+def run_printed(args: argparse.Namespace, run) -> int:
+    """Run a job (`run(printer)` returns its JobSummary) with a progress bar; print its
+    notes and summary (text or --json). 1 if some inputs failed."""
+    from engine.cli_output import emit
+
+    printer = JobPrinter(quiet=getattr(args, "quiet", False) or getattr(args, "json", False))
     try:
-        summary = run_job(spec, on_event=printer, settings=user_settings())
+        summary = run(printer)
     finally:
         printer.close()
     for note in printer.notes:
@@ -169,7 +224,7 @@ def cmd_task(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-def _check_model_fits_task(spec) -> None:
+def _check_model_fits_task(spec, settings=None) -> None:
     """Resolve the job's model now: an unknown id or a model for another task is a usage
     error (exit 2) reported before a progress bar or an output folder appears."""
     from pathlib import Path
@@ -179,10 +234,20 @@ def _check_model_fits_task(spec) -> None:
     if spec.task == "explain" and spec.model.lower().endswith(".onnx") \
             and Path(spec.model).expanduser().is_file():
         return  # an .onnx ViT file: explained from the graph itself
-    card = load_catalog().resolve(spec.model)
+    card = load_catalog().resolve(spec.model, settings=settings)
+    note_offline_card(card)
     if spec.task != "explain" and not card.supports(spec.task):
         raise UsageError(f"Model '{card.id}' does {', '.join(card.tasks)}, not {spec.task}. "
                          f"Pick a {spec.task} model (`ocula models list --task {spec.task}`).")
+
+
+def note_offline_card(card) -> None:
+    """A hub model resolved from the cache in offline mode: say which revision is used."""
+    from engine.catalog.hub_infer import offline_note
+
+    note = offline_note(card)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
 
 
 class JobPrinter:

@@ -87,3 +87,13 @@ class DeviceError(OculaError):
 class MissingPackageError(OculaError):
     """A model whose weights ship inside a Python package, and the package (or one of its
     weight files) is not installed. The message names the pip command that installs it."""
+
+
+class OutputDiskFullError(OculaError):
+    """The disk holding a job's output folder is full: the job stopped, resumable once
+    space is freed. The message names the folder and how much was written."""
+
+    def __init__(self, message: str, *, folder: object = None, written_bytes: int = 0):
+        super().__init__(message)
+        self.folder = folder
+        self.written_bytes = written_bytes

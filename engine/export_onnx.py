@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.errors import OculaError, UnsupportedModelError
+from engine.paths import make_temp_dir
 from engine.runtimes.optimized import (
     MANIFEST,
     find_optimized,
@@ -82,7 +82,7 @@ def optimize(card: ModelCard, runner: Runner, sample_image: Any, *,
     kind = export_kind(card, runner)
     final = optimized_dir(card)
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
+    staging = Path(make_temp_dir(final.parent, prefix=f".{final.name}.", suffix=".part"))
     try:
         pil = _sample_pil(sample_image)
         if kind == "image":

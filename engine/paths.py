@@ -33,3 +33,40 @@ def local_models_dir() -> Path:
     path = app_home() / "models"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# -- temporary files for atomic writes ------------------------------------------------------
+
+_TEMP_FLAGS = (os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+               | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOINHERIT", 0))
+
+
+def make_temp_file(folder: str | os.PathLike, *, prefix: str = "", suffix: str = "") -> tuple[int, str]:
+    """`tempfile.mkstemp`, but the file gets the mode any newly created file gets (0666
+    less the umask) instead of mkstemp's 0600, so an output written atomically (temporary
+    file + os.replace) ends up with the same permissions as one written in place.
+    Returns (open descriptor, path)."""
+    import secrets
+
+    for _ in range(100):
+        path = os.path.join(os.fspath(folder), f"{prefix}{secrets.token_hex(4)}{suffix}")
+        try:
+            return os.open(path, _TEMP_FLAGS, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name in {folder}")
+
+
+def make_temp_dir(folder: str | os.PathLike, *, prefix: str = "", suffix: str = "") -> str:
+    """`tempfile.mkdtemp` with the mode a new folder normally gets (0777 less the umask),
+    not mkdtemp's 0700, for a folder that is renamed into place once complete."""
+    import secrets
+
+    for _ in range(100):
+        path = os.path.join(os.fspath(folder), f"{prefix}{secrets.token_hex(4)}{suffix}")
+        try:
+            os.mkdir(path, 0o777)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary folder name in {folder}")

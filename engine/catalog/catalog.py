@@ -22,6 +22,7 @@ from pathlib import Path
 from engine.catalog.card import ModelCard, Source
 from engine.catalog.entries import CatalogProblem, card_from_entry
 from engine.errors import CatalogError, UnknownModelError
+from engine.settings import Settings
 
 CATALOG_FILE = "catalog.toml"
 
@@ -175,8 +176,12 @@ class Catalog:
         return [card for _, _, card in sorted(scored, key=lambda t: (t[0], t[1]))]
 
     # -- resolving what a user typed ----------------------------------------------------------
-    def resolve(self, model_ref: str, *, token: str | None = None) -> ModelCard:
-        """A catalog id, an imported model id, or a hub repo `owner/name[@revision]`."""
+    def resolve(self, model_ref: str, *, token: str | None = None,
+                settings: Settings | None = None) -> ModelCard:
+        """A catalog id, an imported model id, or a hub repo `owner/name[@revision]`.
+
+        A hub repo in offline mode (settings.offline or HF_HUB_OFFLINE) is read from the
+        model cache (`settings.cache_dir`, else HF_HUB_CACHE / HF_HOME): no request."""
         ref = model_ref.strip()
         if ref not in self._by_id and f"local:{ref}" in self._by_id:
             ref = f"local:{ref}"  # an imported model by its name alone (no curated id clashes)
@@ -195,5 +200,5 @@ class Catalog:
                     return card
             from engine.catalog.hub_infer import card_from_hub
 
-            return card_from_hub(repo, revision or None, token=token)
+            return card_from_hub(repo, revision or None, token=token, settings=settings)
         raise UnknownModelError(ref, self.suggest(ref))

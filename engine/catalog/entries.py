@@ -56,7 +56,8 @@ CARD_FIELDS = {
     "trust_remote_code", "gated", "sidecar", "description", "package", "install",
 }
 CATALOG_EXTRA = {"seen_commit"}  # short SHA seen when only a branch can be pinned
-LOCAL_EXTRA = {"source", "local_path", "file_size", "imported_at"}
+LOCAL_EXTRA = {"source", "local_path", "file_size", "file_mtime_ns", "file_sha256",
+               "imported_at"}
 CATALOG_REQUIRED = ("id", "name", "tasks", "runtime", "files", "license", "attention", "seed",
                     "description")  # plus repo + revision (hub entries) or package
 LOCAL_REQUIRED = ("id", "name", "tasks", "runtime", "local_path")

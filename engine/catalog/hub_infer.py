@@ -21,8 +21,12 @@ pass through unchanged: their messages are already actionable.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.catalog.card import AttentionSupport, ModelCard, Source
@@ -32,7 +36,8 @@ from engine.catalog.families import (
     task_for_architecture,
     transformers_family,
 )
-from engine.errors import UnsupportedModelError
+from engine.errors import OfflineError, UnsupportedModelError
+from engine.settings import Settings
 
 if TYPE_CHECKING:
     from huggingface_hub.hf_api import ModelInfo
@@ -81,12 +86,25 @@ _ONNX_LAYOUTS: tuple[tuple[str, dict[str, str]], ...] = (
 )
 
 
-def card_from_hub(repo: str, revision: str | None = None, *, token: str | None = None) -> ModelCard:
-    """Read a hub repo's metadata and infer its card. Network: one or two small requests."""
-    from huggingface_hub import HfApi  # lazy
+OFFLINE_NOTE = "offline:"
 
+
+def card_from_hub(repo: str, revision: str | None = None, *, token: str | None = None,
+                  settings: Settings | None = None) -> ModelCard:
+    """Read a hub repo's metadata and infer its card. Network: one or two small requests.
+
+    In offline mode (settings.offline, HF_HUB_OFFLINE) the card is inferred from the model
+    cache instead (`card_from_cache`), without a request."""
+    from huggingface_hub import HfApi  # lazy
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    if _offline(settings):
+        return card_from_cache(repo, revision, cache=hub_cache_dir(settings))
     api = HfApi(token=token)
-    info = api.model_info(repo, revision=revision, files_metadata=True, token=token)
+    try:
+        info = api.model_info(repo, revision=revision, files_metadata=True, token=token)
+    except OfflineModeIsEnabled:  # huggingface_hub read HF_HUB_OFFLINE at its import
+        return card_from_cache(repo, revision, cache=hub_cache_dir(settings))
     config = info.config if isinstance(info.config, dict) and info.config else None
     names = {s.rfilename for s in info.siblings or []}
     if "config.json" in names:
@@ -108,6 +126,151 @@ def card_from_hub(repo: str, revision: str | None = None, *, token: str | None =
             if isinstance(loaded, dict):
                 config = {**(config or {}), **loaded}
     return card_from_model_info(info, config=config, requested_revision=revision)
+
+
+def _offline(settings: Settings | None) -> bool:
+    if settings is not None:
+        return settings.effective_offline
+    if Settings().effective_offline:  # the HF_HUB_OFFLINE switch alone
+        return True
+    from huggingface_hub import constants
+
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+def hub_cache_dir(settings: Settings | None = None) -> Path:
+    """The model cache as engine.hub.model_cache.cache_dir finds it (settings.cache_dir,
+    HF_HUB_CACHE, HF_HOME/hub, huggingface_hub's default); read here, below the hub layer,
+    so that offline resolution finds the same folder."""
+    if settings is not None and settings.cache_dir:
+        return Path(settings.cache_dir).expanduser()
+    env_cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if env_cache:
+        return Path(os.path.expandvars(env_cache)).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.path.expandvars(os.environ["HF_HOME"])).expanduser() / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def offline_note(card: ModelCard) -> str | None:
+    """For a card built from the cache in offline mode: which revision it uses."""
+    if card.source is Source.HUB and card.description.startswith(OFFLINE_NOTE):
+        return card.description.split("\n", 1)[0]
+    return None
+
+
+def card_from_cache(repo: str, revision: str | None, *, cache: Path) -> ModelCard:
+    """A hub repo's card from its cached snapshot, without the hub (offline mode).
+
+    The snapshot is the one `revision` names in the cache (a commit, or a branch/tag by
+    its `refs/` file); with no revision, the newest cached snapshot. Its files come from
+    huggingface_hub's cached tree listing (else the snapshot folder), the architecture
+    and labels from its config.json, the parameter count from the safetensors headers.
+    The hub's pipeline tag, library and licence are not cached: the task comes from the
+    architecture and the licence reads "unknown"."""
+    from huggingface_hub.hf_api import ModelInfo
+
+    folder = cache / ("models--" + repo.replace("/", "--"))
+    snapshots = folder / "snapshots"
+    cached = sorted((p for p in snapshots.iterdir() if p.is_dir()),
+                    key=lambda p: p.stat().st_mtime, reverse=True) if snapshots.is_dir() else []
+    refs = _cached_refs(folder)
+    if not cached:
+        raise OfflineError(
+            f"Hub repo '{repo}' is not in the model cache ({cache}) and offline mode is on, "
+            f"so the hub cannot be asked about it. Turn offline mode off (Settings, or unset "
+            f"HF_HUB_OFFLINE) and download it with `ocula models pull {repo}`.")
+    if revision:
+        commit = revision if _COMMIT.match(revision) else refs.get(revision)
+        if commit is None or not (snapshots / commit).is_dir():
+            have = ", ".join(f"{p.name[:12]}" + (f" ({', '.join(r for r, c in refs.items() if c == p.name)})"
+                                               if p.name in refs.values() else "")
+                             for p in cached)
+            raise OfflineError(
+                f"Hub repo '{repo}' revision '{revision}' is not in the model cache and "
+                f"offline mode is on. Cached revisions: {have}. Ask for one of them "
+                f"({repo}@<revision>), or turn offline mode off to download it.")
+    else:
+        commit = cached[0].name
+    snapshot = snapshots / commit
+    siblings = _cached_siblings(repo, commit, cache, snapshot)
+    config: dict | None = None
+    if (snapshot / "config.json").is_file():
+        try:
+            with open(snapshot / "config.json", encoding="utf-8") as fh:
+                loaded = json.load(fh)
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise UnsupportedModelError(
+                f"Hub repo '{repo}': the cached config.json is not valid JSON ({exc}).") from exc
+        config = loaded if isinstance(loaded, dict) else None
+    params = _safetensors_params(snapshot, [s["rfilename"] for s in siblings])
+    info = ModelInfo(id=repo, sha=commit, siblings=siblings, config=config,
+                     safetensors={"parameters": {}, "total": params} if params else None)
+    card = card_from_model_info(info, config=config, requested_revision=revision)
+    names = [r for r, c in sorted(refs.items()) if c == commit]
+    note = (f"{OFFLINE_NOTE} using the cached revision {commit[:12]}"
+            + (f" ({', '.join(names)})" if names else "")
+            + f" of {repo}; the hub was not asked (its task tag and licence are unknown here).")
+    return dataclasses.replace(card, description=f"{note}\n{card.description}")
+
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _cached_refs(folder: Path) -> dict[str, str]:
+    """Branch/tag -> commit, from the cache's refs/ files (refs/pr/1 included)."""
+    root = folder / "refs"
+    out: dict[str, str] = {}
+    if root.is_dir():
+        for path in root.rglob("*"):
+            if path.is_file():
+                try:
+                    commit = path.read_text(encoding="ascii").strip()
+                except (OSError, UnicodeDecodeError):
+                    continue
+                if _COMMIT.match(commit):
+                    out[path.relative_to(root).as_posix()] = commit
+    return out
+
+
+def _cached_siblings(repo: str, commit: str, cache: Path, snapshot: Path) -> list[dict[str, Any]]:
+    """The repo's files at `commit`: the cached tree listing (all files, with sizes), else
+    the files present in the snapshot."""
+    from huggingface_hub import get_cached_repo_tree
+    from huggingface_hub.errors import CachedRepoTreeNotFoundError
+
+    try:
+        listing = get_cached_repo_tree(repo, revision=commit, cache_dir=cache)
+    except (CachedRepoTreeNotFoundError, OSError, ValueError):
+        listing = None
+    if listing:
+        return [{"rfilename": f.path, "size": getattr(f, "size", None)} for f in listing]
+    return [{"rfilename": p.relative_to(snapshot).as_posix(), "size": p.stat().st_size}
+            for p in sorted(snapshot.rglob("*")) if p.is_file()]
+
+
+def _safetensors_params(snapshot: Path, names: list[str]) -> int | None:
+    """Parameters in the cached root .safetensors files, from their headers (no tensors read)."""
+    total = 0
+    files = [n for n in names if "/" not in n and n.endswith(".safetensors")]
+    for name in files:
+        try:
+            with open(snapshot / name, "rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                if not 0 < size < 100_000_000:
+                    return None
+                header = json.loads(fh.read(size))
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        for key, tensor in header.items():
+            if key != "__metadata__" and isinstance(tensor, dict):
+                n = 1
+                for dim in tensor.get("shape", ()):
+                    n *= int(dim)
+                total += n
+    return total or None
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,14 @@ from engine.catalog.entries import (
     memory_rule_mb,
 )
 from engine.catalog.families import spandrel_family, task_for_architecture, transformers_family
-from engine.catalog.sidecar import OUTPUTS, check_against_graph, validate_sidecar, with_derived_keys
+from engine.catalog.sidecar import (
+    MAX_LABELS_FILE_BYTES,
+    OUTPUTS,
+    check_against_graph,
+    resolve_inside,
+    validate_sidecar,
+    with_derived_keys,
+)
 from engine.errors import (
     CatalogError,
     UnknownModelError,
@@ -107,7 +114,9 @@ def load_imports() -> tuple[list[ModelCard], list[CatalogProblem]]:
     for position, entry in enumerate(entries):
         try:
             card = card_from_entry(entry, origin=INDEX_FILE, index=position, local=True)
-            _check_entry_file(card, entry)
+            # Only "is it there": a changed file keeps its card, so using it says
+            # "changed since it was imported" (check_available), not "Unknown model".
+            _check_entry_file(card, entry, content=False)
         except CatalogError as exc:
             problems.append(CatalogProblem(origin, entry.get("id"), str(exc)))
             continue
@@ -115,18 +124,41 @@ def load_imports() -> tuple[list[ModelCard], list[CatalogProblem]]:
     return cards, problems
 
 
-def _check_entry_file(card: ModelCard, entry: dict[str, Any]) -> None:
+def _check_entry_file(card: ModelCard, entry: dict[str, Any], *, content: bool = True) -> None:
+    """The imported file is there and (with `content`) is the one imported: size and mtime
+    checked cheaply; only when they differ is the sha256 recorded at import compared."""
     path = Path(card.local_path or "")
     if not path.exists():
         raise CatalogError(
             f"Imported model '{card.id}' points to {path}, which no longer exists (moved or "
             f"deleted?). Import it again from its new place (`ocula models import PATH`) or "
             f"remove it (`ocula models remove {card.id}`).")
+    if not content or not path.is_file():
+        return
     expected = entry.get("file_size")
-    if path.is_file() and isinstance(expected, int) and path.stat().st_size != expected:
-        raise CatalogError(
-            f"Imported model '{card.id}': {path} has changed since it was imported "
-            f"({path.stat().st_size} bytes, was {expected}). Import it again to refresh its card.")
+    st = path.stat()
+    same_size = not isinstance(expected, int) or st.st_size == expected
+    same_mtime = entry.get("file_mtime_ns") in (None, st.st_mtime_ns)
+    if same_size and same_mtime:
+        return
+    sha = entry.get("file_sha256")
+    if same_size and isinstance(sha, str) and _sha256(path) == sha:
+        return  # touched (copied, restored from a backup), not changed
+    what = (f"{st.st_size} bytes, was {expected}" if not same_size
+            else "its contents differ from the imported file's sha256")
+    raise CatalogError(
+        f"Imported model '{card.id}': {path} has changed since it was imported ({what}). "
+        f"Import it again to refresh its card (`ocula models import {path}`).")
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def check_available(card: ModelCard) -> None:
@@ -167,7 +199,10 @@ def _register(card: ModelCard, path: Path) -> ModelCard:
     entry["id"] = card_id
     entry["imported_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     if path.is_file():
-        entry["file_size"] = path.stat().st_size
+        st = path.stat()
+        entry["file_size"] = st.st_size
+        entry["file_mtime_ns"] = st.st_mtime_ns
+        entry["file_sha256"] = _sha256(path)
     if not entry.get("download_bytes"):  # the size `models list` shows: the files on disk
         entry["download_bytes"] = _bytes_on_disk(path)
     stored = card_from_entry(entry, origin=INDEX_FILE, index=len(entries), local=True)
@@ -395,12 +430,31 @@ def _card_from_onnx(file: Path, *, task: str | None, name: str | None) -> ModelC
     task_name = declared or task
     if "labels" in data and "labels_file" in data:
         raise CatalogError(f"{where}: give 'labels' or 'labels_file', not both")
+    folder = sidecar_file.parent
+    # every file the sidecar names must be inside the model's own folder (symlinks too):
+    # a labels_file of "../../etc/passwd" would otherwise copy that file into the outputs
+    graphs = data.get("graphs")
+    for role, rel in (graphs.items() if isinstance(graphs, dict) else ()):
+        resolve_inside(folder, rel, field=f"graphs.{role}", where=where)
+    if "preprocessor" in data:
+        resolve_inside(folder, data["preprocessor"], field="preprocessor", where=where)
     if "labels_file" in data:
-        labels_path = sidecar_file.parent / str(data["labels_file"])
+        labels_path = resolve_inside(folder, data["labels_file"], field="labels_file", where=where)
         if not labels_path.is_file():
             raise CatalogError(f"{where}: field 'labels_file' names {labels_path}, which does not exist")
-        labels = [line.strip() for line in labels_path.read_text(encoding="utf-8").splitlines()
-                  if line.strip()]
+        if labels_path.stat().st_size > MAX_LABELS_FILE_BYTES:
+            raise CatalogError(f"{where}: field 'labels_file' names {labels_path}, which is "
+                               f"{labels_path.stat().st_size:,} bytes; the limit for a list of "
+                               f"class names is {MAX_LABELS_FILE_BYTES:,} bytes")
+        try:
+            text = labels_path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise CatalogError(f"{where}: field 'labels_file' names {labels_path}, which is not "
+                               f"UTF-8 text (one class name per line)") from exc
+        except OSError as exc:
+            raise CatalogError(f"{where}: field 'labels_file' names {labels_path}, which cannot "
+                               f"be read ({exc.strerror or exc})") from exc
+        labels = [line.strip() for line in text.splitlines() if line.strip()]
         data = {**data, "labels": labels}
     sidecar = validate_sidecar(data, where=where, task=task_name, allow_card_keys=True)
     sidecar["graphs"] = {"model": file.name}  # relative to the .onnx file's folder

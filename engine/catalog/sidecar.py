@@ -36,18 +36,32 @@ Normalised keys in `ModelCard.sidecar` (what the ONNX runtime and tasks read):
                  family = "yolo", semantic_logits family = "semantic_logits" (segment);
                  detr/rtdetr get model_type "detr"/"rt_detr" (a hub repo's
                  config.json says it instead). Written by Ocula, not by users.
+
+Every file a sidecar or catalog entry names (`graphs`, `preprocessor`, a model.toml's
+`labels_file`) must be inside the model's own folder: relative, no `..`, and, where the
+file is on disk at import, no symbolic link pointing out (`confined_path`,
+`resolve_inside`). Values are bounded (MAX_INPUT_EDGE, MAX_INPUT_PIXELS, MAX_LABELS, ...)
+so an absurd sidecar fails at import, naming the field, not at run time.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from engine.errors import CatalogError
 from engine.vocabulary import PRECISIONS
 
 MAX_BORDER = 256
+# sane bounds for what a sidecar may ask for (issue 16: an absurd input_size imported,
+# then failed at run time asking OpenCV for gigabytes without naming the sidecar)
+MAX_INPUT_EDGE = 16_384  # pixels per side of input_size
+MAX_INPUT_PIXELS = 8192 * 8192  # width x height of input_size (~67 megapixels)
+MAX_LABELS = 100_000  # class names (ImageNet-21k has 21,843)
+MAX_LABEL_CHARS = 256  # one class name
+MAX_LABELS_FILE_BYTES = 16 * 2**20  # a labels_file is read whole
+MAX_NORM_VALUE = 1e4  # |mean| and std, in the sidecar's pixel range units
 # = engine.media.tiling.BORDER_MODES (this module stays numpy-free)
 BORDER_MODES = ("edge", "reflect")
 
@@ -67,6 +81,7 @@ OUTPUTS: dict[str, tuple[str, tuple[str, ...], str]] = {
 LAYOUTS = ("NCHW", "NHWC")
 RANGES = ([0.0, 1.0], [0.0, 255.0])
 CONFIG_LABELS = "config.json:id2label"
+_MODEL_FOLDER = "the model's folder (its repo snapshot, or the .onnx file's folder)"
 
 # keys only a user's model.toml may carry (they describe the card, not the graph)
 CARD_KEYS = {"task", "name", "license", "description", "labels_file", "commercial_use"}
@@ -83,6 +98,38 @@ DERIVED_KEYS: dict[str, dict[str, str]] = {
     "rtdetr": {"model_type": "rt_detr"},
     "semantic_logits": {"family": "semantic_logits"},
 }
+
+
+def confined_path(rel: Any, *, field: str, where: str, folder: str) -> str:
+    """A path a sidecar or catalog entry names, checked to stay inside its own folder
+    (`folder` says which, for the message): relative, no `..`, no drive or root."""
+    def fail(problem: str) -> CatalogError:
+        return CatalogError(f"{where}: field '{field}' {problem}; files a model names must be "
+                            f"inside {folder}")
+
+    if not isinstance(rel, str) or not rel.strip():
+        raise fail(f"is {rel!r}, not a file name")
+    if "\0" in rel:
+        raise fail(f"is {rel!r}, which holds a NUL character")
+    win = PureWindowsPath(rel)
+    if PurePosixPath(rel).is_absolute() or win.is_absolute() or win.drive or win.root:
+        raise fail(f"is {rel!r}, an absolute path")
+    if ".." in win.parts:  # Windows parsing splits on both / and \
+        raise fail(f"is {rel!r}, which leaves its folder ('..')")
+    return rel
+
+
+def resolve_inside(folder: Path, rel: Any, *, field: str, where: str) -> Path:
+    """`folder / rel` when it really is inside `folder`, also after following symlinks
+    (a link pointing out of the folder is refused like a `..` path)."""
+    confined_path(rel, field=field, where=where, folder=str(folder))
+    base = folder.resolve()
+    target = (folder / rel).resolve()
+    if not target.is_relative_to(base):
+        raise CatalogError(f"{where}: field '{field}' names {rel!r}, which leads to {target} "
+                           f"(through a symbolic link), outside the model's folder {base}; "
+                           f"files a model names must be inside {base}")
+    return target
 
 
 def validate_sidecar(data: dict[str, Any], *, where: str, task: str | None = None,
@@ -117,11 +164,14 @@ def validate_sidecar(data: dict[str, Any], *, where: str, task: str | None = Non
         for role, rel in graphs.items():
             if not rel.endswith(".onnx"):
                 raise fail("graphs", f"entry '{role}' is {rel!r}, not an .onnx file")
+            confined_path(rel, field=f"graphs.{role}", where=where, folder=_MODEL_FOLDER)
         out["graphs"] = dict(graphs)
 
     if "preprocessor" in data:
         if not isinstance(data["preprocessor"], str):
             raise fail("preprocessor", "must be a file name such as \"preprocessor_config.json\"")
+        confined_path(data["preprocessor"], field="preprocessor", where=where,
+                      folder=_MODEL_FOLDER)
         out["preprocessor"] = data["preprocessor"]
 
     if "input_size" in data:
@@ -131,6 +181,12 @@ def validate_sidecar(data: dict[str, Any], *, where: str, task: str | None = Non
         if (not isinstance(size, list) or len(size) != 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
             raise fail("input_size", f"is {data['input_size']!r}; expected [width, height] in pixels")
+        if max(size) > MAX_INPUT_EDGE:
+            raise fail("input_size", f"is {size[0]}×{size[1]}; each side must be from 1 to "
+                                     f"{MAX_INPUT_EDGE:,} pixels")
+        if size[0] * size[1] > MAX_INPUT_PIXELS:
+            raise fail("input_size", f"is {size[0]}×{size[1]} = {size[0] * size[1]:,} pixels; "
+                                     f"the limit is {MAX_INPUT_PIXELS:,} pixels per input")
         out["input_size"] = list(size)
 
     if "layout" in data and "input_layout" in data:
@@ -159,8 +215,13 @@ def validate_sidecar(data: dict[str, Any], *, where: str, task: str | None = Non
             raise fail(key, f"is {values!r}; expected a list of 1 or 3 numbers (one per channel)")
         if channels is not None and len(values) != channels:
             raise fail(key, f"has {len(values)} values but 'mean' has {channels}")
-        if key == "std" and not all(v > 0 and math.isfinite(v) for v in values):
+        if not all(math.isfinite(v) for v in values):
+            raise fail(key, f"is {values!r}; every value must be a finite number")
+        if key == "std" and not all(v > 0 for v in values):
             raise fail("std", f"is {values!r}; every value must be > 0")
+        if not all(abs(v) <= MAX_NORM_VALUE for v in values):
+            raise fail(key, f"is {values!r}; values are in pixel units (range [0, 1] or "
+                            f"[0, 255]), so each must be within ±{MAX_NORM_VALUE:g}")
         channels = len(values)
         out[key] = [float(v) for v in values]
 
@@ -169,6 +230,14 @@ def validate_sidecar(data: dict[str, Any], *, where: str, task: str | None = Non
         if labels != CONFIG_LABELS and (
                 not isinstance(labels, list) or not labels or not all(isinstance(v, str) for v in labels)):
             raise fail("labels", f"must be a list of class names or {CONFIG_LABELS!r}")
+        if isinstance(labels, list):
+            if len(labels) > MAX_LABELS:
+                raise fail("labels", f"names {len(labels):,} classes; the limit is {MAX_LABELS:,}")
+            long = next((v for v in labels if len(v) > MAX_LABEL_CHARS or not v.strip()), None)
+            if long is not None:
+                raise fail("labels", f"has the class name {long[:40]!r}"
+                                     f"{'…' if len(long) > 40 else ''}; each name must be 1 to "
+                                     f"{MAX_LABEL_CHARS} characters")
         out["labels"] = labels if isinstance(labels, str) else list(labels)
 
     if "scale" in data:

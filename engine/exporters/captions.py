@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from engine.media.image import atomic_write_bytes
+from engine.paths import make_temp_file
 from engine.results import Caption
 
 JSONL_NAME = "captions.jsonl"
@@ -104,8 +104,7 @@ class JsonlWriter:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part",
-                                   dir=self.path.parent)
+        fd, tmp = make_temp_file(self.path.parent, prefix=f".{self.path.name}.", suffix=".part")
         self._tmp = Path(tmp)
         self._file = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
         self.count = 0

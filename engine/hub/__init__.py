@@ -30,7 +30,7 @@ from engine.hub.http_errors import (
     OfflineMissingFilesError,
     UnsafeFilenameError,
 )
-from engine.hub.fetch import fetch, fetch_repo
+from engine.hub.fetch import cache_state, fetch, fetch_repo
 
 __all__ = [
     "CacheNotWritableError",
@@ -47,6 +47,7 @@ __all__ = [
     "delete",
     "disk_usage",
     "endpoint",
+    "cache_state",
     "fetch",
     "fetch_repo",
     "installed_repos",

@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from engine.catalog.card import ModelCard
-from engine.errors import Cancelled, CatalogError, DownloadError, OculaError
+from engine.errors import Cancelled, CatalogError, DownloadError, IntegrityError, OculaError
 from engine.events import CancelToken, ProgressCallback
 from engine.hub.model_cache import cache_dir, endpoint, missing_files, repo_folder
 from engine.hub.http_errors import (
@@ -27,6 +27,7 @@ from engine.hub.http_errors import (
     is_retryable,
     translate,
 )
+from engine.hub.integrity import Expected, check_blob, stamp_state, write_stamp
 from engine.hub.progress import DownloadTracker, quiet_tqdm_class
 from engine.hub.safe_paths import check_repo_filename
 from engine.hub.transfer import (
@@ -48,8 +49,15 @@ def fetch(
     cancel: CancelToken | None = None,
     settings: Settings | None = None,
     token: str | None = None,
+    repair: bool = True,
+    on_notice: Callable[[str], None] | None = None,
 ) -> Path:
     """The local folder (or file) holding the card's model, downloading what is missing.
+
+    Cached files are verified every time (size; sha256 for LFS files, git sha1 for the
+    others, hashed again with `repair`, else trusted while their verified stamp matches
+    their size and mtime). A damaged one is downloaded again with `repair` (`ocula models
+    pull`, and `on_notice` is told), or refused without it (loading a model).
 
     A card whose weights ship in a Python package (`card.package`) never touches the hub:
     its folder inside the installed package, or MissingPackageError naming the pip command.
@@ -69,7 +77,8 @@ def fetch(
     if not card.repo:
         raise CatalogError(f"Model '{card.id}' has neither a hub repo nor a local path.")
     return fetch_repo(card.repo, card.revision, list(card.files) or None, progress=progress,
-                      cancel=cancel, settings=settings, token=token)
+                      cancel=cancel, settings=settings, token=token, repair=repair,
+                      on_notice=on_notice, model_id=card.id)
 
 
 def fetch_repo(
@@ -81,6 +90,9 @@ def fetch_repo(
     cancel: CancelToken | None = None,
     settings: Settings | None = None,
     token: str | None = None,
+    repair: bool = True,
+    on_notice: Callable[[str], None] | None = None,
+    model_id: str | None = None,
 ) -> Path:
     """Download (or find in the cache) `repo` at `revision`; return the snapshot folder.
 
@@ -96,8 +108,10 @@ def fetch_repo(
     context = {"repo": repo, "revision": revision, "endpoint": hub, "cache": str(cache)}
     if cancel is not None:
         cancel.raise_if_cancelled()
+    model_id = model_id or repo
     if settings.effective_offline:
-        return _from_cache_offline(repo, revision, patterns, cache)
+        return _checked_stamps(_from_cache_offline(repo, revision, patterns, cache),
+                               patterns, model_id)
 
     try:
         files, commit = with_retries(
@@ -108,7 +122,9 @@ def fetch_repo(
         raise
     except Exception as exc:
         if _unreachable(exc):
-            return _from_cache_unreachable(repo, revision, patterns, cache, hub, exc)
+            return _checked_stamps(
+                _from_cache_unreachable(repo, revision, patterns, cache, hub, exc),
+                patterns, model_id)
         raise translate(exc, **context, attempts=getattr(exc, "ocula_attempts", 1)) from exc
 
     from huggingface_hub.utils import filter_repo_objects
@@ -124,6 +140,7 @@ def fetch_repo(
             f"entry's file list may be out of date."
         )
 
+    repaired = _verify_cached(selected, snapshot, repair=repair, model_id=model_id)
     todo = [f for f in selected if not (snapshot / f.path).is_file()]
     tracker = DownloadTracker({f.path: f.size for f in selected}, progress, cancel, label=repo)
     for file in selected:
@@ -139,7 +156,8 @@ def fetch_repo(
         if cancel is not None:
             cancel.raise_if_cancelled()
         try:
-            download_blob(target, file, tracker, cancel)
+            blob = download_blob(target, file, tracker, cancel)
+            write_stamp(blob, _expected(file))  # verified by download_blob just now
         except (Cancelled, OculaError):
             raise
         except Exception as exc:
@@ -153,7 +171,85 @@ def fetch_repo(
     if missing:
         raise DownloadError(f"'{repo}' was downloaded but {', '.join(missing)} did not land in "
                             f"{snapshot}. Run the download again.")
+    for name, why in repaired.items():
+        message = (f"{repo}/{name}: the cached copy was damaged ({why}); downloaded it again "
+                   f"(repaired).")
+        log.warning("%s", message)
+        if on_notice is not None:
+            on_notice(message)
     return snapshot
+
+
+def _expected(file: RemoteFile) -> Expected:
+    return Expected.from_hub(size=file.size, lfs_sha256=file.lfs_sha256, blob_id=file.blob_id,
+                             etag=None)
+
+
+def _verify_cached(selected: list[RemoteFile], snapshot: Path, *, repair: bool,
+                   model_id: str) -> dict[str, str]:
+    """Check every cached file against the hub's listing. With `repair`, a damaged one is
+    deleted (so it is downloaded again) and returned {name: why}; else it is refused."""
+    repaired: dict[str, str] = {}
+    for file in selected:
+        link = snapshot / file.path
+        if not link.is_file():
+            continue
+        blob = link.resolve()
+        why = check_blob(blob, _expected(file), rehash=repair)
+        if why is None:
+            continue
+        if not repair:
+            raise IntegrityError(
+                f"Model '{model_id}': the cached file {file.path} ({blob}) is not what was "
+                f"downloaded ({why}); re-run `ocula models pull {model_id}` to repair it.")
+        for path in (blob, link):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        repaired[file.path] = why
+    return repaired
+
+
+def _checked_stamps(snapshot: Path, patterns: list[str] | None, model_id: str) -> Path:
+    """Offline: no listing to compare with, but a file changed since it was verified is
+    still refused (size and mtime against its stamp)."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    names = [p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()]
+    for name in filter_repo_objects(names, allow_patterns=patterns):
+        blob = (snapshot / name).resolve()
+        state, why = stamp_state(blob)
+        if state == "changed":
+            raise IntegrityError(
+                f"Model '{model_id}': the cached file {name} ({blob}) changed since it was "
+                f"verified ({why}); re-run `ocula models pull {model_id}` to repair it.")
+    return snapshot
+
+
+def cache_state(card: ModelCard, settings: Settings | None = None) -> dict[str, str]:
+    """{file: "verified" | "changed" | "unverified" | "missing"} for a hub card, from the
+    cache alone (no network): what `ocula doctor --model` shows."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    from engine.hub.model_cache import cached_commit, cached_listing
+
+    if not card.repo or card.local_path or card.package:
+        return {}
+    cache = cache_dir(settings)
+    commit = cached_commit(cache, card.repo, card.revision)
+    if commit is None:
+        return {name: "missing" for name in card.files} or {"(all files)": "missing"}
+    snapshot = repo_folder(cache, card.repo) / "snapshots" / commit
+    listing = cached_listing(cache, card.repo, commit)
+    if listing is None:
+        listing = ([p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*")
+                    if p.is_file()] if snapshot.is_dir() else [])
+    states = {}
+    for name in filter_repo_objects(listing, allow_patterns=list(card.files) or None):
+        link = snapshot / name
+        states[name] = stamp_state(link.resolve())[0] if link.is_file() else "missing"
+    return states
 
 
 def _list_repo(repo: str, revision: str, hub: str, token: str | None) -> tuple[list[RemoteFile], str]:

@@ -97,11 +97,10 @@ def acquire(folder: Path, job_id: str, *,
         if owner is None:
             continue  # released meanwhile: try again
         if owner == {}:  # another process is writing its lock right now
-            if _age(path) > _TAKEOVER_STALE_S:
-                owner = {"job_id": "?", "pid": None}
-            else:
+            if _age(path) <= _TAKEOVER_STALE_S:
                 time.sleep(0.02)
                 continue
+            # else: a damaged lock left long ago: taken over below
         same_job = owner.get("job_id") == job_id
         if same_job and owner.get("pid") in (os.getpid(), None):
             _replace(path, payload)  # our own lock (a resume in this process)
@@ -113,8 +112,8 @@ def acquire(folder: Path, job_id: str, *,
             raise OutputFolderBusy(folder, str(owner.get("job_id") or "?"), owner.get("pid"))
         if _take_over(path, owner, payload):
             if notice is not None and not same_job:
-                notice(f"{folder}: took over the lock of job '{owner.get('job_id')}', whose "
-                       f"process {owner.get('pid')} is no longer running.")
+                notice(f"{folder}: took over the lock of job '{owner.get('job_id') or '?'}', "
+                       f"whose process {owner.get('pid') or '?'} is no longer running.")
             return
         time.sleep(0.02)
     raise InputError(f"{folder}: could not lock the output folder ({path} keeps changing). "

@@ -13,6 +13,7 @@ show track ids), or take a whole video itself with `process_video`.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -55,6 +56,8 @@ class ItemHandler(Protocol):
                       outs: list[OutputPlan]) -> list[ItemResult]: ...
 
     def finish(self, spec: JobSpec, out_dir: Path) -> list[Path]: ...
+    # run_job passes `outputs=` (every file this job's finished inputs wrote, from the
+    # job store) when `finish` takes it: aggregate those, not the whole folder.
 
     def close(self) -> None: ...
 
@@ -76,7 +79,8 @@ class BaseHandler:
                       outs: list[OutputPlan]) -> list[ItemResult]:
         return [self.process_image(image, out) for image, out in zip(images, outs)]
 
-    def finish(self, spec: JobSpec, out_dir: Path) -> list[Path]:
+    def finish(self, spec: JobSpec, out_dir: Path,
+               outputs: Iterable[Path] | None = None) -> list[Path]:
         return []
 
     def close(self) -> None:

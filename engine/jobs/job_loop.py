@@ -8,6 +8,8 @@ go through engine.jobs.video_job (decode, inference, encode concurrently).
 """
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import queue
 import threading
@@ -16,11 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import Cancelled, InputError
+from engine.errors import Cancelled, InputError, OutputDiskFullError
 from engine.events import CancelToken, Progress
 from engine.jobs.job_events import EventCallback, Failure, JobEvent, JobSummary, PauseSource
 from engine.jobs.handler_protocol import ItemResult, batch_of, get_handler
-from engine.jobs.outputs import OutputPlan, check_output_dir, cleanup_partial
+from engine.jobs import folder_lock
+from engine.jobs.outputs import (
+    OutputPlan,
+    check_output_dir,
+    cleanup_partial,
+    cleanup_stale_temporaries,
+    remove_written,
+)
 from engine.jobs.spec import JobSpec
 from engine.jobs.store import ItemRecord, JobStore
 from engine.media.image import LoadedImage, read_image
@@ -29,6 +38,14 @@ from engine.settings import Settings
 
 MAX_FAILURES_IN_SUMMARY = 1000
 _PROGRESS_EVERY_S = 0.2
+# errnos that mean "the output disk is full": the job stops (resumable), it does not
+# fail input after input. EFBIG: the file-size limit (RLIMIT_FSIZE) or the file system's.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG})
+# Batch files the handlers and the report write at the top of the output folder.
+JOB_FILE_NAMES = frozenset({"ocula-report.json", "ocula-report.html", "detections.coco.json",
+                            "detections.csv", "classes.txt", "segments.coco.json",
+                            "captions.jsonl"})
+log = logging.getLogger("ocula.jobs")
 
 
 def run_job(spec: JobSpec, *, on_event: EventCallback | None = None,
@@ -69,20 +86,31 @@ def resume_job(job_id: str, *, on_event: EventCallback | None = None,
 def _alive(pid: int) -> bool:
     if os.name == "nt":
         return False  # os.kill(pid, 0) would send Ctrl+C on Windows; trust the user
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    # A killed child stays a zombie until its parent reaps it: it is not running.
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return True
+    return folder_lock.pid_alive(pid)
+
+
+def _no_space(exc: BaseException | None) -> OSError | None:
+    """The "disk full" OSError behind `exc` (itself, or its cause/context), if any."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+class _DoneOutputs:
+    """Every file the job's finished inputs wrote, in queue order (streamed from the store,
+    re-iterable): what `finish` aggregates, so it never lists another job's results."""
+
+    def __init__(self, store: JobStore, job_id: str) -> None:
+        self.store, self.job_id = store, job_id
+
+    def __iter__(self):
+        for item in self.store.job_items(self.job_id, "done"):
+            for path in item.outputs:
+                yield Path(path)
 
 
 @dataclass
@@ -116,6 +144,7 @@ class _JobRun:
         self.pending_records: list[tuple] = []
         self.handler: Any = None
         self._last_progress = 0.0
+        self.bytes_written = 0  # by this run's finished inputs (for the disk-full message)
 
     # -- events -------------------------------------------------------------------------
     def emit(self, kind: str, **fields: Any) -> None:
@@ -167,10 +196,15 @@ class _JobRun:
         store, spec = self.store, self.spec
         prior_elapsed = float(store.job_row(self.job_id).get("elapsed_s") or 0.0)
         store.set_state(self.job_id, "running", pid=os.getpid(), message="")
+        locked = False
         try:
             check_output_dir(self.output_dir)
+            # One job per output folder: a second one would overwrite this one's files.
+            folder_lock.acquire(self.output_dir, self.job_id, notice=self._notice)
+            locked = True
             self.emit("started", message=f"{spec.task} with {spec.model}")
             self._expand()
+            self._cleanup_stale_temporaries()
             counts = store.counts(self.job_id)
             self.total = sum(counts.values())
             self.done = counts["done"] + counts["failed"]
@@ -183,11 +217,13 @@ class _JobRun:
                                  settings=self.settings)
             self._cleanup_interrupted()
             self._process_all()
-            files = list(self.handler.finish(spec, self.output_dir) or [])
+            files = self._finish()
             state = "finished"
         except Cancelled:
             self._flush()
             files, state = [], "cancelled"
+        except OutputDiskFullError as exc:
+            raise self._stopped_disk_full(exc, prior_elapsed) from None
         except BaseException as exc:
             self._flush()
             store.set_state(self.job_id, "failed", message=str(exc),
@@ -199,11 +235,92 @@ class _JobRun:
                     self.handler.close()
                 except Exception:  # noqa: BLE001 — closing must not hide the outcome
                     pass
+            if locked:
+                folder_lock.release(self.output_dir, self.job_id)
         summary = self._summary(state, files, prior_elapsed)
         store.set_state(self.job_id, state, elapsed_s=summary.elapsed_s)
         self.emit("finished" if state == "finished" else "cancelled", result=summary,
                   message=summary.message)
         return summary
+
+    def _notice(self, message: str) -> None:
+        log.warning("%s", message)
+        self.emit("progress", message=message)
+
+    def _finish(self) -> list[Path]:
+        """The handler's batch files, built from this job's own inputs only."""
+        import inspect
+
+        finish = self.handler.finish
+        try:
+            takes_outputs = "outputs" in inspect.signature(finish).parameters
+        except (TypeError, ValueError):
+            takes_outputs = False
+        try:
+            if takes_outputs:
+                return list(finish(self.spec, self.output_dir,
+                                   outputs=_DoneOutputs(self.store, self.job_id)) or [])
+            return list(finish(self.spec, self.output_dir) or [])
+        except Cancelled:
+            raise
+        except Exception as exc:
+            full = _no_space(exc)
+            if full is not None:
+                raise self._disk_full(full, "writing the batch files") from exc
+            raise
+
+    def _disk_full(self, exc: OSError, doing: str) -> OutputDiskFullError:
+        from engine.format import human_bytes
+
+        return OutputDiskFullError(
+            f"The disk holding {self.output_dir} is full ({exc.strerror or exc}) while "
+            f"{doing}: the job stopped after {self.done} of {self.total} inputs, "
+            f"{human_bytes(self.bytes_written)} written in this run. Unfinished files were "
+            f"removed. Free some space, then resume job '{self.job_id}' "
+            f"(`ocula jobs resume {self.job_id}`).", folder=self.output_dir,
+            written_bytes=self.bytes_written)
+
+    def _stopped_disk_full(self, exc: OutputDiskFullError,
+                           prior_elapsed: float) -> OutputDiskFullError:
+        """Disk full: commit what finished, write the report if it fits, mark the job
+        "failed" (resumable) and return the error to raise (no traceback in the CLI)."""
+        try:
+            self._flush()
+        except Exception as flush_exc:  # noqa: BLE001 — the store may be on the full disk
+            log.warning("could not record the last results: %s", flush_exc)
+        message = str(exc)
+        try:
+            summary = self._summary("failed", [], prior_elapsed)
+        except Exception as report_exc:  # noqa: BLE001
+            message += f" The report could not be written ({report_exc})."
+        else:
+            if summary.report_json is not None:
+                message += f" Report: {summary.report_json}."
+            else:
+                message += " The report could not be written (no space left either)."
+        try:
+            self.store.set_state(self.job_id, "failed", message=message,
+                                 elapsed_s=prior_elapsed + self._active_s())
+        except Exception as state_exc:  # noqa: BLE001
+            log.warning("could not record the job's state: %s", state_exc)
+        return OutputDiskFullError(message, folder=exc.folder, written_bytes=exc.written_bytes)
+
+    def _cleanup_stale_temporaries(self) -> None:
+        """Temporaries a killed run of this job left (hidden `.part` files and the like),
+        anywhere in the output folder; only names this job writes, never a user's file."""
+        store, job_id = self.store, self.job_id
+
+        def owns(rel: str) -> bool:
+            parent, _, name = rel.rpartition("/")
+            if not parent and name in JOB_FILE_NAMES:
+                return True
+            prefix = parent + "/" if parent else ""
+            return any(store.has_key(job_id, prefix + name[:i])
+                       for i, ch in enumerate(name) if ch == "." and i > 0)
+
+        removed = cleanup_stale_temporaries(self.output_dir, owns)
+        if removed:
+            log.info("%s: removed %d stale temporary file(s)", self.output_dir, len(removed))
 
     def _active_s(self) -> float:
         return time.monotonic() - self.started - self.paused_s
@@ -319,8 +436,13 @@ class _JobRun:
         try:
             results: list[ItemResult | BaseException] = list(batch_of(self.handler, images, outs))
         except Cancelled:
+            self._discard(outs)
             raise
         except Exception as exc:  # noqa: BLE001
+            full = _no_space(exc)
+            if full is not None:
+                self._discard(outs)
+                raise self._disk_full(full, f"writing {batch[0].item.path}") from exc
             if len(batch) == 1:
                 results = [exc]
             else:  # find which input broke the batch; the others still get done
@@ -334,17 +456,34 @@ class _JobRun:
                     except Exception as one:  # noqa: BLE001
                         results.append(one)
         finished = time.time()
+        for entry, res in zip(batch, results):
+            full = _no_space(res) if isinstance(res, BaseException) else None
+            if full is not None:
+                self._discard(outs)
+                raise self._disk_full(full, f"writing {entry.item.path}") from res
         for entry, out, res in zip(batch, outs, results):
             if isinstance(res, BaseException):
+                self._discard([out])  # a failed input leaves no files
                 self._record_failure(entry.item, _reason(entry.item.path, res), began, finished)
             else:
                 self._record_success(entry.item, out, res, began, finished)
+
+    def _discard(self, outs: list[OutputPlan]) -> None:
+        """Remove what these inputs wrote (and any temporaries): they are redone or failed."""
+        for out in outs:
+            remove_written(list(out.written))
+            cleanup_partial(self.output_dir, out.key)
 
     def _record_success(self, item: ItemRecord, out: OutputPlan, res: ItemResult,
                         began: float, finished: float) -> None:
         if not res.written:
             res.written = list(out.written)  # what went through the plan, for the events
         written = [str(p) for p in res.written]
+        for path in res.written:
+            try:
+                self.bytes_written += os.stat(path).st_size
+            except OSError:
+                pass
         self.pending_records.append((item.seq, "done", None, written, res.info, finished))
         self.done += 1
         self.processed_now += 1
@@ -381,6 +520,10 @@ class _JobRun:
         except Cancelled:
             raise
         except Exception as exc:  # noqa: BLE001 — one broken video must not stop the batch
+            full = _no_space(exc)
+            self._discard([out])
+            if full is not None:
+                raise self._disk_full(full, f"writing {item.path}") from exc
             self._record_failure(item, _reason(item.path, exc), began, time.time())
         else:
             self._record_success(item, out, res, began, time.time())

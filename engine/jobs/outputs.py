@@ -9,6 +9,7 @@ is written to a hidden temporary name in the same folder and renamed when comple
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,66 @@ def cleanup_partial(output_dir: Path, key: str) -> int:
             except OSError:
                 pass
     return removed
+
+
+# Ocula's temporary names (a file is written to one of them, then renamed):
+#   atomic_write_bytes / the job report: ".<name>.XXXXXXXX.part" (tempfile.mkstemp)
+#   write_image:                        ".<stem>.XXXXXXXX<ext>"
+#   a video's merged annotations:       ".<name>.part"
+_TEMP_PATTERNS = (
+    re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.part$"),
+    re.compile(r"^\.(?P<stem>.+)\.[a-z0-9_]{8}(?P<ext>\.[A-Za-z0-9]{1,5})$"),
+    re.compile(r"^\.(?P<name>.+)\.part$"),
+)
+
+
+def temp_target(name: str) -> str | None:
+    """The file a temporary named `name` was going to become, None if it is not one."""
+    for pattern in _TEMP_PATTERNS:
+        m = pattern.match(name)
+        if m:
+            groups = m.groupdict()
+            return groups.get("name") or (groups["stem"] + groups["ext"])
+    return None
+
+
+def cleanup_stale_temporaries(output_dir: Path, owns: Callable[[str], bool]) -> list[Path]:
+    """Delete the temporaries a killed run of this job left anywhere in its output folder.
+
+    Only names matching Ocula's temporary-name patterns are considered, and of those only
+    the ones whose final file `owns(relative posix path)` says belongs to this job, so a
+    user's own hidden files and another job's files are never touched. Run while the job
+    holds the folder's lock (no other Ocula job writes there). Returns what was deleted.
+    """
+    output_dir = Path(output_dir)
+    removed: list[Path] = []
+    for root, dirs, files in os.walk(output_dir):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = Path(root).relative_to(output_dir).as_posix()
+        for name in files:
+            if not name.startswith("."):
+                continue
+            target = temp_target(name)
+            if target is None or not owns(target if rel == "." else f"{rel}/{target}"):
+                continue
+            path = Path(root) / name
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
+def remove_written(paths: list[Path] | list[str]) -> None:
+    """Delete files an input wrote before it failed (a failed input leaves no files)."""
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            pass
 
 
 def check_output_dir(path: Path) -> None:

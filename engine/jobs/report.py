@@ -10,10 +10,11 @@ import html
 import json
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from engine.paths import make_temp_file
 
 if TYPE_CHECKING:
     from engine.jobs.job_events import JobSummary
@@ -81,16 +82,20 @@ class _atomic_text:
         self.path = path
 
     def __enter__(self):
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part",
-                                        dir=self.path.parent)
+        fd, self.tmp = make_temp_file(self.path.parent, prefix=f".{self.path.name}.",
+                                      suffix=".part")  # the umask's mode, not mkstemp's 0600
         self.fh = os.fdopen(fd, "w", encoding="utf-8")
         return self.fh
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.fh.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
+        try:
+            self.fh.close()  # a full disk shows here, when the last buffer is flushed
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+        except BaseException:
+            Path(self.tmp).unlink(missing_ok=True)
+            raise
+        if exc_type is not None:
             Path(self.tmp).unlink(missing_ok=True)
 
 

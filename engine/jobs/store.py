@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.errors import OculaError
 from engine.jobs.spec import JobSpec
 from engine.media.inputs import InputItem
 
@@ -89,6 +90,7 @@ class JobRecord:
     pending: int
     elapsed_s: float
     message: str
+    pid: int | None = None  # the process that last ran it
 
     @property
     def spec_summary(self) -> str:
@@ -134,15 +136,122 @@ def default_store_path() -> Path:
     return app_home() / "jobs.sqlite"
 
 
+class JobStoreError(OculaError):
+    """The job store cannot be opened (a folder that cannot be written, a locked file)."""
+
+
+class JobStoreDamaged(JobStoreError):
+    """The job store file is not an SQLite database (or is damaged). Nothing is moved on
+    its own: `ocula jobs reset-store` moves it aside (see `move_store_aside`)."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        super().__init__(
+            f"the job store {path} is damaged ({detail}). Move it aside with `ocula jobs "
+            f"reset-store` (it is kept as {path.name}.corrupt-<time>, and a new, empty job "
+            f"store starts; the jobs it held cannot be resumed).")
+        self.path = path
+
+
+def process_alive(pid: int | None) -> bool:
+    """Whether process `pid` is running (a zombie is not). On Windows, unknown: True."""
+    if not pid:
+        return False
+    if os.name == "nt":  # os.kill(pid, 0) would send Ctrl+C on Windows: ask the kernel
+        return _windows_alive(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    try:  # a killed child stays a zombie until its parent reaps it: it is not running
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
+
+
+def _windows_alive(pid: int) -> bool:
+    import ctypes
+
+    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return ctypes.GetLastError() == 5  # access denied: it exists
+    try:
+        code = ctypes.c_ulong()
+        return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == 259
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+def store_error(path: Path, exc: sqlite3.DatabaseError) -> JobStoreError:
+    """The message for an SQLite error on the job store: damaged, or cannot be used."""
+    if _is_damage(exc):
+        return JobStoreDamaged(path, str(exc))
+    return JobStoreError(f"the job store {path} cannot be used ({exc}). Check that its "
+                         f"folder can be written, or set OCULA_HOME to another folder.")
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """A damaged file (not a database, malformed), as opposed to a locked or unopenable one."""
+    return not isinstance(exc, sqlite3.OperationalError) or "malformed" in str(exc)
+
+
+def store_problem(path: str | os.PathLike | None = None) -> str | None:
+    """What is wrong with the job store file (None: it is fine, or it does not exist yet)."""
+    path = Path(path) if path is not None else default_store_path()
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        try:
+            row = conn.execute("PRAGMA quick_check").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        return str(exc) if _is_damage(exc) else None
+    return None if row and row[0] == "ok" else str(row[0] if row else "no answer")
+
+
+def move_store_aside(path: str | os.PathLike | None = None) -> Path | None:
+    """Rename the job store (and its -wal/-shm files) to `jobs.sqlite.corrupt-<time>`;
+    return the new name (None when there was no store file)."""
+    path = Path(path) if path is not None else default_store_path()
+    if not path.exists():
+        return None
+    target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 2
+    while target.exists():
+        target = target.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+        n += 1
+    for suffix in ("-wal", "-shm"):
+        extra = path.with_name(path.name + suffix)
+        if extra.exists():
+            os.replace(extra, target.with_name(target.name + suffix))
+    os.replace(path, target)
+    return target
+
+
 class JobStore:
     """SQLite job queue; safe to use from several threads (one connection per thread)."""
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         self.path = Path(path) if path is not None else default_store_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self._conn() as conn:
-            conn.executescript(_SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._conn() as conn:
+                conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise store_error(self.path, exc) from exc
+        except OSError as exc:
+            raise JobStoreError(f"the job store's folder {self.path.parent} cannot be created "
+                                f"({exc.strerror}). Set OCULA_HOME to a folder you can "
+                                f"write to.") from exc
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -213,21 +322,73 @@ class JobStore:
             conn.execute("UPDATE jobs SET expanded = 1 WHERE id = ?", (job_id,))
 
     def list_jobs(self) -> list[JobRecord]:
+        """Every job, newest first. A job stored as running or paused whose process is
+        gone (killed, crashed, the machine restarted) is listed as "interrupted"."""
+        return self._records(None)
+
+    def job_record(self, job_id: str) -> JobRecord:
+        records = self._records(job_id)
+        if not records:
+            raise KeyError(job_id)
+        return records[0]
+
+    def _records(self, job_id: str | None) -> list[JobRecord]:
         conn = self._conn()
+        where, args = ("WHERE id = ?", (job_id,)) if job_id is not None else ("", ())
         counts: dict[str, dict[str, int]] = {}
-        for job_id, state, n in conn.execute(
-                "SELECT job_id, state, COUNT(*) FROM items GROUP BY job_id, state"):
-            counts.setdefault(job_id, {})[state] = n
+        for jid, state, n in conn.execute(
+                "SELECT job_id, state, COUNT(*) FROM items "
+                + ("WHERE job_id = ? " if job_id is not None else "")
+                + "GROUP BY job_id, state", args):
+            counts.setdefault(jid, {})[state] = n
         records = []
         for row in conn.execute("SELECT id, task, model, state, output_dir, created, updated, "
-                                "elapsed_s, message FROM jobs ORDER BY created DESC"):
+                                f"elapsed_s, message, pid FROM jobs {where} "
+                                "ORDER BY created DESC", args):
             c = counts.get(row[0], {})
+            state = row[3]
+            if state in ("running", "paused") and not process_alive(row[9]):
+                state = "interrupted"
             records.append(JobRecord(
-                id=row[0], task=row[1], model=row[2], state=row[3], output_dir=row[4],
+                id=row[0], task=row[1], model=row[2], state=state, output_dir=row[4],
                 created=row[5], updated=row[6], total=sum(c.values()), done=c.get("done", 0),
                 failed=c.get("failed", 0), pending=c.get("pending", 0) + c.get("running", 0),
-                elapsed_s=row[7], message=row[8]))
+                elapsed_s=row[7], message=row[8], pid=row[9]))
         return records
+
+    def find_unfinished(self, spec: JobSpec) -> str | None:
+        """The newest job with exactly this spec (task, model, inputs, output folder,
+        options, device, precision; paths compared as absolute paths) when it is not
+        finished, else None; `live_pid` says whether a process still runs it. A newer
+        finished job with the same spec hides older unfinished ones: running the command
+        again then starts anew."""
+        wanted = _absolute(spec.validate()).to_dict()
+        rows = self._conn().execute(
+            "SELECT id, spec, state FROM jobs WHERE task = ? AND output_dir = ? "
+            "ORDER BY created DESC", (spec.task, wanted["job"]["output_dir"])).fetchall()
+        for job_id, text, state in rows:
+            try:
+                same = JobSpec.from_toml(text).to_dict() == wanted
+            except OculaError:  # a spec this version (or these handlers) cannot read
+                continue
+            if not same:
+                continue
+            return None if state == "finished" else job_id
+        return None
+
+    def live_pid(self, job_id: str) -> int | None:
+        """The process running this job now (None when it runs nowhere)."""
+        row = self._conn().execute("SELECT state, pid FROM jobs WHERE id = ?",
+                                   (job_id,)).fetchone()
+        if row and row[0] in ("running", "paused") and process_alive(row[1]):
+            return row[1]
+        return None
+
+    def mark_unexpanded(self, job_id: str) -> None:
+        """Expand the job's inputs again on its next run: inputs added since are queued,
+        those already queued keep their state (an input path is queued once)."""
+        with self._conn() as conn:
+            conn.execute("UPDATE jobs SET expanded = 0 WHERE id = ?", (job_id,))
 
     def delete_job(self, job_id: str) -> None:
         with self._conn() as conn:
@@ -347,6 +508,13 @@ class JobStore:
         return self._conn().execute(
             "SELECT 1 FROM items WHERE job_id = ? AND path = ?",
             (job_id, os.path.abspath(path))).fetchone() is not None
+
+    def has_key(self, job_id: str, out_key: str) -> bool:
+        """Whether `out_key` is one of this job's output names (as the folder lock's
+        clean-up of stale temporaries asks: only this job's files are removed)."""
+        return self._conn().execute(
+            "SELECT 1 FROM items WHERE job_id = ? AND out_key = ? COLLATE NOCASE "
+            "AND kind != 'error' LIMIT 1", (job_id, out_key)).fetchone() is not None
 
     def mark_running(self, job_id: str, seqs: list[int]) -> None:
         self.commit_batch(job_id, [], seqs)

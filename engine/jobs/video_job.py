@@ -508,15 +508,19 @@ class VideoPipeline:
         if self.annotations:
             target = self.out.path(".frames.jsonl", kind="annotations")
             part = target.with_name("." + target.name + ".part")
-            with open(part, "w", encoding="utf-8") as fh:
-                for s in segments:
-                    with open(Path(s.path).with_suffix(".jsonl"), encoding="utf-8") as src:
-                        for line in src:
-                            fh.write(line)
-                            if '"type": "Caption"' in line:
-                                row = json.loads(line)
-                                captions.append((row["time_s"], row["result"]["text"]))
-            os.replace(part, target)
+            try:
+                with open(part, "w", encoding="utf-8") as fh:
+                    for s in segments:
+                        with open(Path(s.path).with_suffix(".jsonl"), encoding="utf-8") as src:
+                            for line in src:
+                                fh.write(line)
+                                if '"type": "Caption"' in line:
+                                    row = json.loads(line)
+                                    captions.append((row["time_s"], row["result"]["text"]))
+                os.replace(part, target)
+            except BaseException:  # a full disk, a cancel: no half file stays behind
+                part.unlink(missing_ok=True)
+                raise
             self.out._record(target, "annotations")
             written.append(target)
         if captions:

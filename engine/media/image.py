@@ -1,4 +1,4 @@
-"""Image input and output on Pillow.
+"""Image input and output on Pillow (and OpenCV for 16-bit colour, which Pillow lacks).
 
 Reading normalises what models need (8-bit RGB, EXIF orientation applied) while
 keeping what outputs need (native 16-bit depth, alpha). Every failure is an
@@ -7,8 +7,9 @@ Writing is atomic (temporary file + rename) and never replaces an input.
 """
 from __future__ import annotations
 
+import errno
 import os
-import tempfile
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.errors import InputError
+from engine.paths import make_temp_file
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
 DEFAULT_PIXEL_LIMIT = 178_956_970  # Pillow's own default; settable by the user
@@ -50,30 +52,59 @@ def is_image_path(path: Path) -> bool:
 def read_image(path: str | os.PathLike, *, pixel_limit: int | None = None) -> LoadedImage:
     """Read an image file; raise InputError with a clear message on any failure."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found.")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not an image.")
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror}).") from exc
+    size = check_readable_file(path, what="an image")
     if size == 0:
         raise InputError(f"{path}: empty file (0 bytes).")
     limit = pixel_limit or DEFAULT_PIXEL_LIMIT
     try:
         with _open_header(path) as img:
             _check_pixels(path, img.size, limit)  # from the header, before any decoding
-            loaded = from_pil(img, path=path, pixel_limit=limit)
+            if _is_16bit_colour(img):
+                loaded = _read_16bit_colour(path, img, limit)
+            else:
+                loaded = from_pil(img, path=path, pixel_limit=limit)
     except InputError:
         raise
+    except PermissionError as exc:
+        raise InputError(f"{path}: permission denied; check the file's permissions.") from exc
     except UnidentifiedImageError as exc:
         raise InputError(f"{path}: not an image Ocula can read (unknown or corrupt format).") from exc
     except Image.DecompressionBombError as exc:
         raise InputError(_bomb_message(path, None, limit)) from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except OSError as exc:
+        if exc.errno is not None:  # the system refused the read (I/O error, ...), not the decoder
+            raise InputError(f"{path}: cannot be read ({exc.strerror or exc}).") from exc
+        raise InputError(f"{path}: corrupt or truncated image ({exc}).") from exc
+    except (SyntaxError, ValueError) as exc:
         raise InputError(f"{path}: corrupt or truncated image ({exc}).") from exc
     return loaded
+
+
+def check_readable_file(path: Path, *, what: str) -> int:
+    """The size of `path`, or an InputError saying exactly why it cannot be read: not
+    there, a dangling symlink, a symlink loop, a folder, permission denied."""
+    try:
+        st = path.stat()
+    except FileNotFoundError as exc:
+        if path.is_symlink():
+            try:
+                target = os.readlink(path)
+            except OSError:
+                target = "?"
+            raise InputError(f"{path}: is a symbolic link to {target}, which does not "
+                             f"exist.") from exc
+        raise InputError(f"{path}: file not found.") from exc
+    except PermissionError as exc:
+        raise InputError(f"{path}: permission denied (a folder on its path cannot be "
+                         f"entered); check the permissions.") from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(f"{path}: symbolic link loop (the link points back to itself, "
+                             f"directly or through other links).") from exc
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc}).") from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{path}: is a folder, not {what}.")
+    return st.st_size
 
 
 _PIL_LIMIT_LOCK = threading.Lock()
@@ -119,11 +150,70 @@ def from_pil(img: Image.Image, *, path: Path | None = None,
     )
 
 
-def _has_rotation(img: Image.Image) -> bool:
-    try:
-        return img.getexif().get(0x0112, 1) not in (1, None)
-    except Exception:  # broken EXIF blocks must not stop a read
+def _is_16bit_colour(img: Image.Image) -> bool:
+    """A 16-bit-per-channel RGB(A) PNG or TIFF: Pillow opens it as 8-bit "RGB"/"RGBA"
+    (its decoder's raw mode says ";16"), so decoding it with Pillow loses the depth."""
+    if img.mode not in ("RGB", "RGBA") or getattr(img, "is_animated", False):
         return False
+    for tile in getattr(img, "tile", None) or ():
+        args = tile[3] if len(tile) > 3 else None
+        raw = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(raw, str) and ";16" in raw:
+            return True
+    return False
+
+
+# EXIF orientation -> the same transform as ImageOps.exif_transpose, on a numpy array
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _read_16bit_colour(path: Path, img: Image.Image, limit: int) -> LoadedImage:
+    """Decode a 16-bit RGB(A) PNG/TIFF at full depth with OpenCV (Pillow has no 16-bit
+    colour mode); the EXIF orientation is read by Pillow and applied to the array."""
+    import cv2
+
+    try:
+        arr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # e.g. above OpenCV's own pixel limit
+        arr = None
+    if (arr is None or arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4)
+            or arr.shape[:2] != (img.size[1], img.size[0])):
+        loaded = from_pil(img, path=path, pixel_limit=limit)
+        loaded.notes.append("16-bit colour image read at 8 bits (OpenCV could not decode it)")
+        return loaded
+    alpha = np.ascontiguousarray(arr[..., 3]) if arr.shape[2] == 4 else None
+    rgb = arr[..., 2::-1]  # BGR(A) -> RGB
+    orientation = _orientation(img)
+    turn = _ORIENT.get(orientation)
+    if turn is not None:
+        rgb = turn(rgb)
+        alpha = np.ascontiguousarray(turn(alpha)) if alpha is not None else None
+    rgb = np.ascontiguousarray(rgb)
+    _check_pixels(path, (rgb.shape[1], rgb.shape[0]), limit)
+    rgb8 = (rgb.astype(np.uint32) * 255 // 65535).astype(np.uint8)
+    return LoadedImage(rgb=Image.fromarray(rgb8, "RGB"), array=rgb, alpha=alpha, path=path,
+                       bit_depth=16, source_mode=f"{img.mode};16",
+                       exif_transposed=turn is not None)
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = img.getexif().get(0x0112, 1)
+        return int(value) if value is not None else 1
+    except Exception:  # noqa: BLE001 - broken EXIF blocks must not stop a read
+        return 1
+
+
+def _has_rotation(img: Image.Image) -> bool:
+    return _orientation(img) != 1
 
 
 def _check_pixels(path: Path | None, size: tuple[int, int], limit: int) -> None:
@@ -186,7 +276,7 @@ def ensure_not_input(path: Path, inputs: Iterable[Path]) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = make_temp_file(path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -220,7 +310,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray | Image.Image, *,
     if fmt == "PNG" and quality is not None:
         params["compress_level"] = max(0, min(9, 9 - int(quality) // 11))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    fd, tmp = make_temp_file(path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
     try:
         if isinstance(pil, _Png16):

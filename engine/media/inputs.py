@@ -13,7 +13,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.media.image import IMAGE_SUFFIXES
+from engine.errors import InputError
+from engine.media.image import IMAGE_SUFFIXES, check_readable_file
 
 VIDEO_SUFFIXES = {
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts",
@@ -68,9 +69,19 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], *,
             yield from _walk(path, path, excluded, recursive)
         elif path.exists():
             yield InputItem(str(path), path.name, media_kind(path))
+        elif path.is_symlink():  # a dangling link or a link loop: say which
+            yield InputItem(str(path), path.name, "error", _unreadable(path))
         else:
             yield InputItem(str(path), path.name, "error",
                             f"{path}: not found (no such file or folder).")
+
+
+def _unreadable(path: Path) -> str:
+    try:
+        check_readable_file(path, what="an image or video")
+    except InputError as exc:
+        return str(exc)
+    return f"{path}: cannot be read."
 
 
 def _relative(path: str, root: str) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import Cancelled, InputError
+from engine.media.image import check_readable_file
 
 # Our codec names → FFmpeg encoders to try, best first.
 ENCODERS = {
@@ -75,12 +76,7 @@ class VideoInfo:
 def _open(path: Path):
     import av
 
-    if not path.exists():
-        raise InputError(f"{path}: file not found.")
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror}).") from exc
+    size = check_readable_file(path, what="a video")
     if size == 0:
         raise InputError(f"{path}: empty file (0 bytes).")
     try:

@@ -40,10 +40,17 @@ def resolve_snapshot(
         path = packaged.locate(card)
     elif card.local_path:
         path = Path(card.local_path).expanduser()
+        if path.is_file() and path.exists():
+            from engine.catalog.local_import import check_available
+
+            check_available(card)  # "changed since it was imported", hashed only if touched
     else:
         from engine.hub import fetch
 
-        path = Path(fetch(card, progress=progress, cancel=cancel, settings=settings))
+        # repair=False: a cached file that changed since it was verified is refused with
+        # "re-run `ocula models pull ID`", never silently used (nor re-downloaded mid-job).
+        path = Path(fetch(card, progress=progress, cancel=cancel, settings=settings,
+                          repair=False))
     if not path.exists():
         raise OculaError(
             f"Model '{card.id}': its files are not at {path}. Re-import the model "

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnxruntime as ort
 
+from engine.catalog.sidecar import confined_path
 from engine.errors import OculaError, UnsupportedModelError
 from engine.events import CancelToken, Progress, ProgressCallback
 from engine.runtimes.base import Outputs, Placement, Runner, register_loader
@@ -305,6 +306,8 @@ def select_graphs(
         chosen: dict[str, Path] = {}
         roles: dict[str, str] = {}
         for role, rel in graphs.items():
+            confined_path(rel, field=f"sidecar graphs.{role}", where=f"Model '{card.id}'",
+                          folder=str(snapshot))  # cards are validated; this is the last line
             path = snapshot / rel
             base, _ = _split_variant(path.stem)
             fp16 = path.with_name(f"{base}_fp16.onnx")

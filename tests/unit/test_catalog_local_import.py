@@ -360,3 +360,22 @@ def test_hand_broken_index_entry_is_a_problem_naming_the_field(tmp_path: Path) -
     catalog = load_catalog()
     assert catalog.imported == ()
     assert "index.toml entry 'local:ok': field 'runtime' is 'keras'" in catalog.problems[0].message
+
+
+def test_a_changed_import_says_so_after_a_restart_and_a_touched_one_still_loads(
+        tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "sr2.safetensors"
+    save_file(tiny_compact().state_dict(), str(path))
+    card = import_model(path)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # copied back: same bytes
+    assert load_catalog().resolve(card.id) == card  # hashed once, matches the import's sha256
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # same size, other bytes
+    path.write_bytes(bytes(data))
+    fresh = load_catalog()  # a new process: the card is still listed, not "Unknown model"
+    assert fresh.get(card.id) is not None
+    with pytest.raises(CatalogError, match="has changed since it was imported"):
+        fresh.resolve(card.id)
