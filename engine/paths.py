@@ -70,3 +70,19 @@ def make_temp_dir(folder: str | os.PathLike, *, prefix: str = "", suffix: str = 
         except FileExistsError:
             continue
     raise FileExistsError(f"no free temporary folder name in {folder}")
+
+
+def model_cache_dir(cache_dir_setting: str | None = None) -> Path:
+    """The Hugging Face model cache: the user's Settings ▸ cache folder if set, else
+    HF_HUB_CACHE, else HF_HOME/hub, else huggingface_hub's default. The one place this is
+    decided (the hub layer downloads there; the catalog reads cached cards from there)."""
+    if cache_dir_setting:
+        return Path(cache_dir_setting).expanduser()
+    env_cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if env_cache:
+        return Path(os.path.expandvars(env_cache)).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.path.expandvars(os.environ["HF_HOME"])).expanduser() / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)

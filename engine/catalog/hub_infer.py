@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,19 +138,10 @@ def _offline(settings: Settings | None) -> bool:
 
 
 def hub_cache_dir(settings: Settings | None = None) -> Path:
-    """The model cache as engine.hub.model_cache.cache_dir finds it (settings.cache_dir,
-    HF_HUB_CACHE, HF_HOME/hub, huggingface_hub's default); read here, below the hub layer,
-    so that offline resolution finds the same folder."""
-    if settings is not None and settings.cache_dir:
-        return Path(settings.cache_dir).expanduser()
-    env_cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-    if env_cache:
-        return Path(os.path.expandvars(env_cache)).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.path.expandvars(os.environ["HF_HOME"])).expanduser() / "hub"
-    from huggingface_hub import constants
+    """The model cache (engine.paths.model_cache_dir, with the settings' cache folder)."""
+    from engine.paths import model_cache_dir
 
-    return Path(constants.HF_HUB_CACHE)
+    return model_cache_dir(settings.cache_dir if settings is not None else None)
 
 
 def offline_note(card: ModelCard) -> str | None:

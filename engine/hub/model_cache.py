@@ -20,17 +20,10 @@ COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
 def cache_dir(settings: Settings | None = None) -> Path:
-    """The model cache: settings.cache_dir if set, else HF_HUB_CACHE, else HF_HOME/hub."""
-    if settings is not None and settings.cache_dir:
-        return Path(settings.cache_dir).expanduser()
-    env_cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-    if env_cache:
-        return Path(os.path.expandvars(env_cache)).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.path.expandvars(os.environ["HF_HOME"])).expanduser() / "hub"
-    from huggingface_hub import constants
+    """The model cache (engine.paths.model_cache_dir, with the settings' cache folder)."""
+    from engine.paths import model_cache_dir
 
-    return Path(constants.HF_HUB_CACHE)
+    return model_cache_dir(settings.cache_dir if settings is not None else None)
 
 
 def endpoint() -> str:

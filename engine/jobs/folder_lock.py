@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.errors import InputError
+from engine.jobs.processes import process_alive
 
 LOCK_NAME = ".ocula.lock"
 _TAKEOVER_SUFFIX = ".takeover"
@@ -38,25 +39,6 @@ class OutputFolderBusy(InputError):
         self.pid = pid
 
 
-def pid_alive(pid: int) -> bool:
-    """True if process `pid` runs here (a zombie does not count)."""
-    if os.name == "nt":
-        return True  # os.kill(pid, 0) would send Ctrl+C on Windows: assume it runs
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    try:  # a killed child stays a zombie until its parent reaps it: it is not running
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return True
-
-
 def read_lock(folder: Path) -> dict | None:
     """The lock's contents ({"job_id", "pid", "host", "created"}), None if unlocked."""
     try:
@@ -74,7 +56,7 @@ def _owner_alive(owner: dict) -> bool:
         return True  # unreadable: do not take it over on a guess
     if owner.get("host") not in (None, socket.gethostname()):
         return True  # another machine's job on a shared folder: cannot check, keep off
-    return pid_alive(pid)
+    return process_alive(pid)
 
 
 def acquire(folder: Path, job_id: str, *,

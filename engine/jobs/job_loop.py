@@ -20,9 +20,9 @@ from typing import Any
 
 from engine.errors import Cancelled, InputError, OutputDiskFullError
 from engine.events import CancelToken, Progress
-from engine.jobs.job_events import EventCallback, Failure, JobEvent, JobSummary, PauseSource
-from engine.jobs.handler_protocol import ItemResult, batch_of, get_handler
 from engine.jobs import folder_lock
+from engine.jobs.handler_protocol import ItemResult, batch_of, get_handler
+from engine.jobs.job_events import EventCallback, Failure, JobEvent, JobSummary, PauseSource
 from engine.jobs.outputs import (
     OutputPlan,
     check_output_dir,
@@ -30,6 +30,7 @@ from engine.jobs.outputs import (
     cleanup_stale_temporaries,
     remove_written,
 )
+from engine.jobs.processes import process_alive
 from engine.jobs.spec import JobSpec
 from engine.jobs.store import ItemRecord, JobStore
 from engine.media.image import LoadedImage, read_image
@@ -84,9 +85,7 @@ def resume_job(job_id: str, *, on_event: EventCallback | None = None,
 
 
 def _alive(pid: int) -> bool:
-    if os.name == "nt":
-        return False  # os.kill(pid, 0) would send Ctrl+C on Windows; trust the user
-    return folder_lock.pid_alive(pid)
+    return process_alive(pid)
 
 
 def _no_space(exc: BaseException | None) -> OSError | None:
