@@ -221,6 +221,7 @@ class MainWindow(QMainWindow):
         seg.promptModeChanged.connect(self.viewer.canvas.set_mode)
         seg.clearPrompts.connect(self._clear_prompts)
         self.task_panel.explain_form.changed.connect(self.request_explain)
+        self.task_panel.explain_form.exportMask.connect(self.export_mask)
         self.explain.heatmapChanged.connect(self._on_heatmap)
         self.explain.mapsReady.connect(self._on_maps)
         self.explain.placementKnown.connect(self.show_placement)
@@ -536,7 +537,28 @@ class MainWindow(QMainWindow):
     def _on_heatmap(self, values: Any) -> None:
         self.viewer.set_heatmap(values)
 
+    def export_mask(self, path: str | None = None) -> list[Path]:
+        """The shown map's mask as `<path>.png` (0/255) and `<path>.rle.json` (COCO RLE)."""
+        maps = getattr(self, "last_maps", None)
+        if maps is None or maps.mask is None:
+            return []
+        if path is None:
+            from PySide6.QtWidgets import QFileDialog
+
+            stem = Path(self.workspace.shown_path or "mask").stem
+            path, _ = QFileDialog.getSaveFileName(self, self.tr("Export mask"), f"{stem}.{maps.method}.mask.png",
+                                                  self.tr("PNG mask (*.png)"))
+            if not path:
+                return []
+        from engine.explain.render import save_mask
+
+        written = save_mask(maps, path)
+        self.progress_label.setText(self.tr("Mask saved: {}").format(", ".join(p.name for p in written)))
+        return written
+
     def _on_maps(self, maps: Any) -> None:
+        self.last_maps = maps
+        self.task_panel.explain_form.export_mask.setEnabled(maps.mask is not None)
         form = self.task_panel.explain_form
         if maps.layers and maps.heads:
             form.blockSignals(True)

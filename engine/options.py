@@ -229,6 +229,28 @@ class ExplainOptions(JobOptions):
     detection_threshold: float = opt("float", 0.7, "DETR: score of the objects mapped",
                                      low=0.0, high=1.0, step=0.05,
                                      label="Object score", group="advanced")
+    discover_algorithm: str = opt("choice", "tokencut", "discover: TokenCut (normalized cut) "
+                                  "or LOST (seed expansion)", choices=("tokencut", "lost"),
+                                  label="Discovery algorithm")
+    discover_tau: float = opt("float", 0.2, "discover (TokenCut): cosine above which two "
+                              "patches are linked", low=-1.0, high=1.0, step=0.05,
+                              label="TokenCut tau", group="advanced")
+    discover_features: str = opt("choice", "auto", "discover: the last layer's keys, its "
+                                 "output tokens, or auto (the graph that cuts better)",
+                                 choices=("auto", "keys", "tokens"), label="Discovery features",
+                                 group="advanced")
+    discover_foreground: str = opt("choice", "attention", "discover (TokenCut): foreground = "
+                                   "the side the CLS attends to, or the eigenvector's peak side "
+                                   "(the paper)", choices=("attention", "eigenvector"),
+                                   label="Discovery foreground", group="advanced")
+    lost_k: int = opt("int", 100, "discover (LOST): lowest-degree patches that expand the "
+                      "seed", low=1, high=100_000, label="LOST k", group="advanced")
+    suppress_artifacts: bool = opt("bool", False, "leave high-norm artifact tokens out of "
+                                   "rollout and similarity maps", label="Suppress artifact tokens",
+                                   group="advanced")
+    artifact_k: float = opt("float", 3.0, "artifact token: norm above mean + k·std of the "
+                            "patch-token norms", low=0.0, high=100.0, step=0.5,
+                            label="Artifact threshold (std)", group="advanced")
 
 
 OPTIONS: dict[str, type[JobOptions]] = {

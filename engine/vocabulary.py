@@ -55,6 +55,8 @@ EXPLAIN_METHODS = (
     "detr",  # DETR decoder cross-attention, one map per detected object
     "gradcam",  # convolutional fallback (Selvaraju et al. 2017)
     "windowed",  # Swin-style window attention stitched onto the image
+    "discover",  # unsupervised object discovery (TokenCut / LOST): a mask and one box
+    "class_attention",  # last-layer CLS attention weighted by its gradient toward a class
 )
 EXPLAIN_METHOD_ALIASES = {"cls-similarity": "cls_similarity",
                           "patch-similarity": "patch_similarity",

@@ -42,6 +42,8 @@ EXPLAIN_METHOD_LABELS = {  # engine.vocabulary.EXPLAIN_METHODS -> what the picke
     "detr": "Detected objects (DETR decoder)",
     "gradcam": "Grad-CAM (no attention)",
     "windowed": "Window attention (Swin)",
+    "discover": "Object discovery (TokenCut / LOST)",
+    "class_attention": "Class attention (gradient-weighted CLS)",
 }
 
 
@@ -143,12 +145,21 @@ class ExplainForm(OptionsForm):
             return slider
         return None
 
+    exportMask = Signal()  # "Export mask…": the shown map's thresholded segment to files
+
     def __init__(self) -> None:
         super().__init__("explain")
         self.hint = QLabel()
         self.hint.setWordWrap(True)
         self.hint.setObjectName("explainHint")
         self.extra.addWidget(self.hint)
+        self.export_mask = QPushButton(self.tr("Export mask…"))
+        self.export_mask.setObjectName("explainExportMask")
+        self.export_mask.setToolTip(self.tr("Save the segment of the shown map (click-to-similarity, "
+                                            "DINO, discovery) as a PNG mask and COCO RLE"))
+        self.export_mask.setEnabled(False)
+        self.export_mask.clicked.connect(self.exportMask)
+        self.extra.addWidget(self.export_mask)
         self.changed.connect(self._update_labels)
         self._update_labels()
 

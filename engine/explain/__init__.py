@@ -5,7 +5,9 @@ Public API (heavy imports happen only when these are called):
     explain(runner_or_model, image, *, method, layer=None, head=None, head_fusion="mean",
             discard_ratio=0.0, start_layer=0, target=None, patch=None, threshold=0.5,
             keep_mass=0.6, processor=None, max_new_tokens=20, prompt=None,
-            detection_threshold=0.7) -> AttentionMaps
+            detection_threshold=0.7, discover_algorithm="tokencut", discover_tau=0.2, lost_k=100,
+            discover_features="auto", discover_foreground="attention", suppress_artifacts=False,
+            artifact_k=3.0, cache=None) -> AttentionMaps
     save_maps(maps, image, out_dir, stem, *, opacity=0.5, colormap="jet") -> list[Path]
     capabilities(model_or_config_or_card) -> ExplainCapabilities
     overlay(image, heatmap, *, opacity=0.5, colormap="jet", valid=None, mask=None) -> RGB uint8

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,9 +171,9 @@ for _method in (
                   summary="attention rollout (Abnar & Zuidema 2020)"),
     ExplainMethod("relevance", _self_attention, gradients=True,
                   summary="gradient-weighted relevance (Chefer et al. 2021)"),
-    ExplainMethod("cls_similarity", _self_attention,
+    ExplainMethod("cls_similarity", _self_attention, onnx=True,
                   summary="cosine of the CLS feature to each patch feature, last layer"),
-    ExplainMethod("patch_similarity", _self_attention,
+    ExplainMethod("patch_similarity", _self_attention, onnx=True,
                   summary="cosine of the clicked patch to the others: click-to-segment"),
     ExplainMethod("dino", _self_attention, onnx=True,
                   summary="DINO-style last-layer CLS map per head, mass-thresholded"),
@@ -183,6 +185,10 @@ for _method in (
                   summary="Grad-CAM on the last convolutional stage (Selvaraju et al. 2017)"),
     ExplainMethod("windowed", _windowed,
                   summary="Swin-style window attention stitched onto the image"),
+    ExplainMethod("discover", _self_attention, onnx=True,
+                  summary="unsupervised object discovery (TokenCut normalized cut / LOST): mask + box"),
+    ExplainMethod("class_attention", _self_attention, gradients=True,
+                  summary="last-layer CLS attention weighted by its gradient toward the target class"),
 ):
     EXPLAIN_METHODS.register(_method.name, _method)
 
@@ -219,9 +225,19 @@ def explain(
     max_new_tokens: int = 20,
     prompt: str | None = None,
     detection_threshold: float = 0.7,
+    discover_algorithm: str = "tokencut",
+    discover_tau: float = 0.2,
+    lost_k: int = 100,
+    discover_features: str = "auto",
+    discover_foreground: str = "attention",
+    suppress_artifacts: bool = False,
+    artifact_k: float = 3.0,
+    cache: Any = None,
 ) -> AttentionMaps:
     """Explain what a model looks at in `image` (PIL). See engine/explain/__init__.py for
-    the methods and their options."""
+    the methods and their options. `cache` (a `CaptureCache`) keeps the captured tensors of
+    recent (model, image) pairs, so that another self-attention map of the same image (a
+    second click, another layer) costs no forward pass."""
     from engine.explain.self_attention import Options
     from engine.explain.support import capabilities
 
@@ -237,7 +253,9 @@ def explain(
         )
     options = Options(layer=layer, head=head, head_fusion=head_fusion, discard_ratio=discard_ratio,
                       start_layer=start_layer, target=target, patch=patch, threshold=threshold,
-                      keep_mass=keep_mass, notes=[])
+                      keep_mass=keep_mass, discover_algorithm=discover_algorithm, discover_tau=discover_tau,
+                      lost_k=lost_k, discover_features=discover_features,
+                      discover_foreground=discover_foreground, suppress_artifacts=suppress_artifacts, artifact_k=artifact_k, notes=[])
     call = MethodCall(model, processor, image, method, options, max_new_tokens=max_new_tokens,
                       prompt=prompt, detection_threshold=detection_threshold)
     if kind == "onnx":
@@ -245,34 +263,110 @@ def explain(
         if not entry.onnx:
             raise UnsupportedModelError(f"{_model_name(runner_or_model)}: method '{method}' needs "
                                         f"a torch module; an ONNX graph gives attentions only.")
-        result = _explain_onnx(model, image, method, options)
+        result = _explain_onnx(model, image, method, options, cache, owner=runner_or_model)
+    elif cache is not None and runner_for(model, method) is _self_attention \
+            and not EXPLAIN_METHODS.get(method).gradients:
+        result = _explain_torch(model, processor, image, method, options, cache, owner=runner_or_model)
     else:
         result = runner_for(model, method)(call)
     result.model = _model_name(runner_or_model)
     return result
 
 
-def _explain_torch(model: Any, processor: Any, image: Any, method: str, options: Any) -> AttentionMaps:
+class CaptureCache:
+    """The captured tensors of the last few (model, image) pairs: a click on another patch,
+    another layer or another threshold recomputes the map from them without a forward.
+    Keyed by the model object and a digest of the image's pixels; `forwards` counts misses."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self.entries: OrderedDict[tuple[int, bytes], tuple[Any, Any]] = OrderedDict()
+        self.forwards = 0
+
+    @staticmethod
+    def image_key(image: Any) -> bytes:
+        import hashlib
+
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(repr((image.size, image.mode)).encode())
+        digest.update(image.tobytes())
+        return digest.digest()
+
+    def get_or_capture(self, model: Any, image: Any, capture: Callable[[], Any]) -> Any:
+        key = (id(model), self.image_key(image))
+        found = self.entries.get(key)
+        if found is not None and found[0]() is model:
+            self.entries.move_to_end(key)
+            return found[1]
+        self.forwards += 1
+        value = capture()
+        try:
+            ref: Any = weakref.ref(model)
+        except TypeError:
+            ref = lambda model=model: model
+        self.entries[key] = (ref, value)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+@dataclass
+class _Capture:
+    """One forward's tensors, enough for every self-attention method but relevance."""
+
+    geometry: Any
+    layout: Any
+    attentions: Any
+    features: Any = None
+    layer_features: Any = None
+    keys: Any = None
+    gradients: Any = None
+    target: int | None = None
+    notes: tuple[str, ...] = ()
+
+
+def _explain_torch(model: Any, processor: Any, image: Any, method: str, options: Any,
+                   cache: CaptureCache | None = None, owner: Any = None) -> AttentionMaps:
     from engine.explain.self_attention import compute
     from engine.explain.torch_capture import capture
 
-    pixel_values, geometry = pixel_inputs(processor, image, options.notes)
-    captured = capture(model, pixel_values, with_gradients=(method == "relevance"), target=options.target,
-                       notes=options.notes)
-    if method == "relevance":
-        options.target = captured.target
-    return compute(method, captured.layout, geometry, captured.attentions, features=captured.features,
-                   gradients=captured.gradients, options=options)
+    def run() -> _Capture:
+        notes: list[str] = []
+        pixel_values, geometry = pixel_inputs(processor, image, notes)
+        captured = capture(model, pixel_values, with_gradients=EXPLAIN_METHODS.get(method).gradients,
+                           target=options.target, notes=notes)
+        return _Capture(geometry, captured.layout, captured.attentions, captured.features,
+                        captured.layer_features, captured.keys, captured.gradients, captured.target, tuple(notes))
+
+    found = run() if cache is None else cache.get_or_capture(owner or model, image, run)
+    options.notes.extend(found.notes)
+    if EXPLAIN_METHODS.get(method).gradients:
+        options.target = found.target
+    return compute(method, found.layout, found.geometry, found.attentions, features=found.features,
+                   gradients=found.gradients, layer_features=found.layer_features, keys=found.keys,
+                   options=options)
 
 
-def _explain_onnx(model: Any, image: Any, method: str, options: Any) -> AttentionMaps:
+def _explain_onnx(model: Any, image: Any, method: str, options: Any,
+                  cache: CaptureCache | None = None, owner: Any = None) -> AttentionMaps:
     from engine.explain.self_attention import compute
 
-    pixel_values, geometry = model.preprocess(image, notes=options.notes)
-    attentions = model.run(pixel_values)
-    layout = model.layout(tuple(pixel_values.shape[-2:]), attentions.shape[-1])
-    if model.prefix_tokens is None and len(layout.special.get("registers", ())) > 0:
-        options.notes.append(f"{model.name}: {layout.patch_start} tokens precede the patch grid; taken as "
-                             f"CLS then registers (set sidecar 'prefix_tokens' to override)")
-    options.notes.append(f"ONNX: {len(model.attention_outputs)} attention Softmax outputs exposed from the graph")
-    return compute(method, layout, geometry, attentions, options=options)
+    def run() -> _Capture:
+        notes: list[str] = []
+        pixel_values, geometry = model.preprocess(image, notes=notes)
+        out = model.run_all(pixel_values)
+        layout = model.layout(tuple(pixel_values.shape[-2:]), out["attentions"].shape[-1])
+        if model.prefix_tokens is None and len(layout.special.get("registers", ())) > 0:
+            notes.append(f"{model.name}: {layout.patch_start} tokens precede the patch grid; taken as "
+                         f"CLS then registers (set sidecar 'prefix_tokens' to override)")
+        notes.append(f"ONNX: {len(model.attention_outputs)} attention Softmax outputs exposed from the graph")
+        return _Capture(geometry, layout, out["attentions"], out["features"], out["layer_features"],
+                        out["keys"], notes=tuple(notes))
+
+    found = run() if cache is None else cache.get_or_capture(owner or model, image, run)
+    options.notes.extend(found.notes)
+    return compute(method, found.layout, found.geometry, found.attentions, features=found.features,
+                   layer_features=found.layer_features, keys=found.keys, options=options)

@@ -11,18 +11,9 @@ from typing import Any
 
 import numpy as np
 
-METHODS = (
-    "raw",  # one layer's attention, one head or heads fused
-    "rollout",  # Abnar & Zuidema 2020
-    "relevance",  # Chefer et al. 2021 gradient-weighted relevance
-    "cls_similarity",  # cosine(CLS feature, patch features), last layer
-    "patch_similarity",  # cosine(clicked patch, other patches): click-to-segment
-    "dino",  # DINO-style last-layer CLS map per head, mass-thresholded
-    "cross_attention",  # captioners: one map per generated token
-    "detr",  # DETR decoder cross-attention, one map per detected object
-    "gradcam",  # convolutional fallback (Selvaraju et al. 2017)
-    "windowed",  # Swin-style window attention stitched onto the image
-)
+from engine.vocabulary import EXPLAIN_METHODS
+
+METHODS = EXPLAIN_METHODS  # defined once, in engine.vocabulary
 
 
 @dataclass(frozen=True)
@@ -100,6 +91,7 @@ class AttentionMaps:
     notes: list[str] = field(default_factory=list)  # everything changed or assumed, said aloud
     params: dict[str, Any] = field(default_factory=dict)  # layer, head, fusion, target…
     model: str = ""
+    box: tuple[float, float, float, float] | None = None  # xyxy, original pixels: the discovered object
 
     @property
     def layers(self) -> int:

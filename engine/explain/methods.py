@@ -169,3 +169,19 @@ def normalize01(values: np.ndarray) -> np.ndarray:
     if not np.isfinite(lo) or not np.isfinite(hi) or hi - lo <= 1e-12:
         return np.zeros(values.shape, dtype=np.float32)
     return ((values - lo) / (hi - lo)).astype(np.float32)
+
+
+def class_attention(attentions: np.ndarray, gradients: np.ndarray, layout: TokenLayout, *,
+                    layer: int = -1) -> np.ndarray:
+    """Class-specific CLS attention: E_h[(∂y_c/∂A ⊙ A)⁺] of one layer, the CLS row: (N,).
+    The attention the CLS pays to each token, kept where raising it raises the target score
+    (Chefer et al.'s per-layer weighting, without the rollout over layers)."""
+    if attentions.shape != gradients.shape:
+        raise OptionError(f"attention {attentions.shape} and gradient {gradients.shape} shapes differ")
+    if not -attentions.shape[0] <= layer < attentions.shape[0]:
+        raise OptionError(f"layer {layer} out of range: the model has {attentions.shape[0]} layers")
+    cls = layout.cls_index
+    if cls is None:
+        raise OptionError("class_attention needs a CLS token; this model has none (try relevance)")
+    cam = np.clip(gradients[layer].astype(np.float64) * attentions[layer].astype(np.float64), 0.0, None)
+    return cam.mean(axis=0)[cls]

@@ -74,6 +74,74 @@ def attention_softmax_nodes(model: onnx.ModelProto) -> list[Any]:
     ]
 
 
+def _walk_to_matmul(name: str, producers: dict[str, Any], through: set[str], hops: int = 6) -> Any:
+    """The MatMul that `name` comes from through `through` ops (first input each hop), or None."""
+    for _ in range(hops):
+        node = producers.get(name)
+        if node is None:
+            return None
+        if node.op_type == "MatMul":
+            return node
+        if node.op_type not in through or not node.input:
+            return None
+        # follow the input that is computed (a bias or scale comes from an initializer/Constant)
+        computed = [i for i in node.input if i and i in producers and producers[i].op_type != "Constant"]
+        if not computed:
+            return None
+        name = computed[0]
+    return None
+
+
+@dataclass(frozen=True)
+class TokenTensors:
+    """Graph tensors that carry tokens, found from the attention Softmax nodes."""
+
+    keys: str | None  # the last attention block's keys (heads, d, N) or (heads, N, d), as in Q·Kᵀ
+    layer_inputs: tuple[str, ...]  # per layer: the (normed) tokens its query projection reads, (1, N, D)
+    final_candidates: tuple[str, ...]  # rank-3 (…, D) tensors after the last attention block
+
+
+def token_tensors(model: onnx.ModelProto, softmax_nodes: Sequence[Any]) -> TokenTensors:
+    """Where a ViT graph keeps its tokens: the keys and layer inputs of each attention block
+    (walked back from its Softmax: Q·Kᵀ MatMul, then the query projection's MatMul), and the
+    tensors of the hidden size after the last block (the final norm's output among them)."""
+    from onnx import shape_inference
+
+    graph = model.graph
+    producers = _producers(graph)
+    initializers = {t.name for t in graph.initializer}
+    keys = None
+    layer_inputs: list[str] = []
+    through = {"Add", "Mul", "Div", "Sub", "Where", "Cast", "Reshape", "Transpose"}
+    for index, node in enumerate(softmax_nodes):
+        scores = _walk_to_matmul(node.input[0], producers, _PASS_THROUGH_BEFORE)
+        if scores is None or len(scores.input) < 2:
+            continue
+        if index == len(softmax_nodes) - 1:
+            keys = scores.input[1]
+        projection = _walk_to_matmul(scores.input[0], producers, through)
+        if projection is not None and projection.input[1] in initializers:
+            layer_inputs.append(projection.input[0])
+    if len(layer_inputs) != len(softmax_nodes):
+        layer_inputs = []
+    finals: list[str] = []
+    if layer_inputs:
+        try:
+            inferred = shape_inference.infer_shapes(model)
+            shapes = {vi.name: vi.type.tensor_type.shape for vi in inferred.graph.value_info}
+        except Exception:  # noqa: BLE001 - without shapes there is no final-token guess
+            shapes = {}
+        hidden = shapes.get(layer_inputs[-1])
+        width = hidden.dim[-1].dim_value if hidden is not None and len(hidden.dim) == 3 else 0
+        last = {n.output[0]: i for i, n in enumerate(graph.node) if n.output}.get(softmax_nodes[-1].output[0], 0)
+        for node in list(graph.node)[last + 1:]:
+            for out in node.output:
+                shape = shapes.get(out)
+                if shape is not None and len(shape.dim) == 3 and width and shape.dim[-1].dim_value == width:
+                    finals.append(out)
+    return TokenTensors(keys, tuple(layer_inputs), tuple(finals[-4:]))
+
+
 def expose_attention(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """A copy of `model` whose outputs also include every attention Softmax output."""
     import onnx
@@ -129,6 +197,7 @@ class OnnxAttentionModel:
     notes: list[str] = field(default_factory=list)
     explain_methods: tuple[str, ...] = ("raw", "rollout", "dino")
     processor: Any = None  # a transformers image processor; when set, preprocessing goes through it
+    tokens: TokenTensors | None = None  # where the graph keeps keys and per-layer tokens
 
     @classmethod
     def from_model(cls, model: onnx.ModelProto, *, name: str = "onnx", input_name: str | None = None,
@@ -136,9 +205,16 @@ class OnnxAttentionModel:
                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                    prefix_tokens: Sequence[str] | None = None, providers: Sequence[str] | None = None
                    ) -> OnnxAttentionModel:
+        import onnx
         import onnxruntime as ort
 
         exposed, names = expose_attention(model)
+        tokens = token_tensors(model, attention_softmax_nodes(model))
+        extra = [n for n in (tokens.keys, *tokens.layer_inputs, *tokens.final_candidates) if n]
+        existing = {out.name for out in exposed.graph.output}
+        for extra_name in dict.fromkeys(extra):
+            if extra_name not in existing:
+                exposed.graph.output.append(onnx.helper.make_tensor_value_info(extra_name, onnx.TensorProto.FLOAT, None))
         graph_inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
         if input_name is None:
             if len(graph_inputs) != 1:
@@ -172,6 +248,10 @@ class OnnxAttentionModel:
             std=tuple(std),
             prefix_tokens=None if prefix_tokens is None else tuple(prefix_tokens),
             name=name,
+            tokens=tokens,
+            explain_methods=("raw", "rollout", "dino")
+            + (("discover",) if tokens.keys or tokens.final_candidates else ())
+            + (("cls_similarity", "patch_similarity") if tokens.final_candidates else ()),
         )
 
     @classmethod
@@ -210,6 +290,35 @@ class OnnxAttentionModel:
         """(1, 3, H, W) -> float32 (layers, heads, N, N) attention probabilities."""
         outputs = self.session.run(self.attention_outputs, {self.input_name: pixel_values.astype(np.float32)})
         return np.stack([np.asarray(o[0], dtype=np.float32) for o in outputs])
+
+    def run_all(self, pixel_values: np.ndarray) -> dict[str, Any]:
+        """One forward: {"attentions": (layers, heads, N, N), "keys": (N, D) | None,
+        "layer_features": (layers, N, D) | None (each block's output tokens: the next block's
+        normed input, the final tokens for the last), "features": (N, D) | None (final tokens)}."""
+        tokens = self.tokens or TokenTensors(None, (), ())
+        extra = [n for n in dict.fromkeys((tokens.keys, *tokens.layer_inputs, *tokens.final_candidates)) if n]
+        outputs = self.session.run(self.attention_outputs + extra, {self.input_name: pixel_values.astype(np.float32)})
+        attentions = np.stack([np.asarray(o[0], dtype=np.float32) for o in outputs[:len(self.attention_outputs)]])
+        found = dict(zip(extra, outputs[len(self.attention_outputs):]))
+        n = attentions.shape[-1]
+        keys = None
+        if tokens.keys in found:
+            k = np.asarray(found[tokens.keys][0], dtype=np.float32)  # (heads, d, N) or (heads, N, d)
+            if k.ndim == 3 and k.shape[-1] == n and k.shape[1] != n:
+                k = k.transpose(0, 2, 1)
+            if k.ndim == 3 and k.shape[1] == n:
+                keys = k.transpose(1, 0, 2).reshape(n, -1)
+        final = None
+        for name in reversed(tokens.final_candidates):
+            value = np.asarray(found.get(name, np.zeros(0)))
+            if value.ndim == 3 and value.shape[1] == n:
+                final = value[0].astype(np.float32)
+                break
+        layer_features = None
+        inputs = [np.asarray(found[name][0], dtype=np.float32) for name in tokens.layer_inputs if name in found]
+        if final is not None and len(inputs) == len(self.attention_outputs) and all(i.shape[0] == n for i in inputs):
+            layer_features = np.stack(inputs[1:] + [final])
+        return {"attentions": attentions, "keys": keys, "layer_features": layer_features, "features": final}
 
     def layout(self, input_size: tuple[int, int], num_tokens: int) -> TokenLayout:
         """Token layout from the patch conv; tokens before the grid are CLS then the rest."""

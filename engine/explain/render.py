@@ -7,6 +7,7 @@ crash never leaves half a PNG where the GUI or a batch expects a whole one.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from engine.explain.maps import AttentionMaps
+from engine.results import Detections
 
 COLORMAPS = ("jet", "inferno", "viridis", "magma", "turbo", "hot", "gray")
 
@@ -133,6 +135,66 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text.strip()).strip("-")[:24] or "tok"
 
 
+def mark_map(picture: np.ndarray, maps: AttentionMaps) -> np.ndarray:
+    """Draw the discovered box (white) and the artifact tokens (magenta rings) on an overlay."""
+    points = maps.params.get("artifact_points") or []
+    if maps.box is None and not points:
+        return picture
+    import cv2
+
+    picture = np.ascontiguousarray(picture)
+    thick = max(1, min(picture.shape[:2]) // 250)
+    if maps.box is not None:
+        x0, y0, x1, y1 = (round(v) for v in maps.box)
+        cv2.rectangle(picture, (x0, y0), (x1, y1), (255, 255, 255), thick)
+    if points and maps.layout is not None:
+        radius = max(3, int(min(maps.image_size) / max(maps.layout.grid) / 2))
+        for x, y in points:
+            cv2.circle(picture, (round(x), round(y)), radius, (255, 0, 255), thick)
+    return picture
+
+
+def mask_record(maps: AttentionMaps) -> dict[str, Any]:
+    """The mask as a COCO RLE annotation record: {"segmentation", "area", "bbox", "method", …}."""
+    from engine.exporters.masks import mask_bbox, rle_area, rle_encode
+
+    rle = rle_encode(maps.mask)
+    return {"method": maps.method, "segmentation": rle, "area": rle_area(rle), "bbox": mask_bbox(maps.mask),
+            "params": {k: v for k, v in maps.params.items() if isinstance(v, (int, float, str, bool, list, tuple))}}
+
+
+def save_mask(maps: AttentionMaps, path: str | os.PathLike) -> list[Path]:
+    """`maps.mask` as a 0/255 PNG at `path` and its COCO RLE record next to it (`.rle.json`)."""
+    if maps.mask is None:
+        raise ValueError(f"{maps.method}: this map has no mask to export")
+    png = Path(path)
+    if png.suffix.lower() != ".png":
+        png = png.with_name(png.name + ".png")
+    rle = png.with_name(png.name[:-4] + ".rle.json")
+    _atomic_write(png, _png_bytes(np.repeat((maps.mask.astype(np.uint8) * 255)[..., None], 3, axis=2)))
+    _atomic_write(rle, json.dumps(mask_record(maps)).encode())
+    return [png, rle]
+
+
+def discovered_detections(maps: AttentionMaps) -> Detections:
+    """The discovered box as engine.results.Detections (one 'object' box, or none)."""
+    from engine.results import Box
+
+    boxes = []
+    if maps.box is not None:
+        x0, y0, x1, y1 = maps.box
+        boxes.append(Box(x0, y0, x1, y1, label="object", score=1.0, label_id=1))
+    return Detections(boxes=boxes, image_size=tuple(maps.image_size), labels={1: "object"})
+
+
+def write_discovery_coco(path: str | os.PathLike, results: list[AttentionMaps], image_names: list[str],
+                         *, inputs: Any = ()) -> Path:
+    """One COCO file for a batch of discovered boxes (engine.exporters.detections.write_coco)."""
+    from engine.exporters.detections import write_coco
+
+    return write_coco(path, [discovered_detections(m) for m in results], image_names, inputs=inputs)
+
+
 def save_maps(maps: AttentionMaps, image: Any, out_dir: str | os.PathLike, stem: str, *,
               opacity: float = 0.5, colormap: str = "jet") -> list[Path]:
     """Write overlay PNG, raw .npy arrays, contact sheet and per-token overlays.
@@ -144,6 +206,9 @@ def save_maps(maps: AttentionMaps, image: Any, out_dir: str | os.PathLike, stem:
       {stem}.attentions.npy          float32 (layers, heads, N, N), when captured
       {stem}.{method}.sheet.png      layers × heads contact sheet, when there are head maps
       {stem}.{method}.tok{i}-{text}.png   one overlay per generated token / detected object
+      {stem}.{method}.mask.png       the thresholded segment (0/255), when the method has one
+      {stem}.{method}.mask.rle.json  the same mask as COCO RLE
+      {stem}.{method}.coco.json / .xml   the discovered object's box (discover), COCO and VOC
     """
     out = Path(out_dir)
     written: list[Path] = []
@@ -154,8 +219,18 @@ def save_maps(maps: AttentionMaps, image: Any, out_dir: str | os.PathLike, stem:
         written.append(path)
 
     base = f"{stem}.{maps.method}"
-    put(f"{base}.png", _png_bytes(overlay(image, maps.heatmap, opacity=opacity, colormap=colormap,
-                                          valid=maps.valid, mask=maps.mask)))
+    picture = overlay(image, maps.heatmap, opacity=opacity, colormap=colormap, valid=maps.valid, mask=maps.mask)
+    picture = mark_map(picture, maps)
+    put(f"{base}.png", _png_bytes(picture))
+    if maps.mask is not None:
+        put(f"{base}.mask.png", _png_bytes(np.repeat((maps.mask.astype(np.uint8) * 255)[..., None], 3, axis=2)))
+        put(f"{base}.mask.rle.json", json.dumps(mask_record(maps)).encode())
+    if maps.box is not None:
+        from engine.exporters.detections import coco_dict, voc_xml
+
+        det = discovered_detections(maps)
+        put(f"{base}.coco.json", json.dumps(coco_dict([det], [stem]), indent=1).encode())
+        put(f"{base}.xml", voc_xml(det, stem).encode("utf-8"))
     put(f"{base}.heatmap.npy", _npy_bytes(maps.heatmap.astype(np.float32)))
     put(f"{base}.grid.npy", _npy_bytes(np.asarray(maps.grid_map, dtype=np.float32)))
     if maps.attentions is not None:

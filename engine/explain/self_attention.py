@@ -10,7 +10,8 @@ from engine.explain import methods as m
 from engine.explain.geometry import Geometry, grid_to_image, original_to_cell
 from engine.explain.maps import AttentionMaps, TokenLayout
 
-SELF_ATTENTION_METHODS = ("raw", "rollout", "relevance", "cls_similarity", "patch_similarity", "dino")
+SELF_ATTENTION_METHODS = ("raw", "rollout", "relevance", "cls_similarity", "patch_similarity", "dino",
+                          "discover", "class_attention")
 
 
 @dataclass
@@ -24,6 +25,13 @@ class Options:
     patch: tuple[float, float] | None = None  # (x, y) in original-image pixels
     threshold: float = 0.5  # patch_similarity: cosine above which a patch joins the segment
     keep_mass: float = 0.6  # dino: share of the CLS attention mass kept per head
+    discover_algorithm: str = "tokencut"  # discover: "tokencut" | "lost"
+    discover_tau: float = 0.2  # tokencut: cosine above which two patches are linked
+    lost_k: int = 100  # lost: lowest-degree patches that expand the seed
+    discover_features: str = "auto"  # "keys" | "tokens" | "auto" (the lower normalized-cut value)
+    discover_foreground: str = "attention"  # tokencut: side the CLS attends to | "eigenvector" (max |x|)
+    suppress_artifacts: bool = False  # drop high-norm outlier tokens from rollout / similarity
+    artifact_k: float = 3.0  # outlier: norm > mean + k·std of the patch-token norms
     notes: list[str] = field(default_factory=list)
 
 
@@ -56,13 +64,23 @@ def compute(
     *,
     features: np.ndarray | None = None,
     gradients: np.ndarray | None = None,
+    layer_features: np.ndarray | None = None,
+    keys: np.ndarray | None = None,
     options: Options,
 ) -> AttentionMaps:
-    """One of SELF_ATTENTION_METHODS over captured (layers, heads, N, N) attentions."""
+    """One of SELF_ATTENTION_METHODS over captured (layers, heads, N, N) attentions.
+
+    `features` (N, D): the final tokens; `layer_features` (layers, N, D): each block's
+    output tokens; `keys` (N, D): the last block's keys (TokenCut's features)."""
     notes = options.notes
     params: dict[str, object] = {}
     mask_grid: np.ndarray | None = None
+    box: tuple[float, float, float, float] | None = None
     head_maps = head_grid_maps(attentions, layout)
+    artifacts = _artifacts(layout, geometry, layer_features, features, options, params)
+    if options.suppress_artifacts and artifacts.size and method in ("rollout",):
+        attentions = _without_tokens(attentions, artifacts)
+        notes.append(f"rollout: attention to {artifacts.size} artifact token(s) removed and rows renormalised")
     if method == "raw":
         layer = -1 if options.layer is None else options.layer
         query = _query_token(options, layout, geometry)
@@ -93,19 +111,31 @@ def compute(
         grid = layout.to_grid(row)
         params.update(target=options.target, start_layer=options.start_layer)
     elif method in ("cls_similarity", "patch_similarity"):
-        if features is None:
-            raise OptionError(f"{method} needs the last layer's token features: this model does not expose them")
+        tokens = _layer_tokens(options.layer, features, layer_features, method, notes)
         if method == "cls_similarity":
             if layout.cls_index is None:
                 raise OptionError("cls_similarity needs a CLS token; this model has none (try patch_similarity)")
-            grid = layout.to_grid(m.cosine_to(features, layout.cls_index))
+            grid = layout.to_grid(m.cosine_to(tokens, layout.cls_index))
         else:
             if options.patch is None:
                 raise OptionError("patch_similarity needs patch=(x, y): the clicked pixel of the original image")
             query = _query_token(options, layout, geometry)
-            grid = layout.to_grid(m.cosine_to(features, query))
-            mask_grid = grid >= options.threshold
+            grid = layout.to_grid(m.cosine_to(tokens, query))
             params.update(patch=options.patch, threshold=options.threshold)
+        params.update(layer=-1 if options.layer is None else options.layer)
+        if options.suppress_artifacts and artifacts.size:
+            grid = _fill_cells(grid, layout, artifacts)
+            notes.append(f"similarity: {artifacts.size} artifact token(s) set to the lowest similarity")
+        if method == "patch_similarity":
+            mask_grid = grid >= options.threshold
+    elif method == "class_attention":
+        if gradients is None:
+            raise OptionError("class_attention needs attention gradients: only torch models provide them")
+        layer = -1 if options.layer is None else options.layer
+        grid = layout.to_grid(m.class_attention(attentions, gradients, layout, layer=layer))
+        params.update(target=options.target, layer=layer)
+    elif method == "discover":
+        grid, mask_grid, box = _discover(layout, geometry, features, keys, attentions, options, params)
     elif method == "dino":
         layer = -1 if options.layer is None else options.layer
         maps, masks = m.dino_head_maps(attentions[layer], layout, keep=options.keep_mass)
@@ -120,6 +150,8 @@ def compute(
         raise OptionError(f"unknown self-attention method '{method}'; choose one of {', '.join(SELF_ATTENTION_METHODS)}")
 
     grid = np.asarray(grid, dtype=np.float32)
+    if options.suppress_artifacts and artifacts.size and method == "rollout":
+        grid = _fill_cells(grid, layout, artifacts)
     heat = grid_to_image(m.normalize01(grid), layout, geometry)
     valid = geometry.valid_mask()
     mask = None
@@ -137,4 +169,123 @@ def compute(
         valid=valid,
         notes=notes,
         params=params,
+        box=box,
     )
+
+
+# -- artifact tokens, per-layer tokens, discovery -----------------------------------------------
+
+
+def _artifacts(layout: TokenLayout, geometry: Geometry, layer_features: np.ndarray | None,
+               features: np.ndarray | None, options: Options, params: dict[str, object]) -> np.ndarray:
+    """Token indices of high-norm patch outliers in the last block's output tokens (reported in
+    params["artifacts"] as (row, col) cells and params["artifact_points"] as original pixels)."""
+    from engine.explain.discovery import artifact_tokens
+
+    tokens = layer_features[-1] if layer_features is not None else features
+    if tokens is None or tokens.shape[0] != layout.num_tokens:
+        return np.zeros(0, dtype=int)
+    found = artifact_tokens(tokens[layout.patch_slice], k=options.artifact_k) + layout.patch_start
+    if found.size:
+        cols = layout.grid[1]
+        cells = [((int(t) - layout.patch_start) // cols, (int(t) - layout.patch_start) % cols) for t in found]
+        to_original = geometry.input_to_original()
+        ph, pw = layout.patch_size
+        points = [(float(to_original[0, 0] * ((c + 0.5) * pw - 0.5) + to_original[0, 2]),
+                   float(to_original[1, 1] * ((r + 0.5) * ph - 0.5) + to_original[1, 2])) for r, c in cells]
+        params.update(artifacts=cells, artifact_points=points)
+        options.notes.append(f"artifact tokens (patch-token norm > mean + {options.artifact_k:g}·std, last layer): "
+                             f"{', '.join(f'row {r} col {c}' for r, c in cells)}")
+    return found
+
+
+def _without_tokens(attentions: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Attention with the columns of `tokens` zeroed and rows renormalised."""
+    out = attentions.astype(np.float64).copy()
+    out[..., tokens] = 0.0
+    sums = out.sum(axis=-1, keepdims=True)
+    sums[sums == 0] = 1.0
+    return (out / sums).astype(np.float32)
+
+
+def _fill_cells(grid: np.ndarray, layout: TokenLayout, tokens: np.ndarray) -> np.ndarray:
+    grid = np.asarray(grid, dtype=np.float32).copy()
+    cells = np.zeros(grid.shape, dtype=bool)
+    for t in tokens:
+        index = int(t) - layout.patch_start
+        cells[index // layout.grid[1], index % layout.grid[1]] = True
+    if cells.all():
+        return grid
+    grid[cells] = grid[~cells].min()
+    return grid
+
+
+def _layer_tokens(layer: int | None, features: np.ndarray | None, layer_features: np.ndarray | None,
+                  method: str, notes: list[str]) -> np.ndarray:
+    if layer is None or (layer_features is not None and layer % len(layer_features) == len(layer_features) - 1
+                         and features is not None):
+        if features is None:
+            raise OptionError(f"{method} needs the last layer's token features: this model does not expose them")
+        return features
+    if layer_features is None:
+        raise OptionError(f"{method} at layer {layer} needs each layer's tokens: this model does not expose them")
+    if not -len(layer_features) <= layer < len(layer_features):
+        raise OptionError(f"layer {layer} out of range: the model has {len(layer_features)} layers")
+    notes.append(f"{method}: the output tokens of layer {layer % len(layer_features)}")
+    return layer_features[layer]
+
+
+def _discover(layout: TokenLayout, geometry: Geometry, features: np.ndarray | None, keys: np.ndarray | None,
+              attentions: np.ndarray, options: Options, params: dict[str, object]
+              ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float, float]]:
+    from engine.explain.discovery import (
+        DISCOVER_FEATURES,
+        DISCOVER_FOREGROUNDS,
+        binary_affinity,
+        discover,
+        normalized_cut,
+    )
+
+    if options.discover_features not in DISCOVER_FEATURES:
+        raise OptionError(f"discover_features must be one of {', '.join(DISCOVER_FEATURES)}")
+    if options.discover_foreground not in DISCOVER_FOREGROUNDS:
+        raise OptionError(f"discover_foreground must be one of {', '.join(DISCOVER_FOREGROUNDS)}")
+    offered = {name: value for name, value in (("keys", keys), ("tokens", features)) if value is not None}
+    if not offered:
+        raise OptionError("discover needs the last layer's keys or tokens: this model exposes neither")
+    wanted = options.discover_features
+    if wanted != "auto" and wanted not in offered:
+        raise OptionError(f"discover: this model does not expose its last layer's {wanted}")
+    if wanted == "auto":
+        if len(offered) == 1:
+            wanted = next(iter(offered))
+        else:  # the graph that cuts better (TokenCut's own criterion, the Ncut value λ₂)
+            values = {name: normalized_cut(binary_affinity(v[layout.patch_slice], options.discover_tau))[0]
+                      for name, v in offered.items()}
+            wanted = min(values, key=values.get)
+            options.notes.append("discover: normalized-cut value " + ", ".join(
+                f"{name} {value:.3f}" for name, value in values.items()) + f"; used the {wanted}")
+    tokens = offered[wanted]
+    options.notes.append(f"discover ({options.discover_algorithm}): the last layer's {wanted}")
+    attention = None
+    if options.discover_foreground == "attention" and layout.cls_index is not None:
+        attention = attentions[-1, :, layout.cls_index, layout.patch_slice].mean(axis=0)
+        options.notes.append("discover: the foreground is the side the last layer's CLS attends to more")
+    params.update(discover_features=wanted)
+    found = discover(tokens[layout.patch_slice], layout.grid, algorithm=options.discover_algorithm,
+                     tau=options.discover_tau, k=options.lost_k, attention=attention)
+    r0, c0, r1, c1 = found.cell_box
+    ph, pw = layout.patch_size
+    top, left = geometry.crop_offset
+    sx = geometry.original_size[0] / geometry.resized_size[1]
+    sy = geometry.original_size[1] / geometry.resized_size[0]
+    w, h = geometry.original_size
+    box = (float(np.clip((c0 * pw + left) * sx, 0, w)), float(np.clip((r0 * ph + top) * sy, 0, h)),
+           float(np.clip((c1 * pw + left) * sx, 0, w)), float(np.clip((r1 * ph + top) * sy, 0, h)))
+    params.update(discover_algorithm=options.discover_algorithm, seed=found.seed, cell_box=found.cell_box,
+                  box=box)
+    if options.discover_algorithm == "tokencut":
+        params.update(discover_tau=options.discover_tau)
+    else:
+        params.update(lost_k=options.lost_k)
+    return found.scores, found.foreground, box

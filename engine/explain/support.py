@@ -10,8 +10,9 @@ from typing import Any
 
 from engine.catalog.card import AttentionSupport
 
-_SELF = ("raw", "rollout", "relevance", "cls_similarity", "patch_similarity", "dino")
-_SELF_NO_CLS = ("raw", "rollout", "relevance", "patch_similarity")
+_SELF = ("raw", "rollout", "relevance", "cls_similarity", "patch_similarity", "dino", "discover",
+         "class_attention")
+_SELF_NO_CLS = ("raw", "rollout", "relevance", "patch_similarity", "discover")
 
 FULL_TYPES = {
     "vit", "vit_msn", "vit_mae", "deit", "dinov2", "dinov2_with_registers", "beit", "data2vec-vision",
@@ -91,16 +92,16 @@ def capabilities(model_or_config: Any) -> ExplainCapabilities:
         card = model_or_config
         support = AttentionSupport(card.attention)
         if card.runtime == "onnx" and support in (AttentionSupport.FULL, AttentionSupport.CROSS):
-            return ExplainCapabilities(AttentionSupport.FULL, ("raw", "rollout", "dino"),
-                                       "ONNX model: attention Softmax outputs exposed from the graph "
-                                       "(no gradients, no features)", card.architecture or "")
+            return ExplainCapabilities(AttentionSupport.FULL, ("raw", "rollout", "dino", "discover"),
+                                       "ONNX model: attention Softmax outputs and keys exposed from the graph "
+                                       "(no gradients)", card.architecture or "")
         return ExplainCapabilities(support, _SUPPORT_DEFAULTS[support],
                                    f"from the model card ({support.value})", card.architecture or "")
     onnx_methods = getattr(model_or_config, "explain_methods", None)
     if onnx_methods is not None:  # OnnxAttentionModel
         return ExplainCapabilities(AttentionSupport.FULL, tuple(onnx_methods),
-                                   "ONNX model: attention Softmax outputs exposed from the graph "
-                                   "(no gradients, no features)", "onnx")
+                                   "ONNX model: attention Softmax outputs and token tensors exposed "
+                                   "from the graph (no gradients)", "onnx")
     module = getattr(model_or_config, "module", None)
     if module is not None and not callable(getattr(model_or_config, "named_modules", None)):
         model_or_config = module  # a Runner

@@ -29,6 +29,8 @@ class Captured:
     attentions: np.ndarray  # float32 (layers, heads, N, N)
     layout: TokenLayout
     features: np.ndarray | None = None  # float32 (N, D): last hidden state (after the final norm)
+    layer_features: np.ndarray | None = None  # float32 (layers, N, D): each block's output tokens
+    keys: np.ndarray | None = None  # float32 (N, D): the last attention layer's key projection
     gradients: np.ndarray | None = None  # float32 (layers, heads, N, N): d score / d attention
     logits: np.ndarray | None = None
     target: int | None = None
@@ -176,6 +178,18 @@ def _score(outputs: Any, features: torch.Tensor | None, layout: TokenLayout, tar
     return (vector * vector.detach()).sum() / 2, None
 
 
+def key_module(tower: Any) -> Any:
+    """The last attention layer's key projection (a Linear named `key` / `k_proj`), or None."""
+    import torch
+
+    found = None
+    for name, module in tower.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("key", "k_proj") and isinstance(module, torch.nn.Linear):
+            found = module
+    return found
+
+
 def capture(
     model: Any,
     pixel_values: torch.Tensor,
@@ -184,52 +198,77 @@ def capture(
     target: int | None = None,
     notes: list[str] | None = None,
 ) -> Captured:
-    """Run the vision tower once with attentions (and gradients for relevance)."""
-    import torch
-
+    """Run the vision tower once with attentions (and gradients for relevance), the
+    per-layer tokens and the last layer's keys."""
     notes = [] if notes is None else notes
     tower, config = vision_tower(model)
     param = next(tower.parameters(), None)
     if param is not None:
         pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
     kwargs = forward_kwargs(tower, vision_config(config), pixel_values, notes)
-    with eager_attention(model, notes):
-        grad_context = torch.enable_grad() if with_gradients else torch.no_grad()
-        with grad_context:
-            outputs = tower(
-                pixel_values=pixel_values,
-                output_attentions=True,
-                # heads (…ForImageClassification) return no last_hidden_state: take the last hidden state
-                output_hidden_states=not type(tower).__name__.endswith("Model"),
-                return_dict=True,
-                **kwargs,
-            )
-            attentions = outputs.attentions
-            if not attentions:
-                raise RuntimeError(
-                    f"{type(tower).__name__} returned no attention weights even with eager attention."
-                )
-            n = attentions[0].shape[-1]
-            layout = layout_from_config(config, tuple(pixel_values.shape[-2:]), num_tokens=n)
-            features = _final_features(outputs, tower)
-            gradients = None
-            chosen = None
-            logits = getattr(outputs, "logits", None)
-            if with_gradients:
-                score, chosen = _score(outputs, features, layout, target, notes)
-                grads = torch.autograd.grad(score, list(attentions), allow_unused=True)
-                gradients = np.stack([
-                    np.zeros(tuple(a.shape[1:]), np.float32) if g is None
-                    else g[0].detach().float().cpu().numpy()
-                    for a, g in zip(attentions, grads)
-                ])
+    keys: list[Any] = []
+    key_proj = key_module(tower)
+    hook = None if key_proj is None else key_proj.register_forward_hook(
+        lambda _m, _i, out: keys.append(out.detach()))
+    try:
+        with eager_attention(model, notes):
+            outputs, attentions, layout, features, gradients, chosen, logits = _forward(
+                tower, config, pixel_values, kwargs, with_gradients, target, notes)
+    finally:
+        if hook is not None:
+            hook.remove()
     stacked = np.stack([a[0].detach().float().cpu().numpy() for a in attentions])
+    states = getattr(outputs, "hidden_states", None)
+    layer_features = None
+    if states and len(states) > 1:
+        layer_features = np.stack([h[0].detach().float().cpu().numpy() for h in states[1:]])
+    key_array = None
+    if keys and keys[-1].dim() == 3 and keys[-1].shape[1] == stacked.shape[-1]:
+        key_array = keys[-1][0].float().cpu().numpy()
     return Captured(
         attentions=stacked,
         layout=layout,
         features=None if features is None else features[0].detach().float().cpu().numpy(),
+        layer_features=layer_features,
+        keys=key_array,
         gradients=gradients,
         logits=None if logits is None else logits[0].detach().float().cpu().numpy(),
         target=chosen,
         notes=notes,
     )
+
+
+def _forward(tower: Any, config: Any, pixel_values: Any, kwargs: dict[str, Any], with_gradients: bool,
+             target: int | None, notes: list[str]) -> tuple[Any, ...]:
+    import torch
+
+    grad_context = torch.enable_grad() if with_gradients else torch.no_grad()
+    with grad_context:
+        outputs = tower(
+            pixel_values=pixel_values,
+            output_attentions=True,
+            # heads (…ForImageClassification) return no last_hidden_state: take the last hidden state
+            output_hidden_states=True,  # per-layer tokens (similarity per layer, artifacts)
+            return_dict=True,
+            **kwargs,
+        )
+        attentions = outputs.attentions
+        if not attentions:
+            raise RuntimeError(
+                f"{type(tower).__name__} returned no attention weights even with eager attention."
+            )
+        n = attentions[0].shape[-1]
+        layout = layout_from_config(config, tuple(pixel_values.shape[-2:]), num_tokens=n)
+        features = _final_features(outputs, tower)
+        gradients = None
+        chosen = None
+        logits = getattr(outputs, "logits", None)
+        if with_gradients:
+            score, chosen = _score(outputs, features, layout, target, notes)
+            grads = torch.autograd.grad(score, list(attentions), allow_unused=True)
+            gradients = np.stack([
+                np.zeros(tuple(a.shape[1:]), np.float32) if g is None
+                else g[0].detach().float().cpu().numpy()
+                for a, g in zip(attentions, grads)
+            ])
+    return outputs, attentions, layout, features, gradients, chosen, logits

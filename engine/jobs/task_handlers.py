@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from engine.errors import UsageError
 from engine.jobs.handler_protocol import BaseHandler, ItemResult
@@ -51,7 +51,7 @@ class ModelHandler(BaseHandler):
         self.options = spec.options  # the task's typed options (engine.options), validated
         self.formats = self.options.formats or DEFAULT_FORMATS[self.task]
         settings = settings if settings is not None else Settings()  # run_job passes the user's
-        card = load_catalog().resolve(spec.model)
+        card = load_catalog().resolve(spec.model, settings=settings)
         if not card.supports(self.task) and not (self.task == "explain"):
             raise UsageError(f"Model '{card.id}' does {', '.join(card.tasks)}, not {self.task}. "
                              f"Pick a {self.task} model (`ocula models list --task {self.task}`).")
@@ -133,10 +133,18 @@ def _image_name(image: "LoadedImage", out: "OutputPlan") -> str:
     return out.key + suffix
 
 
-def _records(out_dir: Path, task: str) -> Iterator[dict]:
-    """Every per-input record under the output folder, in a stable order."""
+def _records(out_dir: Path, task: str,
+             outputs: Iterable[os.PathLike | str] | None = None) -> Iterator[dict]:
+    """The per-input records of this job's finished inputs (`outputs`: the files they
+    wrote, from the job store), in a stable order. Never every record under the folder:
+    a folder that holds another job's results must not add them to this job's export.
+    Without `outputs` (a direct caller), every record under `out_dir`."""
     suffix = RESULT_SUFFIX[task]
-    for path in sorted(out_dir.rglob("*" + suffix)):
+    if outputs is None:
+        paths = sorted(out_dir.rglob("*" + suffix))
+    else:
+        paths = sorted({Path(p) for p in outputs if os.fspath(p).endswith(suffix)})
+    for path in paths:
         try:
             yield json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
@@ -177,10 +185,10 @@ class DetectHandler(ModelHandler):
         return ItemResult(result=det, written=list(out.written),
                           info={"boxes": len(det.boxes)})
 
-    def finish(self, spec, out_dir: Path) -> list[Path]:
+    def finish(self, spec, out_dir: Path, outputs=None) -> list[Path]:
         from engine.exporters.detections import write_coco, write_csv
 
-        records = list(_records(out_dir, self.task))
+        records = list(_records(out_dir, self.task, outputs))
         if not records:
             return []
         results = [_detections_from(r) for r in records]
@@ -258,10 +266,10 @@ class SegmentHandler(ModelHandler):
         return ItemResult(result=seg, written=list(out.written),
                           info={"kind": seg.kind, "segments": len(seg.instances)})
 
-    def finish(self, spec, out_dir: Path) -> list[Path]:
+    def finish(self, spec, out_dir: Path, outputs=None) -> list[Path]:
         if "coco" not in self.formats:
             return []
-        records = list(_records(out_dir, self.task))
+        records = list(_records(out_dir, self.task, outputs))
         if not records:
             return []
         merged = {"images": [], "annotations": [], "categories": {}}
@@ -311,12 +319,12 @@ class CaptionHandler(ModelHandler):
                                        "token_ids": cap.token_ids})
         return ItemResult(result=cap, written=list(out.written), info={"caption": cap.text})
 
-    def finish(self, spec, out_dir: Path) -> list[Path]:
+    def finish(self, spec, out_dir: Path, outputs=None) -> list[Path]:
         if "jsonl" not in self.formats:
             return []
         lines = [json.dumps({"image": r["image_name"], "input": r["input"],
                              "caption": r["caption"]}, ensure_ascii=False)
-                 for r in _records(out_dir, self.task)]
+                 for r in _records(out_dir, self.task, outputs)]
         if not lines:
             return []
         from engine.media.image import atomic_write_bytes
@@ -398,7 +406,24 @@ class ExplainHandler(ModelHandler):
 
         out.folder.mkdir(parents=True, exist_ok=True)
         written = save_maps(maps, image.rgb, out.folder, out.stem)
-        self.write_record(image, out, {"method": maps.method, "notes": list(maps.notes)},
+        payload: dict[str, Any] = {"method": maps.method, "notes": list(maps.notes)}
+        if maps.box is not None:  # discover: the object's box, aggregated by `finish`
+            from engine.explain.render import discovered_detections
+
+            det = discovered_detections(maps)
+            payload.update(boxes=[_box_dict(b) for b in det.boxes], labels=det.labels)
+        self.write_record(image, out, payload,
                           extra_outputs={_map_kind(p, out.stem): Path(p) for p in written})
         return ItemResult(result=maps, written=list(out.written) + list(written),
                           info={"method": maps.method})
+
+    def finish(self, spec, out_dir: Path, outputs=None) -> list[Path]:
+        """discover: one COCO file of every input's discovered box (`discovered.coco.json`)."""
+        from engine.exporters.detections import write_coco
+
+        records = [r for r in _records(out_dir, self.task, outputs) if "boxes" in r]
+        if not records:
+            return []
+        inputs = [Path(r["input"]) for r in records if r.get("input")]
+        return [write_coco(out_dir / "discovered.coco.json", [_detections_from(r) for r in records],
+                           [r["image_name"] for r in records], inputs=inputs)]

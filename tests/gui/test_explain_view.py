@@ -67,3 +67,15 @@ def test_attention_map_layers_heads_and_patch_click(window, qtbot):
     assert abs(px - target.x()) <= 2 and abs(py - target.y()) <= 2
     assert form.method.currentData() == "patch_similarity"
     assert win.explain.requests == 3  # one model load, three maps
+    # issue 18: the clicked segment exports as a PNG mask and COCO RLE
+    assert form.export_mask.isEnabled()
+    from PIL import Image
+
+    from engine.exporters.masks import rle_decode
+
+    png, rle = win.export_mask(str(win.settings_path.parent / "seg.png"))
+    mask = np.asarray(Image.open(png))[..., 0] > 0
+    np.testing.assert_array_equal(mask, clicked.mask)
+    import json
+
+    np.testing.assert_array_equal(rle_decode(json.loads(rle.read_text())["segmentation"]), clicked.mask)

@@ -54,7 +54,7 @@ def test_onnx_runner_is_explained_from_its_file_and_processor(tmp_path):
     path.write_bytes(buffer.getvalue())
     card = _card("onnx", source=Source.LOCAL, local_path=str(path))
     runner = _FileRunner(card, processor=processor_for((32, 32)))
-    assert capabilities(card).methods == ("raw", "rollout", "dino")
+    assert capabilities(card).methods == ("raw", "rollout", "dino", "discover")
     maps = explain(runner, bright_patch_image((32, 32), (2, 0), 8), method="dino")
     assert np.unravel_index(np.argmax(maps.grid_map), (4, 4)) == (2, 0)
     assert any("Softmax" in note for note in maps.notes)

@@ -45,7 +45,7 @@ def test_capabilities_by_architecture(config_name, support, has, lacks):
 
 def test_capabilities_from_a_card_and_unknown_models():
     card = ModelCard(id="x", name="x", tasks=("features",), runtime="onnx", attention=AttentionSupport.FULL)
-    assert capabilities(card).methods == ("raw", "rollout", "dino")
+    assert capabilities(card).methods == ("raw", "rollout", "dino", "discover")
     caps = capabilities(_config("BertConfig"))
     assert caps.support == AttentionSupport.NONE and caps.methods == ()
 

@@ -335,7 +335,8 @@ def test_explain_methods_are_the_documented_methods_with_capabilities() -> None:
     from engine.explain.maps import METHODS
 
     assert tuple(EXPLAIN_METHODS) == METHODS
-    assert {m.name for m in EXPLAIN_METHODS.values() if m.onnx} == {"raw", "rollout", "dino"}
+    assert {m.name for m in EXPLAIN_METHODS.values() if m.onnx} == {
+        "raw", "rollout", "dino", "discover", "cls_similarity", "patch_similarity"}
     assert EXPLAIN_METHODS.get("relevance").gradients
     detr = types.SimpleNamespace(config=types.SimpleNamespace(model_type="detr"))
     vit = types.SimpleNamespace(config=types.SimpleNamespace(model_type="vit"))
