@@ -245,8 +245,12 @@ def _isolated(home: Path) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        if hub_constants is not None:
-            hub_constants.HF_HUB_OFFLINE = hub_offline
+        # huggingface_hub reads HF_HUB_OFFLINE once, at import: imported during the self-test,
+        # it read "1", so put back what the restored environment says (or the value before)
+        constants = sys.modules.get("huggingface_hub.constants")
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = hub_offline if hub_constants is not None else (
+                os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"))
 
 
 # -- running -------------------------------------------------------------------------------------

@@ -138,3 +138,20 @@ def test_cli_flag_runs_it(tmp_path, monkeypatch):
     monkeypatch.setenv("OCULA_SELFTEST_REPORT", str(tmp_path / "cli.json"))
     assert main(["--self-test"]) == 0
     assert json.loads(Path(tmp_path / "cli.json").read_text(encoding="utf-8"))["passed"] == 1
+
+
+def test_offline_mode_ends_with_the_self_test(monkeypatch):
+    """The self-test runs offline; huggingface_hub, when first imported inside it, read
+    HF_HUB_OFFLINE=1 at import: afterwards the process must be online again (a later
+    `ocula models pull` in the same process once failed with "not in the model cache")."""
+    import sys
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    hub_modules = {k: v for k, v in sys.modules.items() if k.startswith("huggingface_hub")}
+    for name in hub_modules:  # as in a fresh process: the library is imported during the run
+        monkeypatch.delitem(sys.modules, name)
+    with selftest._isolated(Path(os.environ["OCULA_HOME"]) / "selftest-offline"):
+        from huggingface_hub import constants
+
+        assert constants.HF_HUB_OFFLINE is True
+    assert constants.HF_HUB_OFFLINE is False and "HF_HUB_OFFLINE" not in os.environ
