@@ -19,6 +19,7 @@ from engine.jobs import JobSpec, LocalJobExecutor, register_handler, resume_job,
 from engine.jobs.folder_lock import LOCK_NAME, OutputFolderBusy, read_lock
 from engine.jobs.task_handlers import CaptionHandler, DetectHandler
 from engine.results import Box, Caption, Detections
+from tests.fixtures.jobs import grow_disk
 from tests.fixtures.media import make_images
 
 
@@ -226,25 +227,7 @@ def test_a_new_job_also_cleans_up_at_start(tmp_path, store, test_handlers):
 # -- 3. a full disk -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 2 MiB tmpfs at tmp_path/small (root only); unmounted afterwards."""
-    folder = tmp_path / "small"
-    folder.mkdir()
-    if os.name != "posix" or os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
-
-
-def _grow(folder: Path, size: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True)
+# `small_disk` and `grow_disk`: tests/fixtures/jobs.py
 
 
 def test_a_full_disk_stops_the_job_cleanly_and_it_resumes(tmp_path, store, test_handlers,
@@ -270,7 +253,7 @@ def test_a_full_disk_stops_the_job_cleanly_and_it_resumes(tmp_path, store, test_
         else:  # failed or unfinished: nothing on disk
             assert not (out / (Path(item.path).stem + ".restored.png")).exists()
 
-    _grow(small_disk, "64m")  # space freed
+    grow_disk(small_disk, "64m")  # space freed
     resumed = resume_job(job.id, store=store)
     assert resumed.state == "finished" and resumed.done == 30 and resumed.failed == 0
     for src in inputs:
