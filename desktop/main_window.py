@@ -61,7 +61,11 @@ class MainWindow(QMainWindow):
         self.pools = Pools()
         self.catalog: Any = None
         self.installed: set[str] = set()
-        self.results: OrderedDict[Path, Any] = OrderedDict()
+        # results are kept per (task, path): switching task shows only that task's results
+        self.results: OrderedDict[tuple[str, Path], Any] = OrderedDict()
+        self._op_task: dict[int, str] = {}  # id(Operation) -> its task
+        self._unsaved: dict[str, bool] = {}  # temporary output folders of unsaved runs
+        self._pending_token: int | None = None  # a caption word clicked under Caption
         self.item_info: dict[Path, dict] = {}
         self.jobs: list[Operation] = []
         self.catalog_view = None
@@ -191,6 +195,15 @@ class MainWindow(QMainWindow):
         models_menu = bar.addMenu(self.tr("&Models"))
         models_menu.addAction(self.act_catalog)
         models_menu.addAction(self.act_settings)
+        help_menu = bar.addMenu(self.tr("&Help"))
+        self.act_shortcuts = help_menu.addAction(self.tr("Keyboard shortcuts"))
+        self.act_shortcuts.setObjectName("action_shortcuts")
+        self.act_shortcuts.triggered.connect(self.show_shortcuts)
+        self.act_about = help_menu.addAction(self.tr("About Ocula"))
+        self.act_about.setObjectName("action_about")
+        self.act_about.setMenuRole(QAction.MenuRole.AboutRole)
+        self.act_about.triggered.connect(self.show_about)
+        self.help_menu = help_menu
 
     def _build_status_bar(self) -> None:
         status = self.statusBar()
@@ -210,6 +223,7 @@ class MainWindow(QMainWindow):
     def _connect(self) -> None:
         self.task_combo.currentIndexChanged.connect(lambda _: self.on_task_changed())
         self.model_picker.modelChanged.connect(self.on_model_changed)
+        self.model_picker.modelPicked.connect(self.on_model_picked)
         self.model_picker.getMoreRequested.connect(self.open_catalog)
         self.workspace.imageShown.connect(self.on_image_shown)
         self.workspace.inputsChanged.connect(lambda inputs: self._update_run_enabled())
@@ -244,6 +258,18 @@ class MainWindow(QMainWindow):
         # the cache scan imports huggingface_hub: start it once the window is up
         QTimer.singleShot(0, self.refresh_installed)
         QTimer.singleShot(0, self.list_unfinished_jobs)
+
+    def on_installed_changed(self) -> None:
+        """A download finished, a model was imported or deleted: re-read the catalog (an
+        import adds a card) and rescan what is installed, so the picker shows it now."""
+        try:
+            from engine.catalog.catalog import load_catalog
+
+            self.catalog = load_catalog(strict=False)
+        except Exception as exc:  # noqa: BLE001
+            self.progress_label.setText(describe(exc))
+        self.refresh_models()
+        self.refresh_installed()
 
     def refresh_installed(self) -> None:
         """Which models are downloaded: a cache scan, off the UI thread."""
@@ -307,11 +333,13 @@ class MainWindow(QMainWindow):
 
     def on_model_changed(self, card: Any | None) -> None:
         self.task_panel.configure_for_model(card)
-        if card is not None:
-            self.qsettings.setValue(f"models/{self.task}", card.id)
         if self.task == "explain":
             self._configure_explain()
         self._update_run_enabled()
+
+    def on_model_picked(self, card: Any) -> None:
+        """Only a model the user chose becomes the task's preference, never a default."""
+        self.qsettings.setValue(f"models/{self.task}", card.id)
 
     def _update_run_enabled(self) -> None:
         self.act_run.setEnabled(bool(self.workspace.inputs))
@@ -342,8 +370,17 @@ class MainWindow(QMainWindow):
                 options["points"] = [[x, y, label] for x, y, label in prompts.points]
             if prompts.boxes:
                 options["boxes"] = [list(b) for b in prompts.boxes]
-        out = self.task_panel.output_dir.text().strip() or str(
-            inputs[0].parent / "ocula-out" / self.task)
+        if self.task_panel.save_outputs.isChecked():
+            out = self.task_panel.output_dir.text().strip() or str(
+                inputs[0].parent / "ocula-out" / self.task)
+        else:
+            # "Save results to files" unchecked: the job writes into a temporary folder
+            # that is removed once the job is over (its results stay in memory for the
+            # viewer) or, at the latest, when the app quits.
+            import tempfile
+
+            out = tempfile.mkdtemp(prefix="ocula-unsaved-")
+            self._unsaved[out] = True
         return JobSpec(task=self.task, model=card.id, inputs=[str(p) for p in inputs],
                        output_dir=out, options=options,
                        device=self.task_panel.device.currentText(),
@@ -358,14 +395,20 @@ class MainWindow(QMainWindow):
 
     def start_job(self, spec: Any) -> Operation:
         op = job_operation(spec, store=self.store(), parent=self)
+        self._op_task[id(op)] = spec.task
+        if spec.output_dir in self._unsaved:
+            op.unsaved_dir = spec.output_dir
+            return self._track_job(op, None, unsaved=True)
         return self._track_job(op, spec.output_dir)
 
     def resume_job(self, job_id: str) -> Operation:
         """Continue a job an earlier session left unfinished (from the job store)."""
         store = self.store()
         output_dir = store.job_row(job_id).get("output_dir")
+        spec = store.spec(job_id)
         op = resume_operation(job_id, store=store, parent=self,
-                              label=self.tr("resume {}").format(store.spec(job_id).model))
+                              label=self.tr("resume {}").format(spec.model))
+        self._op_task[id(op)] = spec.task
         return self._track_job(op, output_dir)
 
     def list_unfinished_jobs(self) -> None:
@@ -381,11 +424,12 @@ class MainWindow(QMainWindow):
     def _forget_job(self, job_id: str) -> None:
         self.store().delete_job(job_id)
 
-    def _track_job(self, op: Operation, output_dir: str | None) -> Operation:
+    def _track_job(self, op: Operation, output_dir: str | None, *,
+                   unsaved: bool = False) -> Operation:
         op.events.connect(lambda batch, o=op: self.on_job_events(o, batch))
         op.done.connect(lambda o=op: self.on_job_done(o))
         self.jobs.append(op)
-        self.queue.add(op, output_dir)
+        self.queue.add(op, output_dir, unsaved=unsaved)
         self.queue_dock.show()
         self.act_cancel.setEnabled(True)
         self.progress_label.setText(self.tr("Starting {}…").format(op.label))
@@ -396,6 +440,7 @@ class MainWindow(QMainWindow):
         """One coalesced batch: record results, badge thumbnails, redraw once."""
         statuses: dict[Path, str] = {}
         current = self.workspace.current_path
+        task = self._op_task.get(id(op), self.task)
         redraw = False
         partial: str | None = None
         last = None
@@ -408,16 +453,17 @@ class MainWindow(QMainWindow):
                 path = Path(event.item)
                 item_result = event.result
                 result = getattr(item_result, "result", item_result)
-                self.results[path] = result
-                self.results.move_to_end(path)
+                self.results[(task, path)] = result
+                self.results.move_to_end((task, path))
                 info = getattr(item_result, "info", None) or {}
                 if info.get("placement"):  # the loaded runner's own account
                     self.show_placement(str(info["placement"]), planned=False)
                 statuses[path] = "done"
-                redraw = redraw or path == current
+                redraw = redraw or (path == current and task == self.task)
             elif kind == "item_failed":
                 statuses[Path(event.item)] = "failed"
-            elif kind == "partial" and current is not None and Path(event.item) == current:
+            elif kind == "partial" and current is not None and Path(event.item) == current \
+                    and task == self.task:
                 partial = event.message  # a caption still being written
             last = event
         while len(self.results) > RESULT_CACHE:
@@ -449,7 +495,24 @@ class MainWindow(QMainWindow):
             self.progress_label.setText(op.failure.message)
             show_error(self, op.failure.exception, op.failure.details,
                        title=self.tr("The job stopped"))
+        unsaved = getattr(op, "unsaved_dir", None)
+        if unsaved:
+            self._drop_unsaved(unsaved, op)
         self.jobFinished.emit(op)
+
+    def _drop_unsaved(self, folder: str, op: Operation | None = None) -> None:
+        """An unsaved run is over: its results are on screen; remove its files and its
+        job-store record (there is nothing on disk left to resume)."""
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        self._unsaved.pop(folder, None)
+        row = next((r for r in self.queue.rows if r.operation is op), None) if op else None
+        if row is not None and row.job_id and self.job_store is not None:
+            try:
+                self.job_store.delete_job(row.job_id)
+            except Exception:  # noqa: BLE001 — a store problem must not break the UI
+                pass
 
     def cancel(self) -> None:
         self.queue.cancel_all()
@@ -474,14 +537,21 @@ class MainWindow(QMainWindow):
             self.request_explain()
 
     def _show_result_for(self, path: Path | None) -> None:
-        result = self.results.get(path) if path is not None else None
+        """Draw the current task's result for `path`, and nothing of any other task's."""
+        result = self.results.get((self.task, path)) if path is not None else None
+        if self.viewer.has_image:
+            self.viewer.clear_results()
         if result is None or self.task == "explain":
             self.results_panel.clear()
             return
         if self.viewer.has_image:
-            self.viewer.clear_results()
             self.viewer.show_result(result)
         self.results_panel.show_result(result, self.viewer.legend())
+        if type(result).__name__ == "Caption" and not self._caption_words_explainable():
+            # the words are links only where a click can open their attention map
+            from engine.results import Caption
+
+            self.results_panel.show_caption(Caption(text=result.text))
 
     def _on_legend(self, legend: list) -> None:
         del legend  # the results panel asks the viewer when it draws
@@ -531,10 +601,37 @@ class MainWindow(QMainWindow):
                                  device=self.task_panel.device.currentText(), precision="fp32",
                                  settings=self.settings, immediate=True)
 
+    def _caption_words_explainable(self) -> bool:
+        card = self.card
+        if card is None:
+            return False
+        try:
+            methods, _ = supported_methods(card)
+        except Exception:  # noqa: BLE001
+            return False
+        return "cross_attention" in methods
+
     def on_token_clicked(self, index: int) -> None:
-        self.explain.select_token(index)
+        """A caption word was clicked: under Explain, show its map; under Caption, switch
+        to Explain (same model, caption words) and show that word's map once computed."""
+        if self.task == "explain":
+            self.explain.select_token(index)
+            return
+        card = self.card
+        if card is None or not self._caption_words_explainable():
+            return
+        self._pending_token = index
+        self.task_combo.setCurrentIndex(self.task_combo.findData("explain"))
+        self.model_picker.select(card)
+        form = self.task_panel.explain_form
+        method = form.method.findData("cross_attention")
+        if method >= 0:
+            form.method.setCurrentIndex(method)
+        self.request_explain(immediate=True)
 
     def _on_heatmap(self, values: Any) -> None:
+        if self.task != "explain":
+            return  # a map that arrived after the user left Explain
         self.viewer.set_heatmap(values)
 
     def export_mask(self, path: str | None = None) -> list[Path]:
@@ -557,6 +654,8 @@ class MainWindow(QMainWindow):
         return written
 
     def _on_maps(self, maps: Any) -> None:
+        if self.task != "explain":
+            return
         self.last_maps = maps
         self.task_panel.explain_form.export_mask.setEnabled(maps.mask is not None)
         form = self.task_panel.explain_form
@@ -575,8 +674,12 @@ class MainWindow(QMainWindow):
 
             labels = [t.label for t in maps.per_token]
             self.results_panel.show_caption(Caption(text=" ".join(labels), tokens=labels))
+            pending, self._pending_token = self._pending_token, None
+            if pending is not None:
+                self.explain.select_token(min(pending, len(maps.per_token) - 1))
 
     def _on_explain_failed(self, message: str) -> None:
+        self._pending_token = None
         self.progress_label.setText(message)
         self.results_panel.show_attention(message)
 
@@ -590,7 +693,7 @@ class MainWindow(QMainWindow):
             self.catalog_view.setWindowFlag(Qt.WindowType.Window, True)
             self.catalog_view.setParent(self, Qt.WindowType.Window)
             self.catalog_view.modelChosen.connect(self.use_model)
-            self.catalog_view.installedChanged.connect(self.refresh_installed)
+            self.catalog_view.installedChanged.connect(self.on_installed_changed)
         task = self.task if self.task != "explain" else ""
         index = self.catalog_view.task.findData(task)
         if index >= 0:
@@ -631,6 +734,32 @@ class MainWindow(QMainWindow):
 
     def _update_offline(self) -> None:
         self.offline_label.setVisible(bool(getattr(self.settings, "effective_offline", False)))
+
+    def show_shortcuts(self) -> Any:
+        """Help → Keyboard shortcuts: every action of the window that has keys."""
+        from desktop.views.help import ShortcutsDialog
+
+        actions = list(self.actions()) + list(self.viewer.actions.values())
+        for menu_action in self.menuBar().actions():
+            if menu_action.menu() is not None:
+                actions.extend(menu_action.menu().actions())
+        dialog = ShortcutsDialog(actions, parent=self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
+        self.shortcuts_dialog = dialog
+        return dialog
+
+    def show_about(self) -> Any:
+        """Help → About: versions (read from package metadata), licence and folders."""
+        from desktop.views.help import AboutDialog, about_facts
+
+        store_path = getattr(self.job_store, "path", None)
+        dialog = AboutDialog(about_facts(self.settings, self.settings_path, store_path),
+                             parent=self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
+        self.about_dialog = dialog
+        return dialog
 
     def show_welcome(self) -> Any:
         from desktop.views.welcome import WelcomeDialog
@@ -695,4 +824,6 @@ class MainWindow(QMainWindow):
         self.workspace.shutdown()
         self.explain.release()
         self.pools.wait(15_000)
+        for folder in list(self._unsaved):  # unsaved runs still going at quit
+            self._drop_unsaved(folder)
         super().closeEvent(event)

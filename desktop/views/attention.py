@@ -135,8 +135,9 @@ class ExplainController(QObject):
     def _on_maps(self, maps: Any) -> None:
         self.maps = maps
         self.token_index = None
-        self.mapsReady.emit(maps)
+        # the whole map first, then the maps: a listener may pick one word's map at once
         self.heatmapChanged.emit(maps.heatmap)
+        self.mapsReady.emit(maps)
 
     def _on_failed(self, failure: Any) -> None:
         self.failed.emit(describe(failure.exception))

@@ -13,6 +13,7 @@ GET_MORE = "__get_more__"
 
 class ModelPicker(QComboBox):
     modelChanged = Signal(object)  # ModelCard or None
+    modelPicked = Signal(object)  # ModelCard: chosen by the user (not an automatic default)
     getMoreRequested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -22,11 +23,14 @@ class ModelPicker(QComboBox):
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.cards: dict[str, Any] = {}
         self._last_id: str | None = None
+        self._picked_id: str | None = None  # the user's own choice, kept across refreshes
         self.activated.connect(self._on_activated)
 
     def populate(self, cards: list[Any], installed: set[str], *, prefer: str | None = None) -> None:
-        """Fill with `cards` for the current task; keep `prefer` (or the last choice) selected."""
-        keep = prefer or self._last_id
+        """Fill with `cards` for the current task; keep `prefer` (or the user's last choice)
+        selected, else the first installed model. An automatic default is not kept across
+        refreshes, so a model installed meanwhile wins over a never-downloaded one."""
+        keep = prefer or self._picked_id
         self.blockSignals(True)
         self.clear()
         self.cards = {c.id: c for c in cards}
@@ -74,6 +78,10 @@ class ModelPicker(QComboBox):
             self.setCurrentIndex(previous)
             self.getMoreRequested.emit()
             return
+        self._picked_id = data
         if data != self._last_id:
             self._last_id = data
             self.modelChanged.emit(self.current_card())
+        card = self.current_card()
+        if card is not None:
+            self.modelPicked.emit(card)

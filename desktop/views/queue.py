@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from PySide6.QtCore import Qt, QUrl, Signal
-from PySide6.QtGui import QDesktopServices
+from PySide6.QtCore import QSize, Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QResizeEvent
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -27,6 +28,47 @@ from desktop.format import human_bytes, human_duration
 from desktop.workers import Operation
 
 
+class ElidedLabel(QLabel):
+    """One line that never widens its row: text too long for the width ends in "…" and
+    the full text is the tooltip. `text()` gives the full text."""
+
+    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._full = ""
+        self._tip = ""  # a tooltip set from outside, kept when the text fits
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.setText(text)
+
+    def text(self) -> str:  # noqa: D401 — the full text, not the elided one
+        return self._full
+
+    def setText(self, text: str) -> None:  # noqa: N802
+        self._full = str(text)
+        self._elide()
+
+    def setToolTip(self, tip: str) -> None:  # noqa: N802
+        self._tip = tip
+        self._elide()
+
+    def sizeHint(self) -> QSize:  # noqa: N802
+        fm = self.fontMetrics()
+        return QSize(min(fm.horizontalAdvance(self._full), 240), fm.height())
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802
+        return QSize(0, self.fontMetrics().height())
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        self._elide()
+
+    def _elide(self) -> None:
+        one_line = " ".join(self._full.split())
+        shown = self.fontMetrics().elidedText(one_line, Qt.TextElideMode.ElideRight,
+                                              max(self.width(), 1))
+        QLabel.setText(self, shown)
+        QLabel.setToolTip(self, self._full if shown != one_line else self._tip)
+
+
 class JobRow(QFrame):
     """One operation: name, bar, '12/40 · 3.1 img/s · 9 s left', pause, cancel, folder."""
 
@@ -34,25 +76,26 @@ class JobRow(QFrame):
     resumeRequested = Signal(str)  # job id of an interrupted job
 
     def __init__(self, operation: Operation, output_dir: str | None = None,
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None, *, unsaved: bool = False) -> None:
         super().__init__(parent)
         self.setObjectName("jobRow")
         self.setFrameShape(QFrame.Shape.StyledPanel)
         self.operation = operation
         self.output_dir = output_dir
+        self.unsaved = unsaved  # "Save results to files" was off: no folder to open
         self.job_id: str | None = None
         self.done = 0.0
         self.total: float | None = None
         self.failed_items = 0
         self.updates = 0  # how many times this row redrew (tests read it)
 
-        self.name = QLabel(operation.label)
+        self.name = ElidedLabel(operation.label)
         self.name.setObjectName("jobName")
         self.bar = QProgressBar()
         self.bar.setObjectName("jobProgress")
         self.bar.setRange(0, 0)  # busy until the first event says how much there is
         self.bar.setTextVisible(True)
-        self.detail = QLabel(self.tr("starting…"))
+        self.detail = ElidedLabel(self.tr("starting…"))
         self.detail.setObjectName("jobDetail")
         self.pause_button = QToolButton()
         self.pause_button.setText(self.tr("Pause"))
@@ -164,8 +207,10 @@ class JobRow(QFrame):
             if failed:
                 text += self.tr(", {} failed").format(failed)
             out = getattr(result, "output_dir", None)
-            if out:
+            if out and not self.unsaved:
                 self.output_dir = str(out)
+            if self.unsaved:
+                text += self.tr(" (not saved to files)")
             self.detail.setText(text + f" · {human_duration(op.finished_at - op.started_at)}")
         elif op.outcome == "cancelled":
             if self.bar.maximum() == 0:
@@ -208,7 +253,7 @@ class InterruptedRow(QFrame):
         text = self.tr("{} — {} of {} done ({}), {} left").format(
             record.spec_summary, record.done, record.total, record.state,
             record.pending)
-        label = QLabel(text)
+        label = ElidedLabel(text)
         label.setToolTip(record.message or record.output_dir)
         resume = QToolButton()
         resume.setText(self.tr("Resume"))
@@ -294,8 +339,9 @@ class QueueView(QWidget):
                 row.deleteLater()
         self.empty.setVisible(not self.rows and not self.interrupted)
 
-    def add(self, operation: Operation, output_dir: str | None = None) -> JobRow:
-        row = JobRow(operation, output_dir)
+    def add(self, operation: Operation, output_dir: str | None = None, *,
+            unsaved: bool = False) -> JobRow:
+        row = JobRow(operation, output_dir, unsaved=unsaved)
         row.removeRequested.connect(self.remove)
         self.rows.insert(0, row)
         self.list_layout.insertWidget(0, row)

@@ -32,19 +32,32 @@ THUMB_PX = 96
 
 
 def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as given (if image or video); folders walked for images and videos."""
+    """Files as given (if image or video); folders walked for images and videos.
+
+    Hidden entries and Ocula's own output folders inside a folder (`ocula-out`, or any
+    folder holding a job report or lock: engine.media.inputs.is_output_folder) are
+    skipped, as the engine's job input walk skips them: outputs are never inputs."""
     out: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES \
-                        and not any(part.startswith(".") for part in child.parts):
-                    out.append(child)
+            out.extend(sorted(_walk_media(path)))
         elif path.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
             out.append(path)
     seen: set[Path] = set()
     return [p for p in out if not (p in seen or seen.add(p))]
+
+
+def _walk_media(folder: Path) -> Iterable[Path]:
+    from engine.media.inputs import is_output_folder
+
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")
+                   and not is_output_folder(os.path.join(top, d))]
+        for name in files:
+            if not name.startswith(".") and \
+                    Path(name).suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+                yield Path(top) / name
 
 
 def is_video(path: Path) -> bool:
@@ -142,7 +155,8 @@ class Workspace(QWidget):
 
     # -- adding inputs -------------------------------------------------------------------------
     def add_paths(self, paths: Iterable[str | os.PathLike], *, replace: bool = False) -> int:
-        """Add files/folders; returns how many inputs were added."""
+        """Add files/folders; returns how many inputs were added. The first of the new
+        inputs becomes the shown one (so Explain and the results follow what was opened)."""
         new = expand_paths(paths)
         if replace:
             self.inputs = []
@@ -165,7 +179,9 @@ class Workspace(QWidget):
         self.strip.setVisible(len(self.inputs) > 1)
         self._load_thumbnails([(start + i, p) for i, p in enumerate(new) if not is_video(p)])
         self.inputsChanged.emit(list(self.inputs))
-        if self.current < 0 and self.inputs:
+        if new:
+            self.set_current(start)  # what was just opened or dropped is what is shown
+        elif self.current < 0 and self.inputs:
             self.set_current(0)
         return len(new)
 

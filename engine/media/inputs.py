@@ -21,6 +21,12 @@ VIDEO_SUFFIXES = {
     ".m2ts", ".wmv", ".flv", ".3gp", ".ogv", ".mxf", ".y4m",
 }
 _GLOB_CHARS = set("*?[")
+# Ocula's own output folders are never inputs: the default output folder's name, and the
+# files a job leaves in any output folder (its report; its lock while it runs). The names
+# are the ones engine.jobs writes (jobs.report.REPORT_JSON, jobs.folder_lock.LOCK_NAME);
+# they are spelled here because this layer sits below engine.jobs.
+DEFAULT_OUTPUT_FOLDER = "ocula-out"
+OUTPUT_MARKERS = ("ocula-report.json", ".ocula.lock")
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,9 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], *,
     A folder mirrors its structure: `photos/a/b.jpg` given as `photos` has rel
     `a/b.jpg`. Folders listed in `exclude` (the job's output folder, when it sits
     inside an input folder) are skipped so outputs are never fed back as inputs;
-    a folder named as an input itself is always read.
+    a folder named as an input itself is always read. Ocula's own output folders found
+    inside an input folder (see `is_output_folder`) are skipped the same way, so opening
+    a folder twice does not feed the first run's overlays into the second.
     Hidden files and folders (names starting with ".") inside folders are skipped:
     they include our own temporary `.part` files.
     """
@@ -74,6 +82,15 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], *,
         else:
             yield InputItem(str(path), path.name, "error",
                             f"{path}: not found (no such file or folder).")
+
+
+def is_output_folder(folder: str | os.PathLike) -> bool:
+    """True for a folder Ocula wrote results into: the default `ocula-out`, or any folder
+    holding a job report or a job lock. Such folders are skipped when a folder is walked."""
+    folder = os.fspath(folder)
+    if os.path.basename(os.path.normpath(folder)) == DEFAULT_OUTPUT_FOLDER:
+        return True
+    return any(os.path.lexists(os.path.join(folder, name)) for name in OUTPUT_MARKERS)
 
 
 def _unreadable(path: Path) -> str:
@@ -118,7 +135,7 @@ def _walk(root: str | os.PathLike, folder: str | os.PathLike, excluded: set[str]
     root, folder = os.fspath(root), os.fspath(folder)
     # A folder the user named is always read, even if it is also the output folder;
     # only output folders found *inside* it are skipped.
-    if folder != root and _real(folder) in excluded:
+    if folder != root and (_real(folder) in excluded or is_output_folder(folder)):
         return
     try:
         with os.scandir(folder) as listing:
