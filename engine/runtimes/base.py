@@ -58,6 +58,24 @@ class Runner:
     def forward(self, inputs: Mapping[str, Any]) -> Outputs:
         raise NotImplementedError
 
+    def forward_arrays(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """`forward` with numpy arrays out (fp32 where the model computes in half), for
+        tasks whose post-processing is numpy. The ONNX runner does it without torch."""
+        out: dict[str, Any] = {}
+        for name, value in self.forward(inputs).items():
+            if hasattr(value, "detach"):  # a torch tensor, without importing torch here
+                value = value.detach()
+                if value.is_floating_point():
+                    value = value.float()
+                value = value.cpu().numpy()
+            out[name] = value
+        return out
+
+    def graph_metadata(self) -> dict[str, str] | None:
+        """The model file's own metadata (an ONNX graph's metadata_props, "input_hw"),
+        read once per load; None where the backend has no such thing."""
+        return None
+
     def release(self) -> None:
         """Free the model's memory. The runner must not be used afterwards."""
 

@@ -14,9 +14,10 @@ is loaded: `_fp16` when fp16 is asked and exists, otherwise the plain fp32 file.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +97,8 @@ class OnnxRunner(Runner):
         self.input_aliases = dict(input_aliases or {})  # our name -> graph input name
         self.onnx_path: Path | None = None  # the main graph file, when loaded from disk
         self.folder: Path | None = None  # the snapshot folder the graphs came from
+        # read from each session once (not per call): graph inputs, output names, metadata
+        self._session_facts: dict[tuple[int, str], tuple[ort.InferenceSession, Any]] = {}
 
     @property
     def main_session_name(self) -> str:
@@ -123,13 +126,28 @@ class OnnxRunner(Runner):
         return self.run(self.main_session_name, inputs)
 
     def run(self, name: str, inputs: Mapping[str, Any]) -> Outputs:
-        """Run graph `name` on named inputs; torch tensors out, keyed by graph output names."""
+        """Run graph `name` on named inputs; torch tensors out, keyed by graph output names
+        (what transformers' post-processing reads). `run_arrays` is the same without torch."""
         import torch
 
+        outputs = Outputs()
+        tensors: dict[int, Any] = {}  # an alias is the same tensor as the output it names
+        for out_name, value in self.run_arrays(name, inputs).items():
+            tensor = tensors.get(id(value))
+            if tensor is None:
+                tensor = tensors[id(value)] = torch.from_numpy(value)
+            outputs[out_name] = tensor
+        return outputs
+
+    def forward_arrays(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        return self.run_arrays(self.main_session_name, inputs)
+
+    def run_arrays(self, name: str, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Run graph `name`; numpy arrays out (fp16 widened to fp32, as the torch backends'
+        post-processing runs in fp32), graph output names plus their aliases. No torch."""
         session = self._session(name)
         feed = self._feed(session, name, inputs)
-        names = [o.name for o in session.get_outputs()]
-        shapes = ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in feed.items())
+        names = self._output_names(session)
         try:
             with self.lock:
                 values = session.run(names, feed)
@@ -137,19 +155,50 @@ class OnnxRunner(Runner):
             ort.capi.onnxruntime_pybind11_state.InvalidArgument,
             ort.capi.onnxruntime_pybind11_state.Fail,
         ) as exc:
+            shapes = ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in feed.items())
             raise OculaError(
                 f"Model '{self.card.id}' ONNX graph '{name}' rejected its inputs ({shapes}): {exc}"
             ) from exc
-        outputs = Outputs()
+        outputs: dict[str, np.ndarray] = {}
         for out_name, value in zip(names, values):
-            tensor = torch.from_numpy(np.ascontiguousarray(value))
-            if tensor.dtype == torch.float16:
-                tensor = tensor.float()  # same as the torch backends: post-processing in fp32
-            outputs[out_name] = tensor
+            value = np.ascontiguousarray(value)
+            if value.dtype == np.float16:
+                value = value.astype(np.float32)
+            outputs[out_name] = value
         for graph_name, our_name in self.output_aliases.items():
             if graph_name in outputs and our_name not in outputs:
                 outputs[our_name] = outputs[graph_name]
         return outputs
+
+    def graph_metadata(self, name: str | None = None) -> dict[str, str]:
+        """The graph's metadata_props (Ultralytics: names, imgsz, stride) plus "input_hw"
+        (JSON [H, W]) for a static [N, 3, H, W] image input; read from the session once."""
+        session = self._session(name or self.main_session_name)
+
+        def read() -> dict[str, str]:
+            meta = dict(session.get_modelmeta().custom_metadata_map)
+            inputs = self._graph_inputs(session)
+            if len(inputs) == 1:
+                dims = [d if isinstance(d, int) else 0 for d in inputs[0].shape]
+                if len(dims) == 4 and dims[2] > 0 and dims[3] > 0:
+                    meta["input_hw"] = json.dumps([dims[2], dims[3]])
+            return meta
+
+        return dict(self._once(session, "metadata", read))
+
+    def _once(self, session: ort.InferenceSession, what: str, read: Callable[[], Any]) -> Any:
+        """`read()` once per session (a session swapped in under the same name is re-read)."""
+        key = (id(session), what)
+        cached = self._session_facts.get(key)
+        if cached is None or cached[0] is not session:
+            cached = self._session_facts[key] = (session, read())
+        return cached[1]
+
+    def _graph_inputs(self, session: ort.InferenceSession) -> list[Any]:
+        return self._once(session, "inputs", lambda: list(session.get_inputs()))
+
+    def _output_names(self, session: ort.InferenceSession) -> list[str]:
+        return self._once(session, "outputs", lambda: [o.name for o in session.get_outputs()])
 
     def _session(self, name: str) -> ort.InferenceSession:
         if not self.sessions:
@@ -165,7 +214,7 @@ class OnnxRunner(Runner):
     def _feed(
         self, session: ort.InferenceSession, name: str, inputs: Mapping[str, Any]
     ) -> dict[str, np.ndarray]:
-        graph_inputs = session.get_inputs()
+        graph_inputs = self._graph_inputs(session)
         reverse = {graph: ours for ours, graph in self.input_aliases.items()}
         arrays = {
             k: v for k, v in inputs.items() if v is not None and not isinstance(v, (bool, str))
@@ -196,6 +245,7 @@ class OnnxRunner(Runner):
 
     def release(self) -> None:
         self.sessions.clear()
+        self._session_facts.clear()
 
 
 # -- loading --------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import json
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,8 +118,13 @@ class YoloSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_sidecar(cls, sidecar: Mapping[str, Any], *, onnx_path: str | None = None) -> YoloSpec:
-        meta = onnx_metadata(onnx_path) if onnx_path else {}
+    def from_sidecar(cls, sidecar: Mapping[str, Any], *, onnx_path: str | None = None,
+                     metadata: Mapping[str, str] | None = None) -> YoloSpec:
+        """`metadata`: the graph's metadata as the runner read it; else `onnx_path`'s."""
+        if metadata is not None:
+            meta = dict(metadata)
+        else:
+            meta = onnx_metadata(onnx_path) if onnx_path else {}
         size = sidecar.get("input_size")
         for key in ("input_hw", "imgsz"):  # both [height, width]; a fixed graph input wins
             if size is None and key in meta:
@@ -316,10 +322,27 @@ def postprocess(
 # -- the family ---------------------------------------------------------------------------------
 
 
+# One spec per loaded runner: the sidecar and the graph's metadata do not change while it
+# is loaded, and reading them per batch cost a graph parse each time.
+_SPECS: weakref.WeakKeyDictionary[Any, YoloSpec] = weakref.WeakKeyDictionary()
+
+
 def yolo_spec(runner: Runner) -> YoloSpec:
-    local = getattr(runner.card, "local_path", None)
-    onnx_path = local if local and str(local).lower().endswith(".onnx") else None
-    return YoloSpec.from_sidecar(getattr(runner.card, "sidecar", {}) or {}, onnx_path=onnx_path)
+    spec = _SPECS.get(runner)
+    if spec is None:
+        sidecar = getattr(runner.card, "sidecar", {}) or {}
+        reader = getattr(runner, "graph_metadata", None)
+        metadata = reader() if reader is not None else None
+        local = getattr(runner.card, "local_path", None)
+        onnx_path = local if local and str(local).lower().endswith(".onnx") else None
+        if metadata is not None and onnx_path is None:
+            metadata = None  # same as before: only an imported .onnx file's metadata is read
+        spec = YoloSpec.from_sidecar(sidecar, onnx_path=onnx_path, metadata=metadata)
+        try:
+            _SPECS[runner] = spec
+        except TypeError:  # a runner that cannot be weakly referenced: no cache
+            pass
+    return spec
 
 
 def run(runner: Runner, images: list[Image.Image], opts: DetectOptions) -> list[Detections]:
@@ -337,7 +360,7 @@ def run(runner: Runner, images: list[Image.Image], opts: DetectOptions) -> list[
     # one image per call: most YOLO exports have a fixed batch dimension of 1
     for img in images:
         batch, geos = preprocess([np.asarray(img)], spec)
-        outputs = runner.forward({spec.input_name or "images": batch})
+        outputs = runner.forward_arrays({spec.input_name or "images": batch})
         raw = outputs[spec.output_name] if spec.output_name else next(iter(outputs.values()))
         (dets,) = postprocess(
             to_numpy(raw),

@@ -33,8 +33,8 @@ def run(
     id2label = dict(enumerate(labels)) if isinstance(labels, list) else {}
     results = []
     for img in images:  # one at a time: exports are often fixed at batch 1
-        outputs = runner.forward({sidecar.get("input_name") or "pixel_values":
-                                  sidecar_pixels(img, sidecar)})
+        outputs = runner.forward_arrays({sidecar.get("input_name") or "pixel_values":
+                                         sidecar_pixels(img, sidecar)})
         logits = to_numpy(nth_output(runner, outputs, 0)).astype(np.float32)[0]  # [C, h, w]
         upsampled = np.stack([cv2.resize(channel, img.size, interpolation=cv2.INTER_LINEAR)
                               for channel in logits])
