@@ -25,7 +25,8 @@ from engine.jobs import (
 )
 from tests.fixtures.jobs import handlers_restored
 from tests.fixtures.media import make_audio_only, make_images
-from tests.unit.test_jobs_inputs import as_unprivileged, make_locked_tree, open_tmp  # noqa: F401
+from tests.fixtures.unprivileged import as_unprivileged
+from tests.unit.test_jobs_inputs import make_locked_tree, open_tmp  # noqa: F401
 
 
 def hidden_files(folder: Path) -> list[Path]:

@@ -3,12 +3,10 @@ entries, absurd sidecar values, 16-bit colour images, output file modes under an
 and errors that say what really went wrong (permission, symlink loop, a bad setting)."""
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import stat
 import tempfile
-import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from engine.errors import CatalogError, InputError, OculaError, UsageError
 from engine.media.image import atomic_write_bytes, read_image, write_image
 from engine.media.inputs import expand_inputs
 from engine.settings import Settings
+from tests.fixtures.unprivileged import as_unprivileged as _as_unprivileged
 
 cv2 = pytest.importorskip("cv2")
 
@@ -304,32 +303,6 @@ def test_temp_folders_get_the_umask_mode(tmp_path, umask):
 
 
 # -- 5. errors say what really went wrong ------------------------------------------------------
-
-def _as_unprivileged(fn):
-    """Root ignores permission bits: run `fn` in a thread whose filesystem uid is nobody."""
-    if os.geteuid() != 0:
-        return fn()
-    libc = ctypes.CDLL(None, use_errno=True)
-    box: dict = {}
-
-    def run() -> None:
-        libc.setfsuid(65534)
-        libc.setfsgid(65534)
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001
-            box["error"] = exc
-        finally:
-            libc.setfsuid(0)
-            libc.setfsgid(0)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
 
 def test_unreadable_image_says_permission_denied():
     if not hasattr(os, "geteuid"):

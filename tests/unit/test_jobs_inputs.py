@@ -6,12 +6,12 @@ import os
 import shutil
 import stat
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
 
 from engine.media.inputs import InputItem, expand_inputs
+from tests.fixtures.unprivileged import as_unprivileged
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:
@@ -62,31 +62,6 @@ def test_expansion_is_lazy(tmp_path):
 # Root ignores permission bits, so as root the check runs in a thread whose filesystem
 # uid is "nobody" (Linux setfsuid is per thread): the kernel then refuses the folder
 # exactly as it would for a normal user.
-
-
-def as_unprivileged(fn):
-    if os.geteuid() != 0:
-        return fn()
-    libc = ctypes.CDLL(None, use_errno=True)
-    box: dict = {}
-
-    def run() -> None:
-        libc.setfsuid(65534)
-        libc.setfsgid(65534)
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001
-            box["error"] = exc
-        finally:
-            libc.setfsuid(0)
-            libc.setfsgid(0)
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 @pytest.fixture
