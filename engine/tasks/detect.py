@@ -19,7 +19,7 @@ depend on which other images shared a batch (no padding between sizes).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -282,3 +282,13 @@ def require_processor(runner: Runner) -> Any:
 
 def to_numpy(t: Any) -> np.ndarray:
     return t.detach().cpu().float().numpy() if hasattr(t, "detach") else np.asarray(t)
+
+
+def finish_decoded(decoded: Sequence[Mapping[str, Any]], images: Sequence[Image.Image], *,
+                   id2label: dict[int, str], opts: DetectOptions,
+                   keep_ids: set[int] | None = None) -> list[Detections]:
+    """`finish` for each image of transformers' post-processing output
+    ({"scores", "labels", "boxes"} per image, in original pixels)."""
+    return [finish(to_numpy(d["scores"]), to_numpy(d["labels"]), to_numpy(d["boxes"]),
+                   image_size=img.size, id2label=id2label, opts=opts, keep_ids=keep_ids)
+            for d, img in zip(decoded, images)]

@@ -8,11 +8,10 @@ from engine.tasks.detect import (
     DetectOptions,
     DetectorFamily,
     class_filter,
-    finish,
+    finish_decoded,
     image_processor,
     model_info,
     require_processor,
-    to_numpy,
 )
 
 if TYPE_CHECKING:
@@ -31,18 +30,8 @@ def run(runner: Runner, images: list[Image.Image], opts: DetectOptions) -> list[
     decoded = processor.post_process_object_detection(
         outputs, threshold=opts.threshold, target_sizes=target_sizes
     )
-    return [
-        finish(
-            to_numpy(d["scores"]),
-            to_numpy(d["labels"]),
-            to_numpy(d["boxes"]),
-            image_size=img.size,
-            id2label=info.id2label,
-            opts=opts,
-            keep_ids=keep_ids,
-        )
-        for d, img in zip(decoded, images)
-    ]
+    return finish_decoded(decoded, images, id2label=info.id2label, opts=opts,
+                          keep_ids=keep_ids)
 
 
 FAMILY = DetectorFamily(

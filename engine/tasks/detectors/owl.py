@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from engine.results import Detections
-from engine.tasks.detect import DetectOptions, DetectorFamily, finish, require_processor, to_numpy
+from engine.tasks.detect import DetectOptions, DetectorFamily, finish_decoded, require_processor
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -26,17 +26,7 @@ def run(runner: Runner, images: list[Image.Image], opts: DetectOptions) -> list[
         text_labels=[queries] * len(images),
     )
     id2label = dict(enumerate(queries))
-    return [
-        finish(
-            to_numpy(d["scores"]),
-            to_numpy(d["labels"]),
-            to_numpy(d["boxes"]),
-            image_size=img.size,
-            id2label=id2label,
-            opts=opts,
-        )
-        for d, img in zip(decoded, images)
-    ]
+    return finish_decoded(decoded, images, id2label=id2label, opts=opts)
 
 
 FAMILY = DetectorFamily(
