@@ -82,6 +82,11 @@ class OutputPlan:
         write_image(target, image, quality=quality, alpha=alpha)  # temp file + rename
         return self._record(target, kind)
 
+    def reserve(self, suffix: str, *, kind: str = "output") -> Path:
+        """The path for a file a streaming writer writes itself (atomically), recorded as
+        this input's output like the write_* methods' files."""
+        return self._record(self.path(suffix, kind), kind)
+
     def _record(self, target: Path, kind: str) -> Path:
         if target not in self.written:
             self.written.append(target)

@@ -33,7 +33,7 @@ Pure numpy; torch is imported only to recognise its out-of-memory error.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -252,6 +252,8 @@ def ramp(length: int, start_edge: bool, end_edge: bool, overlap: int, scale: int
 
 
 TileFn = Callable[[np.ndarray], np.ndarray]  # (C, h, w) float32 -> (C, h*s, w*s) float32
+# (y0, y1, x0, x1) -> the (y1 - y0 + 2·border, x1 - x0 + 2·border, C) input of one tile
+RegionFn = Callable[[int, int, int, int], np.ndarray]
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -319,49 +321,86 @@ class TileScheduler:
         decides the output encoding (integers are rounded from [0, 1]).
         """
         h, w = image.shape[:2]
-        plan = plan_tiles(h, w, self.stats.tile_size, self.overlap, self.requirement)
+        border, mode = self.requirement.border, self.requirement.border_mode
+
+        def region(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+            return border_region(image, y0, y1, x0, x1, border, mode)
+
+        for _ in self.bands(region, h, w, max_value=max_value,
+                            rows_of=lambda y0, y1: out[y0:y1]):
+            pass
+        return out
+
+    def bands(self, region: RegionFn, height: int, width: int, *, max_value: float,
+              rows_of: Callable[[int, int], np.ndarray]) -> Iterator[tuple[int, int]]:
+        """Run the tiles row by row; yield (y0, y1) each time output rows [y0, y1) are final.
+
+        `region(y0, y1, x0, x1)` gives the input pixels of one tile with its border
+        context (requested top to bottom, so it may be read from a file lazily);
+        `rows_of(y0, y1)` gives the (y1 - y0, W·s, C_out) array the finished rows are
+        encoded into (a slice of a whole output, or a band that is written out).
+        Float memory is one tile plus the rows a tile row hands to the next one (the
+        vertical overlap), full width: columns are encoded as soon as no later tile
+        of the row reaches them. Every pixel sums its tiles in the same order as a
+        whole-band accumulator would, so the output does not depend on this layout.
+        """
+        plan = plan_tiles(height, width, self.stats.tile_size, self.overlap, self.requirement)
         self.stats.planned = plan.count
-        s = self.scale
-        done = 0
-        band_rows = plan.tile_h * s
-        # one band buffer, reused: rows [band_y0, band_y0 + band_rows) of the output, kept
-        # channels-first like the model's tiles so accumulation needs no transposes
-        acc = np.zeros((self.channels_out, band_rows, w * s), np.float32)
-        wsum = np.zeros((band_rows, w * s), np.float32)
-        band_y0 = 0
+        s, channels = self.scale, self.channels_out
+        out_w = width * s
+        tile_rows, done = plan.tile_h * s, 0
+        # rows [carry_y0, carry_y0 + carry rows) of the output, summed over earlier tile rows
+        carry = np.zeros((channels, 0, out_w), np.float32)
+        carry_w = np.zeros((0, out_w), np.float32)
         for row, y0 in enumerate(plan.ys):
-            shift = y0 * s - band_y0
-            if shift:  # slide the unfinished rows to the top, clear the rest
-                keep = band_rows - shift
-                acc[:, :keep] = acc[:, shift:]
-                wsum[:keep] = wsum[shift:]
-                acc[:, keep:] = 0.0
-                wsum[keep:] = 0.0
-                band_y0 = y0 * s
+            top = y0 * s  # rows above `top` are all written
+            final_end = (plan.ys[row + 1] if row + 1 < len(plan.ys) else height) * s
+            final_rows, carried = final_end - top, carry.shape[1]
+            target = rows_of(top, final_end)
+            next_carry = np.zeros((channels, tile_rows - final_rows, out_w), np.float32)
+            next_carry_w = np.zeros((tile_rows - final_rows, out_w), np.float32)
             wy = ramp(plan.tile_h, row > 0, row < len(plan.ys) - 1, plan.overlap, s)
+            # the window: output columns [win_x0, win_x1) of this tile row, not yet encoded
+            win = np.zeros((channels, tile_rows, 0), np.float32)
+            win_w = np.zeros((tile_rows, 0), np.float32)
+            win_x0 = win_x1 = 0
             for col, x0 in enumerate(plan.xs):
                 if self.cancel is not None:
                     self.cancel.raise_if_cancelled()
                 x1 = x0 + plan.tile_w
-                region = border_region(image, y0, y0 + plan.tile_h, x0, x1,
-                                       self.requirement.border, self.requirement.border_mode)
-                result = self._process(_to_float_chw(region, max_value))
+                tile_x0, tile_x1 = x0 * s, x1 * s
+                if tile_x1 > win_x1:  # new columns enter the window, with what earlier rows gave
+                    grown = np.zeros((channels, tile_rows, tile_x1 - win_x0), np.float32)
+                    grown_w = np.zeros((tile_rows, tile_x1 - win_x0), np.float32)
+                    grown[:, :, :win_x1 - win_x0] = win
+                    grown_w[:, :win_x1 - win_x0] = win_w
+                    grown[:, :carried, win_x1 - win_x0:] = carry[:, :, win_x1:tile_x1]
+                    grown_w[:carried, win_x1 - win_x0:] = carry_w[:, win_x1:tile_x1]
+                    win, win_w, win_x1 = grown, grown_w, tile_x1
+                result = self._process(_to_float_chw(region(y0, y0 + plan.tile_h, x0, x1),
+                                                     max_value))
                 wx = ramp(plan.tile_w, col > 0, col < len(plan.xs) - 1, plan.overlap, s)
                 weight = wy[:, None] * wx[None, :]
                 if result.flags.writeable:
                     result *= weight
                 else:
                     result = result * weight
-                acc[:, :, x0 * s:x1 * s] += result
-                wsum[:, x0 * s:x1 * s] += weight
+                win[:, :, tile_x0 - win_x0:tile_x1 - win_x0] += result
+                win_w[:, tile_x0 - win_x0:tile_x1 - win_x0] += weight
                 done += 1
                 if self.progress is not None:
                     self.progress(Progress("infer", done, plan.count, unit="tiles", item=self.item))
-            # output rows above the next tile row's start receive nothing more: finalise them
-            final_end = (plan.ys[row + 1] if row + 1 < len(plan.ys) else h) * s
-            _finalise(acc[:, :final_end - band_y0], wsum[:final_end - band_y0],
-                      out[band_y0:final_end])
-        return out
+                # columns left of the next tile get nothing more from this row: settle them
+                settled = (plan.xs[col + 1] * s if col + 1 < len(plan.xs) else out_w) - win_x0
+                if settled > 0:
+                    _finalise(win[:, :final_rows, :settled], win_w[:final_rows, :settled],
+                              target[:, win_x0:win_x0 + settled])
+                    next_carry[:, :, win_x0:win_x0 + settled] = win[:, final_rows:, :settled]
+                    next_carry_w[:, win_x0:win_x0 + settled] = win_w[final_rows:, :settled]
+                    win, win_w = win[:, :, settled:], win_w[:, settled:]
+                    win_x0 += settled
+            carry, carry_w = next_carry, next_carry_w
+            yield top, final_end
 
     # -- internals -------------------------------------------------------------------
     def _process(self, tile: np.ndarray) -> np.ndarray:

@@ -335,14 +335,20 @@ def auto_tile_size(spec: RestorerSpec, device: str, image_hw: tuple[int, int],
 # -- the task ------------------------------------------------------------------------------
 
 
-def restore(runner: Runner, image: LoadedImage, *, tile_size: int | None = None,
-            tile_overlap: int = DEFAULT_OVERLAP, precision: str | None = None,
-            progress: ProgressCallback | None = None,
-            cancel: CancelToken | None = None) -> RestoredImage:
-    """Restore/upscale one image. `tile_size=None` picks it from free memory.
+@dataclass
+class _Setup:
+    """What one restoration decided before its first tile: model facts, precision, tiles."""
 
-    A tile size >= the image's longest edge means one whole-image pass.
-    """
+    spec: RestorerSpec
+    caller: _TileCaller
+    compute: str
+    tile_size: int
+    requested: int | None
+    notes: list[str]
+
+
+def _setup(runner: Runner, height: int, width: int, *, tile_size: int | None,
+           precision: str | None) -> _Setup:
     spec = spec_for(runner)
     notes: list[str] = list(getattr(runner, "notes", []) or [])
     compute = _compute_precision(runner, spec, precision, notes)
@@ -350,15 +356,6 @@ def restore(runner: Runner, image: LoadedImage, *, tile_size: int | None = None,
     if spec.scale <= 0:
         spec = replace(spec, scale=_probe_scale(caller, spec))
         caller.spec = spec
-
-    array = np.asarray(image.array)
-    height, width = array.shape[:2]
-    if array.dtype == np.uint16:
-        max_value, out_dtype = 65535.0, np.uint16
-    else:
-        max_value, out_dtype = 255.0, np.uint8
-        array = array.astype(np.uint8, copy=False)
-
     requested = tile_size
     if spec.tiling == "internal" and tile_size is None:
         notes.append("the model tiles internally: whole image in one pass")
@@ -367,6 +364,45 @@ def restore(runner: Runner, image: LoadedImage, *, tile_size: int | None = None,
         tile_size = auto_tile_size(spec, runner.placement.device, (height, width), compute)
     if spec.tiling == "discouraged" and tile_size < max(height, width):
         notes.append("this architecture prefers whole images; tiles may show seams")
+    return _Setup(spec, caller, compute, tile_size, requested, notes)
+
+
+def _info(runner: Runner, setup: _Setup, tiler: TileScheduler, tile_overlap: int,
+          bit_depth: int) -> dict[str, Any]:
+    stats, notes = tiler.stats, setup.notes
+    if stats.halvings:
+        notes.append(f"out of memory: tiles halved {stats.halvings}× to {stats.tile_size} px")
+    return {
+        "placement": runner.placement.describe(),
+        "precision": setup.compute,
+        "tiles": stats.tiles_run,
+        "tile_size_requested": setup.requested,
+        "tile_size_final": stats.tile_size,
+        "tile_overlap": tile_overlap,
+        "oom_halvings": stats.halvings,
+        "tile_sizes_tried": list(stats.history),
+        "bit_depth": bit_depth,
+        "notes": notes,
+    }
+
+
+def restore(runner: Runner, image: LoadedImage, *, tile_size: int | None = None,
+            tile_overlap: int = DEFAULT_OVERLAP, precision: str | None = None,
+            progress: ProgressCallback | None = None,
+            cancel: CancelToken | None = None) -> RestoredImage:
+    """Restore/upscale one image. `tile_size=None` picks it from free memory.
+
+    A tile size >= the image's longest edge means one whole-image pass.
+    """
+    array = np.asarray(image.array)
+    height, width = array.shape[:2]
+    if array.dtype == np.uint16:
+        max_value, out_dtype = 65535.0, np.uint16
+    else:
+        max_value, out_dtype = 255.0, np.uint8
+        array = array.astype(np.uint8, copy=False)
+    setup = _setup(runner, height, width, tile_size=tile_size, precision=precision)
+    spec, caller, tile_size = setup.spec, setup.caller, setup.tile_size
 
     scale = spec.scale
     out = np.empty((height * scale, width * scale, 3), dtype=out_dtype)
@@ -385,24 +421,20 @@ def restore(runner: Runner, image: LoadedImage, *, tile_size: int | None = None,
         result_image = np.concatenate([out, alpha[..., None]], axis=2)
         del out
 
+    info = _info(runner, setup, tiler, tile_overlap, 16 if out_dtype == np.uint16 else 8)
     stats = tiler.stats
     whole = stats.planned == 1 and stats.halvings == 0
-    if stats.halvings:
-        notes.append(f"out of memory: tiles halved {stats.halvings}× to {stats.tile_size} px")
-    info = {
-        "placement": runner.placement.describe(),
-        "precision": compute,
-        "tiles": stats.tiles_run,
-        "tile_size_requested": requested,
-        "tile_size_final": stats.tile_size,
-        "tile_overlap": tile_overlap,
-        "oom_halvings": stats.halvings,
-        "tile_sizes_tried": list(stats.history),
-        "bit_depth": 16 if out_dtype == np.uint16 else 8,
-        "notes": notes,
-    }
     return RestoredImage(image=result_image, scale=scale, source_size=(width, height),
                          tile_size=None if whole else stats.tile_size, info=info)
+
+
+def output_scale(runner: Runner) -> int:
+    """The model's scale, as `restore()` finds it (the spec, or one probed tile)."""
+    spec = spec_for(runner)
+    if spec.scale > 0:
+        return spec.scale
+    return _probe_scale(_TileCaller(runner, spec, _compute_precision(runner, spec, None, [])),
+                        spec)
 
 
 def _probe_scale(caller: _TileCaller, spec: RestorerSpec) -> int:
