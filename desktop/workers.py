@@ -256,10 +256,13 @@ def load_backend(runtime: str) -> None:
 JOB_IMPORTS: tuple[str, ...] = ()  # the built-in handlers load on first use
 
 
-def _job_runner(store: Any) -> Any:
-    from engine.jobs.executors import LocalJobExecutor
+def _job_runner(store: Any, executor: Any = None) -> Any:
+    """The job pool's executor: local, or the one a spec's `executor` names (Ray)."""
+    from engine.jobs.executors import LocalJobExecutor, executor_for
 
-    return LocalJobExecutor(store, mode="deferred", imports=JOB_IMPORTS)
+    if executor is None:
+        return LocalJobExecutor(store, mode="deferred", imports=JOB_IMPORTS)
+    return executor_for(executor, store, mode="deferred", imports=JOB_IMPORTS)
 
 
 def job_operation(spec: Any, *, store: Any = None, label: str = "",
@@ -274,7 +277,7 @@ def job_operation(spec: Any, *, store: Any = None, label: str = "",
         emit(PlacementEvent(planned_placement(card, spec.device, spec.precision)))
         load_backend(card.runtime)
 
-    runner = _job_runner(store)
+    runner = _job_runner(store, spec.executor)
     return Operation(handle=lambda emit: runner.submit(spec, on_event=emit), prepare=prepare,
                      label=label or f"{spec.task} · {spec.model}", kind="job", parent=parent)
 

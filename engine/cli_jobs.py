@@ -14,7 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.cli_output import emit
-from engine.cli_tasks import open_store, run_printed, say_resuming
+from engine.cli_tasks import (
+    add_executor_arguments,
+    executor_from_args,
+    open_store,
+    run_printed,
+    say_resuming,
+)
 from engine.errors import InputError, UsageError
 
 MAX_FAILURES_SHOWN = 20
@@ -115,10 +121,13 @@ def cmd_jobs_resume(args) -> int:
     if store.job_record(job_id).state == "finished":
         raise InputError(f"job {job_id} is finished; nothing to resume (its outputs are in "
                          f"{store.job_row(job_id)['output_dir']}).")
+    from engine.jobs.executors import job_run_for
+
+    job_run = job_run_for(executor_from_args(args))  # any executor: the store knows what's done
     settings = user_settings()
     say_resuming(store, job_id)
     return run_printed(args, lambda printer: resume_job(
-        job_id, on_event=printer, store=store, settings=settings))
+        job_id, on_event=printer, store=store, settings=settings, job_run=job_run))
 
 
 def cmd_jobs_forget(args) -> int:
@@ -167,6 +176,7 @@ def add_jobs_commands(sub, add: Callable[..., argparse.ArgumentParser]) -> None:
             "continue an interrupted, cancelled or failed job where it stopped")
     p.add_argument("job", metavar="ID")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_executor_arguments(p.add_argument_group("executor"))
     p = add(jsub, "forget", cmd_jobs_forget,
             "remove a job from the store (its output files are kept)")
     p.add_argument("job", metavar="ID")

@@ -36,6 +36,16 @@ TASK_EXAMPLES = {
 RESTART_HELP = ("start a fresh job even if an unfinished one with the same command and "
                 "output folder exists (by default that one is resumed: finished inputs are "
                 "not redone)")
+EXECUTOR_HELP = {
+    "--executor": "where the job runs: local (this machine) or ray (a Ray cluster; "
+                  "pip install 'ocula[cluster]') [default: local]",
+    "--address": "ray: the cluster to join, `auto` (the one `ray start` runs here) or "
+                 "ray://HOST:10001 [default: start a local Ray runtime]",
+    "--workers": "ray: model replicas [default: the cluster's CPUs / threads per worker]",
+    "--threads-per-worker": "ray: torch/onnxruntime threads per replica "
+                            "[default: CPUs / workers]",
+    "--gpus-per-worker": "ray: GPUs per replica (Ray's num_gpus) [default: 0]",
+}
 GROUP_TITLES = {"task": "{task} options", "output": "output files", "video": "video inputs",
                 "advanced": "advanced"}
 
@@ -95,6 +105,7 @@ def add_task_arguments(parser: argparse.ArgumentParser, task: str) -> argparse.A
     job.add_argument("--save-recipe", metavar="FILE", help="also save this job as a recipe")
     job.add_argument("--restart", action="store_true", help=RESTART_HELP)
     job.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_executor_arguments(parser.add_argument_group("executor"))
     groups: dict[str, argparse._ArgumentGroup] = {}
     for option in options_of(options_class(task)):
         group = groups.get(option.group)
@@ -113,8 +124,43 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--recipe", help="run a saved job recipe (TOML)")
     parser.add_argument("--restart", action="store_true", help=RESTART_HELP)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_executor_arguments(parser.add_argument_group("executor (overrides the recipe's)"))
     parser.set_defaults(task=None, save_recipe=None)
     return parser
+
+
+def add_executor_arguments(group) -> None:
+    """--executor and the Ray executor's settings (engine.jobs.spec.ExecutorChoice)."""
+    from engine.jobs.spec import EXECUTORS
+
+    group.add_argument("--executor", choices=EXECUTORS, default=None,
+                       help=EXECUTOR_HELP["--executor"])
+    group.add_argument("--address", default=None, help=EXECUTOR_HELP["--address"])
+    group.add_argument("--workers", type=int, default=None, metavar="N",
+                       help=EXECUTOR_HELP["--workers"])
+    group.add_argument("--threads-per-worker", type=int, default=None, metavar="N",
+                       help=EXECUTOR_HELP["--threads-per-worker"])
+    group.add_argument("--gpus-per-worker", type=float, default=None, metavar="X",
+                       help=EXECUTOR_HELP["--gpus-per-worker"])
+
+
+def executor_from_args(args: argparse.Namespace, default=None):
+    """The ExecutorChoice the flags give (the ones not given keep `default`'s values)."""
+    from dataclasses import replace
+
+    from engine.jobs.spec import ExecutorChoice, RecipeError
+
+    choice = default or ExecutorChoice()
+    given = {key: getattr(args, key, None) for key in
+             ("address", "workers", "threads_per_worker", "gpus_per_worker")}
+    given = {key: value for key, value in given.items() if value is not None}
+    name = getattr(args, "executor", None)
+    if name is not None and name != choice.name:
+        choice = ExecutorChoice(name=name)  # another executor: the recipe's settings go
+    try:
+        return replace(choice, **given).validate()
+    except RecipeError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def parse_task_argv(command: str, argv: list[str]) -> argparse.Namespace:
@@ -151,6 +197,7 @@ def cmd_task(args: argparse.Namespace) -> int:
     starts a fresh job instead."""
     from engine.cli_output import user_settings
     from engine.jobs import JobSpec, resume_job, run_job
+    from engine.jobs.executors import job_run_for
 
     if args.recipe:
         spec = JobSpec.from_toml(args.recipe)
@@ -161,7 +208,9 @@ def cmd_task(args: argparse.Namespace) -> int:
         if not args.model or not args.inputs or not args.out:
             raise UsageError(f"ocula {args.task} needs --model, at least one INPUT and --out "
                              f"(see `ocula {args.task} --help`).")
+    spec.executor = executor_from_args(args, spec.executor)
     spec.validate()
+    job_run = job_run_for(spec.executor)  # no Ray installed: said here, before any work
     settings = user_settings()
     _check_model_fits_task(spec, settings)  # a lookup or usage error exits 2 before any work
     store = open_store()
@@ -187,9 +236,9 @@ def cmd_task(args: argparse.Namespace) -> int:
         say_resuming(store, job_id)
         store.mark_unexpanded(job_id)  # inputs added to the folders since are queued too
         return run_printed(args, lambda printer: resume_job(
-            job_id, on_event=printer, store=store, settings=settings))
+            job_id, on_event=printer, store=store, settings=settings, job_run=job_run))
     return run_printed(args, lambda printer: run_job(
-        spec, on_event=printer, store=store, settings=settings))
+        spec, on_event=printer, store=store, settings=settings, job_run=job_run))
 
 
 def open_store():
@@ -274,6 +323,8 @@ class JobPrinter:
 
         if self.bar is None:
             self.bar = tqdm(total=event.total, unit="item", file=sys.stderr, leave=False)
+        if event.kind == "progress" and hasattr(event.result, "workers"):  # Ray's ClusterStatus
+            self.bar.set_postfix_str(event.message, refresh=False)
         if event.total is not None:
             self.bar.total = event.total
         self.bar.n = event.done

@@ -217,6 +217,12 @@ class TaskPanel(QWidget):
         self.precision = QComboBox()
         self.precision.setObjectName("precisionCombo")
         self.precision.addItems(PRECISION_CHOICES)
+        from engine.jobs.spec import EXECUTORS
+
+        # where the job runs: this machine, or Ray (a local runtime; needs ocula[cluster])
+        self.executor = QComboBox()
+        self.executor.setObjectName("executorCombo")
+        self.executor.addItems(EXECUTORS)
         self.output_dir = QLineEdit()
         self.output_dir.setObjectName("outputDir")
         self.output_dir.setPlaceholderText(self.tr("next to the inputs, in ocula-out/"))
@@ -230,6 +236,7 @@ class TaskPanel(QWidget):
         self.save_outputs.setChecked(True)
         common.addRow(self.tr("Device"), self.device)
         common.addRow(self.tr("Precision"), self.precision)
+        common.addRow(self.tr("Run on"), self.executor)
         common.addRow(self.tr("Output folder"), out_row)
         common.addRow(self.save_outputs)
 
@@ -273,7 +280,7 @@ class TaskPanel(QWidget):
 
     # -- last-used values ------------------------------------------------------------------
     def _common(self) -> dict[str, QWidget]:
-        return {"device": self.device, "precision": self.precision,
+        return {"device": self.device, "precision": self.precision, "executor": self.executor,
                 "output_dir": self.output_dir, "save_outputs": self.save_outputs}
 
     def save_state(self, qs: QSettings) -> None:

@@ -1,10 +1,11 @@
 """Where a job runs: the JobExecutor interface and its local implementation.
 
 `JobExecutor` is deliberately small — submit a spec or resume a job id, get a handle
-to wait on, pause, resume or cancel — so a later implementation can run the very
-same jobs elsewhere: a `RayJobRunner` would create the job in the store, split
-its pending items into Ray tasks that each call the task handler, and report the
-same JobEvents. (Not implemented: one machine is the target for now.)
+to wait on, pause, resume or cancel — so other implementations run the very same jobs
+elsewhere. `RayJobExecutor` (engine.jobs.ray_executor, the `[cluster]` extra) runs
+them on a Ray cluster: model replicas on Ray actors, while the driver keeps the job
+store and writes every output, so a job resumes with either executor. `executor_for`
+builds the one a JobSpec's `executor` names.
 
 `LocalJobExecutor` runs jobs on this machine, in one of four ways:
 - "thread": a background thread (the UI thread never blocks);
@@ -30,7 +31,7 @@ from engine.errors import Cancelled, OculaError
 from engine.events import CancelToken
 from engine.jobs.job_events import EventCallback, Failure, JobEvent, JobSummary, PauseToken
 from engine.jobs.job_loop import resume_job, run_job
-from engine.jobs.spec import JobSpec
+from engine.jobs.spec import ExecutorChoice, JobSpec
 from engine.jobs.store import JobStore, new_job_id
 
 
@@ -144,6 +145,7 @@ class LocalJobExecutor:
         self.store = store or JobStore()
         self.mode = mode
         self.imports = list(imports)
+        self.job_run: Callable[..., Any] | None = None  # another executor's JobRun (Ray's)
 
     def submit(self, spec: JobSpec, *, on_event: EventCallback | None = None,
                job_id: str | None = None) -> LocalHandle | WorkerHandle:
@@ -167,7 +169,8 @@ class LocalJobExecutor:
             if create is not None:
                 self.store.create_job(create, job_id=job_id)
             return resume_job(job_id, on_event=on_event, cancel=handle.cancel_token,
-                              pause=handle.pause_token, store=self.store)
+                              pause=handle.pause_token, store=self.store,
+                              job_run=self.job_run)
 
         handle = LocalHandle(job_id, work)
         if self.mode == "inline":
@@ -178,6 +181,30 @@ class LocalJobExecutor:
 
 
 MODES = ("thread", "inline", "subprocess", "deferred")
+# spec.EXECUTORS -> "module:factory" of its JobExecutor (loaded on use: Ray is optional)
+EXECUTOR_FACTORIES = {"local": "engine.jobs.executors:LocalJobExecutor",
+                      "ray": "engine.jobs.ray_executor:RayJobExecutor"}
+
+
+def executor_for(choice: ExecutorChoice, store: JobStore | None = None, *,
+                 mode: str = "thread", imports: Sequence[str] = ()) -> JobExecutor:
+    """The JobExecutor `choice` names (a JobSpec's `executor`), in `mode`."""
+    factory = _load(EXECUTOR_FACTORIES[choice.name])
+    if choice.name == "local":
+        return factory(store, mode=mode, imports=imports)
+    return factory(store, choice=choice, mode=mode, imports=imports)
+
+
+def job_run_for(choice: ExecutorChoice) -> Callable[..., Any] | None:
+    """What run_job / resume_job take as `job_run` for `choice` (None: run here)."""
+    if choice.name == "local":
+        return None
+    return executor_for(choice).job_run
+
+
+def _load(target: str) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _import_handlers(modules: Sequence[str]) -> None:
@@ -313,6 +340,8 @@ __all__ = [
     "LocalHandle",
     "LocalJobExecutor",
     "WorkerHandle",
+    "executor_for",
+    "job_run_for",
     "resume_job",
     "run_job",
 ]

@@ -72,6 +72,14 @@ class BaseHandler:
         """Load what the job needs. `settings`: the front end's (run_job passes them)."""
         return None
 
+    def prepare_finish(self, spec: JobSpec, settings: Settings | None = None) -> None:
+        """Only what `finish` needs, no model: an executor whose workers hold the model
+        (engine.jobs.ray_executor) calls this on its driver instead of `prepare`. The
+        default is `prepare` itself (a handler without a model loads nothing heavy)."""
+        from engine.events import CancelToken
+
+        self.prepare(spec, lambda progress: None, CancelToken(), settings=settings)
+
     def process_image(self, image: LoadedImage, out: OutputPlan) -> ItemResult:
         raise NotImplementedError
 

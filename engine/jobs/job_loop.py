@@ -5,6 +5,11 @@ reader thread decodes the next images while the handler works on the current
 batch, outcomes are committed with the next batch's "running" mark (one commit
 per batch), and per-input problems are recorded while the rest continue. Videos
 go through engine.jobs.video_job (decode, inference, encode concurrently).
+
+`JobRun` is the per-item bookkeeping (store, events, outputs, report); another executor
+reuses it and replaces only how a batch's results are computed (engine.jobs.ray_executor
+overrides `_prepare`, `_process_all` and `_release`; `read_input` and `compute_batch` are
+the two steps its workers run).
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +58,8 @@ log = logging.getLogger("ocula.jobs")
 def run_job(spec: JobSpec, *, on_event: EventCallback | None = None,
             cancel: CancelToken | None = None, pause: PauseSource | None = None,
             store: JobStore | None = None, job_id: str | None = None,
-            settings: Settings | None = None) -> JobSummary:
+            settings: Settings | None = None, job_run: Callable[..., JobRun] | None = None
+            ) -> JobSummary:
     """Queue `spec` in the job store and run it to the end (or until cancelled).
 
     Returns a JobSummary (state "finished" or "cancelled"; `summary.cancelled`).
@@ -61,18 +68,20 @@ def run_job(spec: JobSpec, *, on_event: EventCallback | None = None,
     marked "failed" in the store, so it can be resumed once fixed.
 
     `settings`: the front end's (device defaults, image limit, model cache). Without
-    them the user's saved settings are read here, once for the whole job.
+    them the user's saved settings are read here, once for the whole job. `job_run`: the
+    JobRun class (or factory) of another executor (engine.jobs.executors.job_run_for).
     """
     store = store or JobStore()
     job_id = store.create_job(spec, job_id=job_id)
-    return _JobRun(store, job_id, on_event, cancel, pause, settings).execute()
+    return (job_run or JobRun)(store, job_id, on_event, cancel, pause, settings).execute()
 
 
 def resume_job(job_id: str, *, on_event: EventCallback | None = None,
                cancel: CancelToken | None = None, pause: PauseSource | None = None,
-               store: JobStore | None = None,
-               settings: Settings | None = None) -> JobSummary:
-    """Continue a job that was interrupted, cancelled or failed, where it stopped."""
+               store: JobStore | None = None, settings: Settings | None = None,
+               job_run: Callable[..., JobRun] | None = None) -> JobSummary:
+    """Continue a job that was interrupted, cancelled or failed, where it stopped (with
+    any executor: the store, not the executor, knows what is done)."""
     store = store or JobStore()
     if not store.has_job(job_id):
         raise InputError(f"no job '{job_id}' in {store.path}; see `ocula jobs list`.")
@@ -81,7 +90,7 @@ def resume_job(job_id: str, *, on_event: EventCallback | None = None,
     if row["state"] == "running" and pid and pid != os.getpid() and _alive(pid):
         raise InputError(f"job '{job_id}' is still running in process {pid}; cancel it "
                          f"there first.")
-    return _JobRun(store, job_id, on_event, cancel, pause, settings).execute()
+    return (job_run or JobRun)(store, job_id, on_event, cancel, pause, settings).execute()
 
 
 def _alive(pid: int) -> bool:
@@ -122,7 +131,52 @@ class _Loaded:
 _END = object()
 
 
-class _JobRun:
+def read_input(item: ItemRecord, pixel_limit: int | None, *,
+               opener: Callable[..., Any] | None = None) -> _Loaded:
+    """Decode one queued input (images only; a video is decoded by its own pipeline);
+    a file that cannot be read is the entry's `error`, never an exception. `opener`: the
+    handler's own reader (`open_image`: restoration opens very large images lazily)."""
+    entry = _Loaded(item)
+    if item.kind == "image":
+        try:
+            entry.image = (opener or read_image)(item.path, pixel_limit=pixel_limit)
+        except InputError as exc:
+            entry.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 — a bad file must not stop the job
+            entry.error = f"{item.path}: cannot be read ({type(exc).__name__}: {exc})"
+    return entry
+
+
+def compute_batch(handler: Any, images: list[LoadedImage], outs: list[OutputPlan],
+                  cancel: CancelToken | None = None) -> list[ItemResult | BaseException]:
+    """The handler's results for a batch. When the whole batch raises, each input runs
+    alone, so one broken input does not fail the others; Cancelled and a full disk
+    (see `_no_space`) are raised, not returned."""
+    try:
+        return list(batch_of(handler, images, outs))
+    except Cancelled:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        if _no_space(exc) is not None:
+            raise
+        if len(images) == 1:
+            return [exc]
+    results: list[ItemResult | BaseException] = []
+    for image, out in zip(images, outs):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        try:
+            results.append(batch_of(handler, [image], [out])[0])
+        except Cancelled:
+            raise
+        except Exception as one:  # noqa: BLE001
+            results.append(one)
+    return results
+
+
+class JobRun:
+    """One run of one job: what every executor shares (see the module docstring)."""
+
     def __init__(self, store: JobStore, job_id: str, on_event: EventCallback | None,
                  cancel: CancelToken | None, pause: PauseSource | None,
                  settings: Settings | None = None) -> None:
@@ -211,9 +265,7 @@ class _JobRun:
             self.progress("", self.done, self.total, 0.0, None,
                           f"{self.total} inputs queued, {self.done} already finished",
                           force=True)
-            self.handler = get_handler(spec.task)
-            self.handler.prepare(spec, self.handler_progress, self.cancel,
-                                 settings=self.settings)
+            self._prepare()
             self._cleanup_interrupted()
             self._process_all()
             files = self._finish()
@@ -229,11 +281,7 @@ class _JobRun:
                             elapsed_s=prior_elapsed + self._active_s())
             raise
         finally:
-            if self.handler is not None:
-                try:
-                    self.handler.close()
-                except Exception:  # noqa: BLE001 — closing must not hide the outcome
-                    pass
+            self._release()
             if locked:
                 folder_lock.release(self.output_dir, self.job_id)
         summary = self._summary(state, files, prior_elapsed)
@@ -241,6 +289,19 @@ class _JobRun:
         self.emit("finished" if state == "finished" else "cancelled", result=summary,
                   message=summary.message)
         return summary
+
+    def _prepare(self) -> None:
+        """The task handler, its model loaded (once for the whole job)."""
+        self.handler = get_handler(self.spec.task)
+        self.handler.prepare(self.spec, self.handler_progress, self.cancel,
+                             settings=self.settings)
+
+    def _release(self) -> None:
+        if self.handler is not None:
+            try:
+                self.handler.close()
+            except Exception:  # noqa: BLE001 — closing must not hide the outcome
+                pass
 
     def _notice(self, message: str) -> None:
         log.warning("%s", message)
@@ -399,14 +460,8 @@ class _JobRun:
             for item in self.store.pending_items(self.job_id):
                 if stop.is_set():
                     return
-                entry = _Loaded(item)
-                if item.kind == "image":
-                    try:
-                        entry.image = read_image(item.path, pixel_limit=limit)
-                    except InputError as exc:
-                        entry.error = str(exc)
-                    except Exception as exc:  # noqa: BLE001 — a bad file must not stop the job
-                        entry.error = f"{item.path}: cannot be read ({type(exc).__name__}: {exc})"
+                entry = read_input(item, limit,
+                                   opener=getattr(self.handler, "open_image", None))
                 if not self._put(loaded, entry, stop):
                     return
             self._put(loaded, _END, stop)
@@ -433,27 +488,16 @@ class _JobRun:
         outs = [self._plan(e.item) for e in batch]
         images = [e.image for e in batch]
         try:
-            results: list[ItemResult | BaseException] = list(batch_of(self.handler, images, outs))
+            results = compute_batch(self.handler, images, outs, self.cancel)
         except Cancelled:
             self._discard(outs)
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             full = _no_space(exc)
             if full is not None:
                 self._discard(outs)
                 raise self._disk_full(full, f"writing {batch[0].item.path}") from exc
-            if len(batch) == 1:
-                results = [exc]
-            else:  # find which input broke the batch; the others still get done
-                results = []
-                for image, out in zip(images, outs):
-                    self.cancel.raise_if_cancelled()
-                    try:
-                        results.append(batch_of(self.handler, [image], [out])[0])
-                    except Cancelled:
-                        raise
-                    except Exception as one:  # noqa: BLE001
-                        results.append(one)
+            raise
         finished = time.time()
         for entry, res in zip(batch, results):
             full = _no_space(res) if isinstance(res, BaseException) else None

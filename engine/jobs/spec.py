@@ -14,6 +14,15 @@ A recipe file looks like:
     threshold = 0.5
     every_nth_frame = 2
 
+    [executor]          # optional: where the job runs (default: this machine)
+    name = "ray"
+    address = "auto"    # or "ray://head:10001"; absent: a local Ray runtime
+    workers = 4
+
+The executor is how a job runs, not what it computes: it is not part of the job's
+identity in the store, so a job started on Ray resumes with the local executor (and
+vice versa) and writes the same files.
+
 Relative paths in a recipe FILE are relative to the file's folder, so a recipe kept
 next to its data runs the same from any working directory.
 """
@@ -30,6 +39,67 @@ from engine.options import JobOptions, options_dict, parse_options
 from engine.vocabulary import JOB_TASKS, normalize_device, normalize_precision
 
 RECIPE_VERSION = 1
+EXECUTORS = ("local", "ray")  # engine.jobs.executors.executor_for builds each
+
+
+@dataclass(frozen=True)
+class ExecutorChoice:
+    """Where a job runs: "local" (this process / machine) or "ray" (a Ray cluster).
+
+    Ray only: `address` None starts a local Ray runtime, "auto" joins the one `ray start`
+    runs here, "ray://host:10001" a remote cluster; `workers` model replicas (None: as
+    many as the cluster's CPUs allow at `threads_per_worker` each); `threads_per_worker`
+    the torch / onnxruntime threads of each replica (None: the CPUs divided by
+    `workers`, so replicas never oversubscribe cores); `gpus_per_worker` Ray's
+    `num_gpus` per replica (0: CPU).
+    """
+
+    name: str = "local"
+    address: str | None = None
+    workers: int | None = None
+    threads_per_worker: int | None = None
+    gpus_per_worker: float = 0.0
+
+    def validate(self) -> ExecutorChoice:
+        if self.name not in EXECUTORS:
+            raise RecipeError(f"executor '{self.name}' is not one of {', '.join(EXECUTORS)}.")
+        if self.name == "local" and (self.address or self.workers or self.threads_per_worker
+                                     or self.gpus_per_worker):
+            raise RecipeError("address, workers, threads_per_worker and gpus_per_worker are "
+                              "settings of the Ray executor; add `name = \"ray\"` (or "
+                              "`--executor ray`).")
+        for key in ("workers", "threads_per_worker"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 1):
+                raise RecipeError(f"executor {key} must be a whole number ≥ 1, not {value!r}.")
+        if not isinstance(self.gpus_per_worker, (int, float)) or self.gpus_per_worker < 0:
+            raise RecipeError(f"executor gpus_per_worker must be ≥ 0, not "
+                              f"{self.gpus_per_worker!r}.")
+        if self.address is not None and (not isinstance(self.address, str)
+                                         or not self.address.strip()):
+            raise RecipeError("executor address is empty; give `auto` or ray://host:10001, "
+                              "or leave it out to start a local Ray runtime.")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe's [executor] table: only what differs from the defaults."""
+        defaults = ExecutorChoice()
+        return {key: getattr(self, key) for key in EXECUTOR_KEYS
+                if getattr(self, key) != getattr(defaults, key)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ExecutorChoice:
+        if not isinstance(data, dict):
+            raise RecipeError("recipe [executor] must be a table (name, address, workers…).")
+        unknown = set(data) - set(EXECUTOR_KEYS)
+        if unknown:
+            raise RecipeError(f"recipe [executor] has unknown keys: "
+                              f"{', '.join(sorted(unknown))} (known: {', '.join(EXECUTOR_KEYS)}).")
+        return cls(**data).validate()
+
+
+EXECUTOR_KEYS = ("name", "address", "workers", "threads_per_worker", "gpus_per_worker")
 
 
 class RecipeError(UsageError):
@@ -53,12 +123,16 @@ class JobSpec:
     options: JobOptions | dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
     precision: str = "auto"
+    executor: ExecutorChoice = field(default_factory=ExecutorChoice)  # how, not what
 
     def __post_init__(self) -> None:
         if self.task not in JOB_TASKS:
             raise RecipeError(f"job task '{self.task}' is not one of {', '.join(JOB_TASKS)}.")
         if not isinstance(self.options, (dict, JobOptions)):
             raise RecipeError("job options must be a table of settings.")
+        if not isinstance(self.executor, ExecutorChoice):
+            raise RecipeError("job executor must be an ExecutorChoice.")
+        self.executor.validate()
         try:
             self.options = parse_options(self.task, self.options,
                                          cls=_handler_options_class(self.task))
@@ -89,12 +163,16 @@ class JobSpec:
 
     # -- recipes ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "job": {"version": RECIPE_VERSION, "task": self.task, "model": self.model,
                     "inputs": list(self.inputs), "output_dir": self.output_dir,
                     "device": self.device, "precision": self.precision},
             "options": self.options_dict,
         }
+        executor = self.executor.to_dict()
+        if executor:
+            data["executor"] = executor
+        return data
 
     def to_toml(self) -> str:
         import tomli_w
@@ -135,7 +213,8 @@ class JobSpec:
             output_dir = _under(base_dir, output_dir)
         spec = cls(task=job["task"], model=job["model"], inputs=inputs, output_dir=output_dir,
                    options=dict(data.get("options", {})), device=job.get("device", "auto"),
-                   precision=job.get("precision", "auto"))
+                   precision=job.get("precision", "auto"),
+                   executor=ExecutorChoice.from_dict(data.get("executor", {})))
         return spec.validate()
 
     @classmethod
