@@ -19,7 +19,7 @@ from engine.cli_output import user_settings as _settings
 from engine.errors import OculaError, UsageError
 from engine.format import human_bytes, human_params
 
-from engine.vocabulary import JOB_TASKS, MODEL_TASKS, PRECISION_CHOICES
+from engine.vocabulary import JOB_TASKS, MODEL_TASKS, OPTIMIZE_PRECISIONS, PRECISION_CHOICES
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -73,21 +73,34 @@ def cmd_models_list(args) -> int:
     catalog = load_catalog()
     cards = catalog.list(task=args.task)
     settings = _settings()
+    from engine.runtimes.optimized import list_variants
+
     rows = [(c, is_installed(c, settings=settings)) for c in cards]
     if args.installed:
         rows = [(c, inst) for c, inst in rows if inst]
+    variants = {c.id: list_variants(c) for c, _ in rows}
+
+    def variant_words(card) -> str:  # "int8 (recommended, mAP@0.5 0.995)"
+        words = []
+        for v in variants[card.id]:
+            figures = ", ".join(f"{f['metric']} {f['value']:.4g}" for f in v.quality)
+            words.append(f"{v.precision} ({'recommended' if v.recommended else 'not recommended'}"
+                         + (f", {figures}" if figures else "") + ")")
+        return "; ".join(words)
 
     def text() -> str:
-        lines = [f"{'ID':28} {'TASKS':18} {'RUNTIME':15} {'SIZE':>9} {'PARAMS':>7}  LICENSE  INSTALLED"]
+        lines = [(f"{'ID':28} {'TASKS':18} {'RUNTIME':15} {'SIZE':>9} {'PARAMS':>7}  LICENSE  "
+                  f"INSTALLED  VARIANTS")]
         for c, inst in rows:
             lic = c.license + {True: "", False: " (non-commercial)",
                                None: " (commercial use unclear)"}[c.commercial_use]
             lines.append(f"{c.id:28} {','.join(c.tasks):18} {c.runtime:15} "
                          f"{human_bytes(c.download_bytes):>9} {human_params(c.params):>7}  "
-                         f"{lic}  {'yes' if inst else ''}")
+                         f"{lic}  {'yes' if inst else ''}  {variant_words(c)}".rstrip())
         return "\n".join(lines)
 
-    _emit(args, [dict(_card_dict(c), installed=inst) for c, inst in rows], text)
+    _emit(args, [dict(_card_dict(c), installed=inst,
+                      variants=[v.manifest for v in variants[c.id]]) for c, inst in rows], text)
     return 0
 
 
@@ -119,8 +132,12 @@ def cmd_models_info(args) -> int:
     settings = _settings()
     card = load_catalog().resolve(args.model, settings=settings)
     installed = is_installed(card, settings=settings)
+    from engine.runtimes.optimized import list_variants
+
+    variants = list_variants(card)
     data = dict(_card_dict(card), installed=installed,
-                disk_bytes=disk_usage(card, settings=settings) if installed else 0)
+                disk_bytes=disk_usage(card, settings=settings) if installed else 0,
+                variants=[v.manifest for v in variants])
 
     def text() -> str:
         lines = [f"{card.name}  [{card.id}]"]
@@ -137,6 +154,7 @@ def cmd_models_info(args) -> int:
         lines.append(f"  {'seed':14} {card.seed}")
         lines.append(f"  {'installed':14} {installed}"
                      + (f" ({human_bytes(data['disk_bytes'])})" if installed else ""))
+        lines += _variant_lines(card)
         if card.description:
             lines.append("  " + card.description)
         return "\n".join(lines)
@@ -202,16 +220,51 @@ def cmd_models_login(args) -> int:
 
 def cmd_models_optimize(args) -> int:
     from engine.catalog.catalog import load_catalog
-    from engine.export_onnx import optimize, sample_image
-    from engine.runtimes import load_runner
 
     card = load_catalog().resolve(args.model)
     settings = _settings()
+    if args.precision != "fp32":
+        return _optimize_variant(args, card, settings)
+    if args.calibration:
+        raise UsageError("--calibration is for int8/fp16 variants (--precision int8 or fp16); "
+                         "the fp32 export is verified on a built-in sample.")
+    from engine.export_onnx import optimize, sample_image
+    from engine.runtimes import load_runner
+
     settings.use_onnx_fast_path = False  # export from the torch model itself
     runner = load_runner(card, device="cpu", precision="fp32", settings=settings)
     path = optimize(card, runner, sample_image(), force=args.force)
     _emit(args, {"model": card.id, "onnx": str(path)}, f"{card.id}: ONNX fast path at {path}")
     return 0
+
+
+def _optimize_variant(args, card, settings) -> int:
+    from engine.export_quantize import calibration_images, make_variant
+
+    images, where = calibration_images(args.calibration)
+    variant = make_variant(card, args.precision, images, settings=settings, calibration=where,
+                           force=args.force)
+    data = dict(variant.manifest, model=card.id, path=str(variant.folder))
+    lines = [f"{card.id}: {variant.summary()}",
+             f"  made from: {variant.manifest.get('recipe_reason', '')}; calibration: {where}",
+             f"  stored in {variant.folder}"]
+    if variant.latency_ms:
+        lines.append(f"  latency per image on this CPU: fp32 {variant.latency_ms['fp32']:.1f} ms, "
+                     f"{variant.precision} {variant.latency_ms['variant']:.1f} ms")
+    from engine.runtimes.optimized import recommended_variant
+
+    auto = recommended_variant(card)
+    lines.append(f"  precision auto on the CPU runs {auto.precision if auto else 'fp32'}; "
+                 f"--precision {variant.precision} always runs this variant")
+    _emit(args, data, "\n".join(lines))
+    return 0
+
+
+def _variant_lines(card) -> list[str]:
+    """What `ocula models info` and `ocula doctor --model` say about a model's variants."""
+    from engine.runtimes.optimized import list_variants
+
+    return [f"  variant {v.summary()}" for v in list_variants(card)]
 
 
 # -- doctor ----------------------------------------------------------------------------
@@ -228,8 +281,13 @@ def cmd_doctor(args) -> int:
 
         card = load_catalog().resolve(args.model)
         placement = plan(card, device=args.device, precision=args.precision, report=report)
-        payload["model"] = {"id": card.id, "placement": placement}
+        from engine.runtimes.optimized import list_variants
+
+        variants = list_variants(card)
+        payload["model"] = {"id": card.id, "placement": placement,
+                            "variants": [v.manifest for v in variants]}
         text += f"\n\nModel {card.id}:\n" + describe_plan(card, placement, report)
+        text += "".join("\n" + line for line in _variant_lines(card))
         if card.repo and not card.local_path and not card.package:
             from engine.hub import cache_state
 
@@ -328,6 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
             "export a model to ONNX for the CPU fast path (verified against torch)")
     p.add_argument("model")
     p.add_argument("--force", action="store_true", help="export again even if cached")
+    p.add_argument("--precision", default="fp32", choices=OPTIMIZE_PRECISIONS,
+                   help="fp32: the verified ONNX export; int8 / fp16: a quantized or half-"
+                        "precision variant, measured against fp32 on the calibration images")
+    p.add_argument("--calibration", metavar="FOLDER",
+                   help="your own images to calibrate and measure the variant on (default: "
+                        "a bundled synthetic set)")
 
     p = add(sub, "doctor", cmd_doctor, "show devices, runtimes and what a model would use")
     p.add_argument("--model")

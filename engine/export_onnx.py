@@ -102,7 +102,24 @@ def optimize(card: ModelCard, runner: Runner, sample_image: Any, *,
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    tune_sessions(final)
     return final if target == "." else final / target
+
+
+def tune_sessions(folder: Path) -> list[dict]:
+    """Choose the CPU session settings of the new export by measurement (recorded under
+    app_home, applied at every later load: engine.runtimes.session_tuning). The image
+    graph or the encoder only: a decoder's inputs depend on the generation step."""
+    from engine.runtimes.session_tuning import TuningError, tune_model
+
+    records = []
+    for name in ("model.onnx", "encoder_model.onnx"):
+        if (folder / name).is_file():
+            try:
+                records.append(tune_model(folder / name))
+            except TuningError:
+                pass  # no sample input for this graph: it keeps the default settings
+    return records
 
 
 def export_kind(card: ModelCard, runner: Runner) -> str:
@@ -320,7 +337,8 @@ def _optimize_single(runner: Runner, pil: Any, folder: Path, tolerance: float) -
             return tuple(out[name] for name in output_names)
 
     path = folder / "model.onnx"
-    dynamic = {name: {0: "batch"} for name in names + output_names}
+    dynamic = {name: _dynamic_axes(inputs[name]) for name in names}
+    dynamic.update({name: {0: "batch"} for name in output_names})
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -329,15 +347,55 @@ def _optimize_single(runner: Runner, pil: Any, folder: Path, tolerance: float) -
                               dynamic_axes=dynamic, dynamo=False)
     except Exception as exc:
         raise _export_failed(runner, exc) from exc
-    got = _session(path).run(output_names, {n: inputs[n].numpy() for n in names})
+    session = _session(path)
+    worst = _worst_relative(session, output_names, inputs, reference)
+    _check(runner, worst, tolerance, "relative output")
+    # detectors take photos at their own aspect ratio: the graph must too, so verify it
+    # again on the sample turned on its side wherever that gives another input size
+    turned = {k: v for k, v in images(images=pil.transpose(_ROTATE_90),
+                                      return_tensors="pt").items() if k in inputs}
+    if any(turned[n].shape != inputs[n].shape for n in names):
+        with torch.no_grad():
+            turned_ref = _tensor_outputs(module(**turned))
+        try:
+            worst = max(worst, _worst_relative(session, output_names, turned, turned_ref))
+        except Exception as exc:
+            raise ExportVerificationError(
+                f"{runner.card.name}: the ONNX export only accepts "
+                f"{'x'.join(map(str, inputs[names[0]].shape[-2:]))} inputs, and this model "
+                f"takes photos at their own size; it keeps running on torch ({exc}).") from exc
+        _check(runner, worst, tolerance, "relative output (second input size)")
+    set_metadata(path, {"ocula.task": runner.card.primary_task, "ocula.source": runner.card.id})
+    # the task code reads pre-processing and labels (id2label, model_type) beside the graph
+    processor.save_pretrained(folder)
+    config = getattr(module, "config", None)
+    if config is not None and hasattr(config, "save_pretrained"):
+        config.save_pretrained(folder)
+    return {"max_rel_diff": worst, "tolerance": tolerance, "inputs": names, "outputs": output_names}
+
+
+_ROTATE_90 = 2  # PIL.Image.Transpose.ROTATE_90, without importing PIL at module level
+
+
+def _dynamic_axes(tensor: Any) -> dict[int, str]:
+    """Batch, and height/width for images (N,C,H,W) and pixel masks (N,H,W)."""
+    if tensor.ndim == 4:
+        return {0: "batch", 2: "height", 3: "width"}
+    if tensor.ndim == 3:
+        return {0: "batch", 1: "height", 2: "width"}
+    return {0: "batch"}
+
+
+def _worst_relative(session: Any, output_names: list[str], inputs: Mapping[str, Any],
+                    reference: Mapping[str, Any]) -> float:
+    wanted = {i.name for i in session.get_inputs()}  # tracing drops inputs the model ignores
+    got = session.run(output_names, {n: v.numpy() for n, v in inputs.items() if n in wanted})
     worst = 0.0
     for name, value in zip(output_names, got):
         ref = reference[name].float().numpy()
         scale = max(1.0, float(np.abs(ref).max()))
         worst = max(worst, float(np.abs(value - ref).max()) / scale)
-    _check(runner, worst, tolerance, "relative output")
-    set_metadata(path, {"ocula.task": runner.card.primary_task, "ocula.source": runner.card.id})
-    return {"max_rel_diff": worst, "tolerance": tolerance, "inputs": names, "outputs": output_names}
+    return worst
 
 
 # -- VisionEncoderDecoder captioners -----------------------------------------------------------

@@ -38,6 +38,8 @@ def card_markdown(card: Any, *, installed: bool = False, disk_bytes: int = 0,
     ]
     if placement:
         facts.append(("Would run", placement))
+    for variant in cpu_variants(card):
+        facts.append((f"CPU variant {variant.precision}", variant.summary()))
     if card.trust_remote_code:
         facts.append(("Remote code", "needs trust_remote_code — allow it in Settings ▸ Models "
                                      "and downloads only if you trust the author"))
@@ -51,6 +53,17 @@ def card_markdown(card: Any, *, installed: bool = False, disk_bytes: int = 0,
     elif not installed and card.repo:
         lines += ["*The full model card (README) appears here once the model is downloaded.*"]
     return "\n".join(lines)
+
+
+def cpu_variants(card: Any) -> list[Any]:
+    """The int8/fp16 variants `ocula models optimize --precision` measured for this card,
+    each with its quality figures and whether it is recommended."""
+    from engine.runtimes.optimized import list_variants
+
+    try:
+        return list_variants(card)
+    except (AttributeError, TypeError):  # a card-like object without id/revision
+        return []
 
 
 def read_readme(folder: Path | None) -> str:

@@ -73,7 +73,7 @@ class ModelCard:
         if precision in self.memory_mb:
             return self.memory_mb[precision]
         if self.params:
-            bytes_per = {"fp32": 4, "fp16": 2, "bf16": 2}.get(precision, 4)
+            bytes_per = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}.get(precision, 4)
             # weights plus ~50% for activations at typical input sizes
             return int(self.params * bytes_per * 1.5 / 2**20) + 1
         return None

@@ -31,6 +31,9 @@ Normalised keys in `ModelCard.sidecar` (what the ONNX runtime and tasks read):
     border_mode  how that context is made up past the image's edges: "edge" (repeat the
                  edge pixels; the default) or "reflect" (mirror them about the edge)
     precisions   ["fp32", "fp16", "bf16"]: the precisions the graph can run in
+    variants     {precision: {role: path}}: the repo's published int8/fp16 files of the
+                 graphs (`onnx/model_quantized.onnx`); downloaded only when that precision
+                 is asked for (`--precision int8`), then chosen instead of the fp32 graph
     input_name, output_names   graph I/O names (filled from the graph on local import)
     family, model_type   derived from `output` for the task's dispatch: YOLO outputs get
                  family = "yolo", semantic_logits family = "semantic_logits" (segment);
@@ -51,7 +54,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from engine.errors import CatalogError
-from engine.vocabulary import PRECISIONS
+from engine.vocabulary import PRECISIONS, VARIANT_PRECISIONS
 
 MAX_BORDER = 256
 # sane bounds for what a sidecar may ask for (issue 16: an absurd input_size imported,
@@ -88,7 +91,7 @@ CARD_KEYS = {"task", "name", "license", "description", "labels_file", "commercia
 SIDECAR_KEYS = {
     "graphs", "preprocessor", "input_size", "input_layout", "layout", "range", "mean", "std",
     "output", "labels", "scale", "input_name", "output_names", "family", "model_type",
-    "multiple_of", "precisions", "border", "border_mode",
+    "multiple_of", "precisions", "border", "border_mode", "variants",
 }
 # what the detect task dispatches on, derived from `output` (engine.tasks.detect reads these)
 DERIVED_KEYS: dict[str, dict[str, str]] = {
@@ -132,6 +135,29 @@ def resolve_inside(folder: Path, rel: Any, *, field: str, where: str) -> Path:
     return target
 
 
+def _variants(variants: Any, graphs: dict[str, str], fail: Any, where: str) -> dict:
+    """`variants = { int8 = { model = "onnx/model_quantized.onnx" } }`: per precision, the
+    published file of some of the graphs' roles; fetched only when that precision is asked."""
+    if not isinstance(variants, dict) or not graphs:
+        raise fail("variants", "must be a table of precision = { role = \"file.onnx\" } "
+                               "next to 'graphs'")
+    checked: dict[str, dict[str, str]] = {}
+    for precision, files in variants.items():
+        if precision not in VARIANT_PRECISIONS:
+            raise fail("variants", f"has precision {precision!r}; expected "
+                                   f"{' or '.join(VARIANT_PRECISIONS)}")
+        if not isinstance(files, dict) or not files or not set(files) <= set(graphs):
+            raise fail("variants", f"{precision} must name files for the graphs' roles "
+                                   f"({', '.join(graphs)})")
+        for role, rel in files.items():
+            if not isinstance(rel, str) or not rel.endswith(".onnx"):
+                raise fail("variants", f"{precision}.{role} is {rel!r}, not an .onnx file")
+            confined_path(rel, field=f"variants.{precision}.{role}", where=where,
+                          folder=_MODEL_FOLDER)
+        checked[precision] = dict(files)
+    return checked
+
+
 def validate_sidecar(data: dict[str, Any], *, where: str, task: str | None = None,
                      allow_card_keys: bool = False) -> dict[str, Any]:
     """Check a sidecar table and return it normalised. Errors start with `where`."""
@@ -166,6 +192,9 @@ def validate_sidecar(data: dict[str, Any], *, where: str, task: str | None = Non
                 raise fail("graphs", f"entry '{role}' is {rel!r}, not an .onnx file")
             confined_path(rel, field=f"graphs.{role}", where=where, folder=_MODEL_FOLDER)
         out["graphs"] = dict(graphs)
+
+    if "variants" in data:  # the hub's own int8/fp16 files of the graphs (Transformers.js names)
+        out["variants"] = _variants(data["variants"], out.get("graphs", {}), fail, where)
 
     if "preprocessor" in data:
         if not isinstance(data["preprocessor"], str):

@@ -8,14 +8,14 @@ that ended on the CPU is said out loud, never silent).
 Files: a single .onnx file, the card sidecar's `graphs` {role: path}, or every .onnx in
 the folder (Transformers.js / optimum layout: `onnx/model.onnx`, `onnx/model_fp16.onnx`,
 `encoder_model.onnx` + `decoder_model_merged.onnx` …). One precision variant per graph
-is loaded: `_fp16` when fp16 is asked and exists, otherwise the plain fp32 file.
+is loaded: `_fp16` when fp16 is asked and exists, `_quantized` / `_int8` / `_uint8` when
+int8 is asked and exists, otherwise the plain fp32 file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,6 +27,7 @@ import onnxruntime as ort
 from engine.catalog.sidecar import confined_path
 from engine.errors import OculaError, UnsupportedModelError
 from engine.events import CancelToken, Progress, ProgressCallback
+from engine.runtimes import session_tuning
 from engine.runtimes.base import Outputs, Placement, Runner, register_loader
 
 if TYPE_CHECKING:
@@ -150,7 +151,8 @@ class OnnxRunner(Runner):
         names = self._output_names(session)
         try:
             with self.lock:
-                values = session.run(names, feed)
+                values = (session_tuning.run_bound(session, names, feed) if self._bound(session)
+                          else session.run(names, feed))
         except (
             ort.capi.onnxruntime_pybind11_state.InvalidArgument,
             ort.capi.onnxruntime_pybind11_state.Fail,
@@ -193,6 +195,26 @@ class OnnxRunner(Runner):
         if cached is None or cached[0] is not session:
             cached = self._session_facts[key] = (session, read())
         return cached[1]
+
+    def intra_op_threads(self) -> int | None:
+        """The intra-op thread count of the sessions (read back from ONNX Runtime)."""
+        counts = [s.get_session_options().intra_op_num_threads for s in self.sessions.values()]
+        return max(counts) if counts else None
+
+    def set_intra_op_threads(self, threads: int) -> None:
+        """Remake the CPU sessions with `threads` intra-op threads (a video job gives the
+        model its share of the cores; OCULA_ONNX_THREADS still wins)."""
+        with self.lock:
+            remade: dict[int, ort.InferenceSession] = {}
+            for key, session in list(self.sessions.items()):
+                if id(session) not in remade:
+                    remade[id(session)] = session_tuning.with_threads(session, threads) or session
+                self.sessions[key] = remade[id(session)]
+
+    def _bound(self, session: ort.InferenceSession) -> bool:
+        """Run through IOBinding: when it measured faster for this graph (session_tuning)."""
+        applied = session_tuning.applied_settings(session)
+        return bool(applied and applied.io_binding)
 
     def _graph_inputs(self, session: ort.InferenceSession) -> list[Any]:
         return self._once(session, "inputs", lambda: list(session.get_inputs()))
@@ -252,15 +274,8 @@ class OnnxRunner(Runner):
 
 
 def default_thread_count() -> int:
-    """Intra-op threads: the cores this process may use (OCULA_ONNX_THREADS overrides)."""
-    env = os.environ.get("OCULA_ONNX_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, 16))  # past ~16 threads, sync costs outweigh gains for one image
+    """Intra-op threads: the physical cores this process may use (OCULA_ONNX_THREADS overrides)."""
+    return session_tuning.with_user_choices(session_tuning.default_settings()).intra_op_threads
 
 
 def provider_list(placement: Placement) -> list[str | tuple[str, dict[str, Any]]]:
@@ -295,12 +310,12 @@ def provider_list(placement: Placement) -> list[str | tuple[str, dict[str, Any]]
 
 def create_session(path: Path, placement: Placement) -> tuple[ort.InferenceSession, str | None]:
     """An InferenceSession for `path` plus a fallback sentence if it did not get the provider asked."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = default_thread_count()
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # ORT's own provider warnings are replaced by our fallback note
     wanted = placement.provider or "CPUExecutionProvider"
+    # On the CPU: the settings measured for this graph (engine.runtimes.session_tuning), the
+    # user's explicit choices on top; elsewhere the defaults (the records are CPU timings).
+    settings = (session_tuning.settings_for(path) if wanted == "CPUExecutionProvider"
+                else session_tuning.with_user_choices(session_tuning.default_settings()))
+    options = settings.session_options()  # log level 3: our fallback note replaces ORT's
     try:
         session = ort.InferenceSession(
             str(path), sess_options=options, providers=provider_list(placement)
@@ -315,6 +330,7 @@ def create_session(path: Path, placement: Placement) -> tuple[ort.InferenceSessi
             f"{wanted} failed to create a session for {path.name} ({exc}); "
             f"running on CPUExecutionProvider"
         )
+    session_tuning.remember(session, settings, path)
     actual = session.get_providers()[0]
     if actual != wanted:
         return session, (
@@ -330,10 +346,15 @@ def _split_variant(stem: str) -> tuple[str, str | None]:
     return match.group("base"), match.group("variant")
 
 
+# The hub-published variant file suffixes that serve a requested precision, best first.
+PRECISION_SUFFIXES = {"fp16": ("fp16",), "int8": ("quantized", "int8", "uint8")}
+
+
 def _pick_variant(files: dict[str | None, Path], precision: str) -> tuple[Path, str | None]:
     """One file among the variants of a graph; returns (file, note when not what was asked)."""
-    if precision == "fp16" and "fp16" in files:
-        return files["fp16"], None
+    for suffix in PRECISION_SUFFIXES.get(precision, ()):
+        if suffix in files:
+            return files[suffix], None
     if None in files:
         return files[None], None  # a missing fp16 export is announced as a fallback by the loader
     for variant in _FALLBACK_VARIANTS:
@@ -355,14 +376,19 @@ def select_graphs(
     if graphs:
         chosen: dict[str, Path] = {}
         roles: dict[str, str] = {}
+        published = ((card.sidecar or {}).get("variants") or {}).get(precision, {})
         for role, rel in graphs.items():
             confined_path(rel, field=f"sidecar graphs.{role}", where=f"Model '{card.id}'",
                           folder=str(snapshot))  # cards are validated; this is the last line
             path = snapshot / rel
             base, _ = _split_variant(path.stem)
-            fp16 = path.with_name(f"{base}_fp16.onnx")
-            if precision == "fp16" and fp16.is_file():
-                path = fp16
+            siblings = [path.with_name(f"{base}_{suffix}.onnx")  # Transformers.js names
+                        for suffix in PRECISION_SUFFIXES.get(precision, ())]
+            if role in published:  # the card names the hub's file for this precision
+                confined_path(published[role], field=f"sidecar variants.{precision}.{role}",
+                              where=f"Model '{card.id}'", folder=str(snapshot))
+                siblings.insert(0, snapshot / published[role])
+            path = next((p for p in siblings if p.is_file()), path)
             if not path.is_file():
                 raise UnsupportedModelError(
                     f"Model '{card.id}': graph '{role}' ({rel}) is missing "
@@ -458,10 +484,14 @@ def load_onnx(
     for role, key in roles.items():
         sessions[role] = sessions[key]
     main = sessions.get("model") or next(iter(sessions.values()))
-    half_files = any(_split_variant(p.stem)[1] in ("fp16", "q4f16") for p in files.values())
-    precision = "fp16" if half_files else _graph_precision(main)
-    if placement.precision == "fp16" and precision != "fp16":
-        fallbacks.append("fp16 requested but no fp16 ONNX graph is present; running fp32")
+    suffixes = {_split_variant(p.stem)[1] for p in files.values()}
+    half_files = bool(suffixes & {"fp16", "q4f16"})
+    int8_files = bool(suffixes & set(PRECISION_SUFFIXES["int8"]))
+    precision = "fp16" if half_files else "int8" if int8_files else _graph_precision(main)
+    if placement.precision in ("fp16", "int8") and precision != placement.precision:
+        fallbacks.append(f"{placement.precision} requested but no {placement.precision} ONNX "
+                         f"graph is present; running {precision} (make one with `ocula models "
+                         f"optimize {card.id} --precision {placement.precision}`)")
     device = placement.device
     if actual_provider == "CPUExecutionProvider":
         device = "cpu"

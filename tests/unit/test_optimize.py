@@ -149,3 +149,64 @@ def test_optimize_refuses_models_without_torch(tmp_path):
     onnx_runner = onnx_runner_for_export(runner.card, path)
     with pytest.raises(UnsupportedModelError, match="only torch models"):
         optimize(onnx_runner.card, onnx_runner, sample())
+
+
+def _segformer(folder):
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    torch.manual_seed(0)
+    SegformerForSemanticSegmentation(SegformerConfig(
+        num_labels=4, hidden_sizes=[8, 16, 24, 32], decoder_hidden_size=32,
+        depths=[1, 1, 1, 1], id2label={0: "sky", 1: "road", 2: "tree", 3: "car"})
+    ).eval().save_pretrained(folder)
+    SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
+    return folder
+
+
+def test_optimized_segmenter_runs_through_the_task_on_the_fast_path(tmp_path):
+    """A one-graph export is found by load_runner and runs segment() with the source's
+    model type, labels and pre-processing (they travel beside the graph)."""
+    from engine.catalog.card import Source
+    from engine.runtimes import load_runner
+    from engine.tasks.segment import segment
+
+    folder = _segformer(tmp_path / "seg")
+    card = ModelCard(id="tiny-segformer-fast", name="tiny segformer", tasks=("segment",),
+                     runtime="transformers", local_path=str(folder), source=Source.LOCAL)
+    runner = load_runner(card, device="cpu", precision="fp32")
+    optimize(card, runner, sample())
+    fast = load_runner(card, device="cpu", precision="fp32")
+    assert fast.module is None and any("ocula models optimize" in n for n in fast.notes)
+    image = sample().resize((96, 80))
+    got, ref = segment(fast, [image])[0], segment(runner, [image])[0]
+    assert got.labels == ref.labels
+    assert got.label_map.shape == ref.label_map.shape == (80, 96)
+    # labels are exact where the top-two torch logits are not near-ties (fp32 noise)
+    assert (got.label_map == ref.label_map).mean() > 0.99
+
+
+def test_optimized_detr_takes_photos_of_any_aspect_ratio(tmp_path):
+    """DETR keeps each photo's aspect ratio, so its export must accept every input size:
+    boxes from the fast path equal torch's on a portrait and a landscape photo (the
+    verification sample is landscape)."""
+    from engine.catalog.card import Source
+    from engine.runtimes import load_runner
+    from engine.tasks.detect import detect
+    from tests.benchmarks.bench_tasks import build_small_detr
+
+    folder = build_small_detr(tmp_path / "detr")
+    card = ModelCard(id="tiny-detr-fast", name="tiny detr", tasks=("detect",),
+                     runtime="transformers", local_path=str(folder), source=Source.LOCAL)
+    runner = load_runner(card, device="cpu", precision="fp32")
+    optimize(card, runner, sample())
+    fast = load_runner(card, device="cpu", precision="fp32")
+    assert fast.module is None
+    for size in ((200, 300), (320, 180)):
+        image = sample().resize(size)
+        got, ref = detect(fast, [image], threshold=0.0)[0], detect(runner, [image], threshold=0.0)[0]
+        assert len(ref.boxes) > 0
+        assert [b.label for b in got.boxes] == [b.label for b in ref.boxes]
+        # boxes: sigmoid outputs x image size; a loose pixel bound still catches a graph
+        # fixed to the sample's size (it refuses the input) or a wrong resize (boxes move)
+        for a, b in zip(got.boxes, ref.boxes):
+            assert np.allclose(a.xyxy, b.xyxy, atol=1e-2 * max(size))
