@@ -30,6 +30,7 @@ from engine.vocabulary import (
     HEAD_FUSIONS,
     IMAGE_FORMATS,
     SEGMENT_MODES,
+    SPEED_MODES,
     VIDEO_CODECS,
     VIDEO_FRAME_SELECTIONS,
 )
@@ -123,6 +124,14 @@ class JobOptions:
                                     group="video")
 
 
+def _speed() -> Any:
+    """The token-merging speed mode of the tasks whose models have ViT encoders."""
+    return opt("choice", "off", "ViT, DeiT and DINOv2 encoders (ViT-GPT2's too): merge similar "
+               "image tokens as the model runs (ToMe); balanced ≈1.4×, fast ≈2× encoder "
+               "throughput, outputs change slightly; attention maps still cover every patch. "
+               "Torch models only: others refuse it", choices=SPEED_MODES, label="Speed")
+
+
 @dataclass(frozen=True)
 class CaptionOptions(JobOptions):
     task: ClassVar[str] = "caption"
@@ -133,6 +142,7 @@ class CaptionOptions(JobOptions):
                               label="Max tokens")
     num_beams: int = opt("int", 1, "beam search width (1 = greedy)", low=1, high=16,
                          label="Beams")
+    speed: str = _speed()
 
 
 @dataclass(frozen=True)
@@ -251,6 +261,7 @@ class ExplainOptions(JobOptions):
     artifact_k: float = opt("float", 3.0, "artifact token: norm above mean + k·std of the "
                             "patch-token norms", low=0.0, high=100.0, step=0.5,
                             label="Artifact threshold (std)", group="advanced")
+    speed: str = _speed()
 
 
 OPTIONS: dict[str, type[JobOptions]] = {

@@ -20,8 +20,14 @@ DEVICE_FAMILIES = ("auto", "cpu", "cuda", "mps", "directml", "coreml", "tensorrt
 DEVICE_ALIASES = {"gpu": "cuda", "dml": "directml", "trt": "tensorrt"}
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # what a picker offers first (others typed)
 
-PRECISIONS = ("fp32", "fp16", "bf16")
-PRECISION_CHOICES = ("auto", *PRECISIONS)
+PRECISIONS = ("fp32", "fp16", "bf16")  # compute dtypes of a loaded model (torch or ONNX)
+# int8 exists only as a quantized ONNX variant (`ocula models optimize ID --precision int8`,
+# or a hub repo's `onnx/model_quantized.onnx`); asked of a model without one, it runs fp32.
+QUANTIZED_PRECISIONS = ("int8",)
+PRECISION_CHOICES = ("auto", *PRECISIONS, *QUANTIZED_PRECISIONS)
+# What `ocula models optimize --precision` makes: the verified fp32 export, or a variant.
+OPTIMIZE_PRECISIONS = ("fp32", "int8", "fp16")
+VARIANT_PRECISIONS = ("int8", "fp16")
 
 # Output formats per job task: (all known, the default set).
 FORMATS: dict[str, tuple[str, ...]] = {
@@ -42,6 +48,8 @@ IMAGE_FORMATS = ("png", "jpg", "webp", "tiff")
 VIDEO_CODECS = ("h264", "h265", "vp9", "ffv1")
 VIDEO_FRAME_SELECTIONS = ("all", "keyframes", "scenes")
 SEGMENT_MODES = ("semantic", "panoptic", "instance", "promptable", "matting")
+# ViT-family encoders on the torch path: token merging (engine.runtimes.token_merging)
+SPEED_MODES = ("off", "balanced", "fast")
 
 # Attention-map methods (engine.explain implements each) and the names users may type.
 EXPLAIN_METHODS = (

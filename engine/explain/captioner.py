@@ -13,6 +13,7 @@ incremental greedy step computed (the tests check it against `generate`'s own
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -92,7 +93,9 @@ def caption_maps(model: Any, processor: Any, image: Any, *, options: Any, max_ne
     generate_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": False, "num_beams": 1}
     if start is not None:
         generate_kwargs["input_ids"] = start.to(param.device)
-    with eager_attention(model, notes), torch.no_grad():
+    merging = getattr(model, "token_merging", None)  # speed balanced/fast: a token-merged encoder
+    with eager_attention(model, notes), torch.no_grad(), (
+            merging.tracing() if merging is not None else contextlib.nullcontext()) as traced:
         # only BLIP's generate takes interpolate_pos_encoding; the others' processors give native sizes
         extra = kwargs if model_type == "blip" else {}
         sequence = model.generate(pixel_values=pixel_values, **generate_kwargs, **extra)
@@ -104,6 +107,12 @@ def caption_maps(model: Any, processor: Any, image: Any, *, options: Any, max_ne
             prefix = 1  # the decoder start / BOS token
         cross, encoder_tokens = _cross_attentions(model, model_type, pixel_values, sequence, extra)
     attention = np.stack([a[0].detach().float().cpu().numpy() for a in cross])  # (L, H, T-1, Nenc)
+    trace = None if traced is None else traced.trace
+    if trace is not None:  # merged encoder tokens: each one's attention shared by its patches
+        attention = trace.columns_to_tokens(-1, attention)
+        notes.append(f"token merging: the decoder attends to {encoder_tokens} merged encoder tokens, "
+                     f"mapped back onto the {trace.num_tokens} input tokens")
+        encoder_tokens = trace.num_tokens
     layout = layout_from_config(tower_config, tuple(pixel_values.shape[-2:]), num_tokens=encoder_tokens)
     generated = [int(t) for t in sequence[0, prefix:].tolist()]
     texts = token_texts(processor, generated)

@@ -5,6 +5,10 @@ eager attention: a model loaded otherwise is switched for the run, switched back
 afterwards, and the result's notes say so. Weights come from transformers' own
 `output_attentions=True` (no hooks into private attention code, so nothing breaks
 when kernels change).
+
+Token-merged models (`speed` balanced/fast, engine.runtimes.token_merging) carry a
+`token_merging` attribute: capture traces which input tokens each merged token holds and maps
+every layer back to the N input tokens (`_Unmerge`), so the maps still cover the patch grid.
 """
 from __future__ import annotations
 
@@ -210,25 +214,35 @@ def capture(
     key_proj = key_module(tower)
     hook = None if key_proj is None else key_proj.register_forward_hook(
         lambda _m, _i, out: keys.append(out.detach()))
+    merging = getattr(model, "token_merging", None) or getattr(tower, "token_merging", None)
     try:
-        with eager_attention(model, notes):
+        with eager_attention(model, notes), (
+                merging.tracing() if merging is not None else contextlib.nullcontext()) as traced:
             outputs, attentions, layout, features, gradients, chosen, logits = _forward(
                 tower, config, pixel_values, kwargs, with_gradients, target, notes)
     finally:
         if hook is not None:
             hook.remove()
-    stacked = np.stack([a[0].detach().float().cpu().numpy() for a in attentions])
+    unmerge = _Unmerge(None if traced is None else traced.trace, notes)
+    stacked = np.stack([unmerge.attention(i, a[0].detach().float().cpu().numpy())
+                        for i, a in enumerate(attentions)])
+    if gradients is not None:
+        gradients = np.stack([unmerge.gradient(i, g) for i, g in enumerate(gradients)])
     states = getattr(outputs, "hidden_states", None)
     layer_features = None
     if states and len(states) > 1:
-        layer_features = np.stack([h[0].detach().float().cpu().numpy() for h in states[1:]])
+        layer_features = np.stack([unmerge.tokens(i + 1, h[0].detach().float().cpu().numpy())
+                                   for i, h in enumerate(states[1:])])
     key_array = None
-    if keys and keys[-1].dim() == 3 and keys[-1].shape[1] == stacked.shape[-1]:
-        key_array = keys[-1][0].float().cpu().numpy()
+    if keys and keys[-1].dim() == 3:
+        key_array = unmerge.tokens(len(attentions) - 1, keys[-1][0].float().cpu().numpy())
+        if key_array.shape[0] != stacked.shape[-1]:
+            key_array = None
     return Captured(
         attentions=stacked,
         layout=layout,
-        features=None if features is None else features[0].detach().float().cpu().numpy(),
+        features=None if features is None else unmerge.tokens(
+            -1, features[0].detach().float().cpu().numpy()),
         layer_features=layer_features,
         keys=key_array,
         gradients=gradients,
@@ -236,6 +250,32 @@ def capture(
         target=chosen,
         notes=notes,
     )
+
+
+class _Unmerge:
+    """Layer tensors of a token-merged forward, back on the N input tokens (identity when the
+    model merges nothing). Attention A (n × n) at layer l becomes Sᵀ·A·diag(1/size)·S with S the
+    layer's 0/1 source matrix: each input token takes the row of the token it was merged into,
+    and the attention a merged token receives is shared equally by its members (rows still sum
+    to 1). Gradients map as Sᵀ·G·S, token features as Sᵀ·X (every patch gets its token's)."""
+
+    def __init__(self, trace: Any, notes: list[str]) -> None:
+        self.trace = trace
+        counts = [] if trace is None else trace.tokens_per_layer
+        if counts and counts[0] != counts[-1]:
+            notes.append(f"token merging: {counts[0]} tokens in, {counts[-1]} out of the last layer; "
+                         f"each layer's attention is mapped back onto the {counts[0]} input tokens "
+                         f"(a merged token's attention shared by the patches it holds)")
+
+    def attention(self, layer: int, attention: np.ndarray) -> np.ndarray:
+        return attention if self.trace is None else self.trace.attention_to_tokens(layer, attention)
+
+    def gradient(self, layer: int, gradient: np.ndarray) -> np.ndarray:
+        return gradient if self.trace is None else self.trace.gradient_to_tokens(layer, gradient)
+
+    def tokens(self, index: int, tokens: np.ndarray) -> np.ndarray:
+        """Tokens at the input of layer `index` (-1 or the layer count: the encoder's output)."""
+        return tokens if self.trace is None else self.trace.features_to_tokens(index, tokens)
 
 
 def _forward(tower: Any, config: Any, pixel_values: Any, kwargs: dict[str, Any], with_gradients: bool,
@@ -266,9 +306,9 @@ def _forward(tower: Any, config: Any, pixel_values: Any, kwargs: dict[str, Any],
         if with_gradients:
             score, chosen = _score(outputs, features, layout, target, notes)
             grads = torch.autograd.grad(score, list(attentions), allow_unused=True)
-            gradients = np.stack([
+            gradients = [  # per layer: shapes differ when tokens merge (stacked once unmerged)
                 np.zeros(tuple(a.shape[1:]), np.float32) if g is None
                 else g[0].detach().float().cpu().numpy()
                 for a, g in zip(attentions, grads)
-            ])
+            ]
     return outputs, attentions, layout, features, gradients, chosen, logits

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from engine.errors import OculaError
 from engine.events import CancelToken, ProgressCallback
 from engine.runtimes.base import Placement, Runner, loader_for
+from engine.vocabulary import QUANTIZED_PRECISIONS, VARIANT_PRECISIONS
 
 if TYPE_CHECKING:
     from engine.catalog.card import ModelCard
@@ -65,12 +66,16 @@ def load_runner(
     device: str = "auto",
     precision: str = "auto",
     attention: bool = False,
+    speed: str = "off",
     settings: Settings | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     snapshot: Path | None = None,
 ) -> Runner:
     """Fetch (if needed) and load `card` on the device/precision `engine.devices.plan` picks.
+
+    `speed` "balanced" / "fast": token merging in the model's ViT encoder (torch path only,
+    engine.runtimes.token_merging); a model without one is refused, never silently run off.
 
     "auto" device/precision defer to `settings.device` / `settings.precision`. Whatever
     differs from the request is in `runner.placement.fallback` (and logged), never silent.
@@ -80,11 +85,22 @@ def load_runner(
 
     settings = settings if settings is not None else Settings.load()
     device, precision = settings.requested_placement(device, precision)
+    if speed != "off":
+        from engine.runtimes.token_merging import check_speed_runtime
+
+        check_speed_runtime(card, speed)
     path = resolve_snapshot(
         card, settings=settings, progress=progress, cancel=cancel, snapshot=snapshot
     )
+    fetch_variant_files(card, precision, path, settings=settings, progress=progress,
+                        cancel=cancel)
     placement = devices.plan(card, device=device, precision=precision)
-    fast = _onnx_fast_path(card, placement, attention=attention, settings=settings)
+    fast = None
+    if speed == "off":  # ONNX exports and variants cannot merge tokens: speed keeps torch
+        fast = _cpu_variant(card, placement, precision, path, attention=attention,
+                            settings=settings)
+        if fast is None:
+            fast = _onnx_fast_path(card, placement, attention=attention, settings=settings)
     if fast is not None:
         return fast
     loader = loader_for(card.runtime)
@@ -97,8 +113,62 @@ def load_runner(
         progress=progress,
         cancel=cancel,
     )
+    if speed != "off":
+        from engine.runtimes.token_merging import apply_speed
+
+        try:
+            apply_speed(runner, speed)
+        except Exception:
+            runner.release()
+            raise
+    if precision in QUANTIZED_PRECISIONS and card.runtime != "onnx":
+        runner.notes.append(f"no {precision} variant of {card.id} exists yet; make one with "
+                            f"`ocula models optimize {card.id} --precision {precision}`")
     if runner.placement.fallback:
         log.warning("%s: %s", card.id, runner.placement.describe())
+    return runner
+
+
+def fetch_variant_files(card: ModelCard, precision: str, snapshot: Path, *,
+                        settings: Settings | None = None,
+                        progress: ProgressCallback | None = None,
+                        cancel: CancelToken | None = None) -> list[str]:
+    """Download the hub-published `precision` files a card's sidecar names (`variants`)
+    into its snapshot when they are not there yet: a pull fetches only the fp32 graphs.
+    Returns the files fetched."""
+    wanted = ((card.sidecar or {}).get("variants") or {}).get(precision, {})
+    missing = [rel for rel in wanted.values() if not (snapshot / rel).is_file()]
+    if not missing or not card.repo or card.local_path or not snapshot.is_dir():
+        return []
+    from engine.hub.fetch import fetch_repo
+
+    fetch_repo(card.repo, card.revision, missing, progress=progress, cancel=cancel,
+               settings=settings, repair=False, model_id=card.id)
+    return missing
+
+
+def _cpu_variant(card: ModelCard, placement: Placement, precision: str, snapshot: Path, *,
+                 attention: bool, settings: Settings) -> Runner | None:
+    """A measured int8/fp16 variant made by `ocula models optimize --precision`, for a CPU
+    run: the one asked for by name, or for "auto" the recommended one (its quality figures
+    passed; engine.quality). Torch models asked for attention maps keep their module."""
+    if (placement.device != "cpu" or not settings.use_onnx_fast_path
+            or (attention and card.runtime != "onnx")):
+        return None
+    from engine.runtimes.optimized import find_variant, onnx_runner_for_variant, recommended_variant
+
+    if precision in ("", "auto"):
+        variant = recommended_variant(card)
+    elif precision in VARIANT_PRECISIONS:
+        variant = find_variant(card, precision)
+    else:
+        return None
+    if variant is None:
+        return None
+    runner = onnx_runner_for_variant(card, variant, snapshot=snapshot)
+    runner.notes.append(f"using the {variant.summary()} (`ocula models optimize`; set "
+                        f"use_onnx_fast_path = false or --precision fp32 to run the original)")
+    log.info("%s: %s", card.id, runner.notes[-1])
     return runner
 
 

@@ -1,6 +1,6 @@
 """Loaded runners kept in memory between jobs, least recently used evicted by size.
 
-Key: (card id, revision, device, precision, attention) after planning, so "auto" and the
+Key: (card id, revision, device, precision, attention, speed) after planning, so "auto" and the
 device it resolves to share one entry. Budget: `settings.runner_cache_mb`, measured with
 each runner's `memory_bytes`. A runner larger than the whole budget is still returned
 (the job needs it) but is the first to go when anything else loads.
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from engine.catalog.card import ModelCard
     from engine.settings import Settings
 
-CacheKey = tuple[str, "str | None", str, str, bool]
+CacheKey = tuple[str, "str | None", str, str, bool, str]
 
 
 class RunnerCache:
@@ -31,6 +31,9 @@ class RunnerCache:
         self._runners: OrderedDict[CacheKey, Runner] = OrderedDict()
         self._lock = threading.RLock()
         self.evictions: list[CacheKey] = []  # keys evicted so far, oldest first (for the UI log)
+        # the plan's fallback when each runner loaded: a later request that plans to the
+        # same device for another reason (asked for cuda, got cpu) must say so again
+        self._planned_fallback: dict[CacheKey, str | None] = {}
 
     def use_settings(self, settings: Settings) -> None:
         """The latest front end's settings: their memory budget and device defaults apply
@@ -66,29 +69,40 @@ class RunnerCache:
         device: str = "auto",
         precision: str = "auto",
         attention: bool = False,
+        speed: str = "off",
     ) -> CacheKey:
+        return self._plan(card, device=device, precision=precision, attention=attention,
+                          speed=speed)[0]
+
+    def _plan(self, card: ModelCard, *, device: str, precision: str,
+              attention: bool, speed: str = "off") -> tuple[CacheKey, str | None]:
+        """The cache key of this request and its planned fallback (None: runs as asked)."""
         from engine import devices
 
         if self.settings is not None:
             device, precision = self.settings.requested_placement(device, precision)
         placement = devices.plan(card, device=device, precision=precision)
-        return (card.id, card.revision, placement.device, placement.precision, bool(attention))
+        key = (card.id, card.revision, placement.device, placement.precision, bool(attention),
+               speed)  # a token-merged model is another model: off and fast never share one
+        return key, placement.fallback
 
     # -- loading and eviction ------------------------------------------------------------
     def get_or_load(self, card: ModelCard, **load_kwargs: Any) -> Runner:
         """The cached runner for this card/device/precision/attention, loading it if needed."""
         from engine.runtimes.loading import load_runner
 
-        key = self.key_for(
+        key, fallback = self._plan(
             card,
             device=load_kwargs.get("device", "auto"),
             precision=load_kwargs.get("precision", "auto"),
             attention=load_kwargs.get("attention", False),
+            speed=load_kwargs.get("speed", "off"),
         )
         with self._lock:
             runner = self._runners.get(key)
             if runner is not None:
                 self._runners.move_to_end(key)
+                self._restate_fallback(key, runner, fallback)
                 return runner
             # Make room for the card's estimate first, so two big models never coexist.
             estimate_mb = card.memory_estimate_mb(key[3]) or 0
@@ -97,8 +111,24 @@ class RunnerCache:
                 load_kwargs.setdefault("settings", self.settings)
             runner = load_runner(card, **load_kwargs)
             self._runners[key] = runner
+            self._planned_fallback[key] = fallback
             self._evict_until(self.budget_bytes, keep=key)
             return runner
+
+    def _restate_fallback(self, key: CacheKey, runner: Runner, fallback: str | None) -> None:
+        """A cached runner serves a new request: its placement's fallback becomes this
+        request's plan (plus anything found only while loading, e.g. a failed CUDA load)."""
+        import dataclasses
+
+        loaded = runner.placement.fallback
+        at_load = self._planned_fallback.get(key)
+        if fallback == at_load:
+            return
+        found_while_loading = loaded if loaded and loaded != at_load else None
+        parts = [part for part in (fallback, found_while_loading) if part]
+        runner.placement = dataclasses.replace(runner.placement,
+                                               fallback="; ".join(parts) or None)
+        self._planned_fallback[key] = fallback
 
     def _evict_until(self, budget_bytes: int, keep: CacheKey | None) -> None:
         for key in list(self._runners):
@@ -107,6 +137,7 @@ class RunnerCache:
             if key == keep:
                 continue
             self._runners.pop(key).release()
+            self._planned_fallback.pop(key, None)
             self.evictions.append(key)
 
     def release(self, card_id: str | None = None) -> int:
@@ -115,6 +146,7 @@ class RunnerCache:
             keys = [k for k in self._runners if card_id is None or k[0] == card_id]
             for key in keys:
                 self._runners.pop(key).release()
+                self._planned_fallback.pop(key, None)
             return len(keys)
 
 

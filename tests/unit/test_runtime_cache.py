@@ -65,7 +65,7 @@ def test_keys_normalise_auto_and_separate_attention(cards):
     explicit = cache.get_or_load(cards["a"], device=auto.placement.device)
     assert explicit is auto
     key = next(iter(cache))
-    assert key == ("a", None, auto.placement.device, "fp32", False)
+    assert key == ("a", None, auto.placement.device, "fp32", False, "off")  # last: speed
     other = cache.get_or_load(cards["a"], attention=True)
     assert other is not auto and len(cache) == 2
 
