@@ -18,6 +18,7 @@ track_iou, hold_results, annotations, allow_partial_video.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -35,6 +36,7 @@ from engine.errors import Cancelled, InputError
 from engine.jobs.handler_protocol import ItemResult, batch_of
 from engine.jobs.outputs import FrameInfo, FrameOutput, OutputPlan
 from engine.jobs.store import SegmentRecord
+from engine.jobs.video_result import VideoResult, mask_records
 from engine.media.image import LoadedImage, atomic_write_bytes
 from engine.media.video import (
     DecodedFrame,
@@ -202,6 +204,7 @@ class VideoPipeline:
                 first_index = last.next_frame
             self._load_state(last.state)
         self.resumed_from = last.next_frame if done_segments else 0
+        self._calibrate_threads()
         q_in: queue.Queue = queue.Queue(maxsize=2 * self.batch_size + 4)
         q_out: queue.Queue = queue.Queue(maxsize=8)
         decoder = threading.Thread(
@@ -229,6 +232,7 @@ class VideoPipeline:
             self._stop.set()
             _drain(q_in)
             decoder.join(timeout=30)
+            self.model_threads.restore()
         return self._finalise()
 
     def _load_state(self, state: dict[str, Any]) -> None:
@@ -244,12 +248,67 @@ class VideoPipeline:
                 "out_size": list(self.out_size) if self.out_size else None,
                 "processed": self.frames_processed, "track_ids": sorted(self.track_ids)}
 
+    # -- threads per stage (engine.jobs.video_threads) -----------------------------------
+    def _calibrate_threads(self) -> None:
+        """Decode and encode cost on the first frames, before the stage threads start; the
+        model runs its first group single-threaded so that its cost can be read too."""
+        from engine.jobs.video_threads import (
+            CHEAP_KNOBS,
+            ModelThreads,
+            StageCosts,
+            measure_decode_ms,
+            measure_encode_ms,
+            plan_threads,
+        )
+        from engine.runtimes.session_tuning import physical_cores
+
+        self.cores = physical_cores()
+        try:
+            decode_ms, arrays = measure_decode_ms(self.item.path, start_s=self.start_s)
+            encode_ms = 0.0
+            if self.video_output and self.settings is not None:
+                encode_ms = measure_encode_ms(arrays, self.settings,
+                                              self.work_dir / "calibrate-encoder.mov")
+        except Exception:  # noqa: BLE001 — the decode thread reports a broken input properly
+            decode_ms, encode_ms, arrays = 0.0, 0.0, []
+        self.calibration_size = (arrays[0].shape[1], arrays[0].shape[0]) if arrays else None
+        self.costs = StageCosts(decode_ms=decode_ms, encode_ms=encode_ms)
+        self.thread_plan = plan_threads(self.cores, self.costs)  # decode's; the rest follows
+        self.model_threads = ModelThreads(self.job.handler)
+        self.model_threads.set(1, CHEAP_KNOBS)
+        self.model_s = 0.0
+        self.threads_planned = False
+        self.threads_applied: dict[str, Any] = {}
+
+    def _plan_threads(self, group_frames: int, picture: np.ndarray | None) -> None:
+        """After the first group: the model's cost is known, and the output size (a ×4
+        restoration encodes 16× the pixels it decodes)."""
+        from engine.jobs.video_threads import plan_threads
+
+        costs = self.costs
+        costs.model_ms = (1000 * self.model_s / max(1, group_frames)
+                          * self.model_threads.single_thread_scale())
+        if picture is not None and self.calibration_size:
+            scale = (picture.shape[0] * picture.shape[1]
+                     / (self.calibration_size[0] * self.calibration_size[1]))
+            costs.encode_ms *= scale
+        decode = self.thread_plan.decode  # the decoder is already open with its count
+        self.thread_plan = plan_threads(self.cores, costs)
+        self.thread_plan.decode = decode
+        self.model_threads.set(self.thread_plan.model)
+        plan = self.thread_plan
+        self.threads_applied.update(
+            decode=self.stats.threads, model=self.model_threads.current(),
+            planned={"decode": plan.decode, "model": plan.model, "encode": plan.encode},
+            costs_ms={k: round(v, 3) for k, v in dataclasses.asdict(costs).items()})
+        self.threads_planned = True
+
     # -- decode thread ------------------------------------------------------------------
     def _decode(self, q_in: queue.Queue, after_pts: int | None, first_index: int) -> None:
         try:
             for frame in decode_frames(self.item.path, start_s=self.start_s, end_s=self.end_s,
                                        after_pts=after_pts, first_index=first_index,
-                                       stats=self.stats):
+                                       stats=self.stats, threads=self.thread_plan.decode):
                 if not _put(q_in, frame, self._stop):
                     return
             _put(q_in, _END, self._stop)
@@ -328,12 +387,16 @@ class VideoPipeline:
                                      Path(self.item.path), info)
                 images.append(_loaded(d, self.item.path))
                 plans.append(f.plan)
+            began = time.perf_counter()
             results = batch_of(self.job.handler, images, plans)
+            self.model_s += time.perf_counter() - began
             for f, res in zip(chosen, results):
                 f.result = res
         for f in group:
             state_before = self._state() if f.starts_segment else {}
             picture, line = self._render(f)
+            if not self.threads_planned:
+                self._plan_threads(len(group), picture)
             self.frames_processed += f.selected
             _put(q_out, _Encoded(f.decoded.index, f.decoded.pts, f.decoded.time_s, picture,
                                  line, f.starts_segment, state_before), self._stop)
@@ -358,9 +421,12 @@ class VideoPipeline:
             if self.annotations:
                 from engine.exporters.reports import result_to_dict
 
-                line = json.dumps({"frame": d.index, "pts": d.pts, "time_s": round(d.time_s, 6),
-                                   "keyframe": d.keyframe, "result": result_to_dict(result),
-                                   "info": res.info}, default=str)
+                record = {"frame": d.index, "pts": d.pts, "time_s": round(d.time_s, 6),
+                          "keyframe": d.keyframe, "result": result_to_dict(result),
+                          "info": res.info}
+                if isinstance(result, Segmentation):  # arrays: kept as RLE for players
+                    record["masks"] = mask_records(result)
+                line = json.dumps(record, default=str)
         elif self.video_output:
             held = self.last_result if self.hold else None
             if isinstance(held, Detections):
@@ -458,7 +524,10 @@ class VideoPipeline:
             return None
         h, w = picture.shape[:2] if picture is not None else (self.info.height, self.info.width)
         self.settings.width, self.settings.height = w, h
-        return SegmentWriter(self._segment_path(idx), self.settings)
+        self.settings.threads = self.thread_plan.encode
+        writer = SegmentWriter(self._segment_path(idx), self.settings)
+        self.threads_applied["encode"] = writer.stream.codec_context.thread_count
+        return writer
 
     def _segment_path(self, idx: int) -> Path:
         ext = ".mov" if self.video_output else ".jsonl"
@@ -491,6 +560,8 @@ class VideoPipeline:
                 f"{expected} frames decode. Set allow_partial_video to keep what decodes.")
         written: list[Path] = []
         info: dict[str, Any] = {"frames": decoded_total, "processed_frames": self.frames_processed,
+                                "threads": dict(self.threads_applied,
+                                                plan=self.thread_plan.describe()),
                                 "resumed_from_frame": self.resumed_from,
                                 "bad_packets": self.stats.bad_packets}
         if self.video_output:
@@ -537,7 +608,21 @@ class VideoPipeline:
         if self.tracker is not None:
             info["tracks"] = len(self.track_ids)
         self._discard()
-        return ItemResult(result=None, written=written, info=info)
+        video = self._video_result(written, info)
+        info["video"] = video.to_dict()  # the same, as data (crosses the worker pipe)
+        return ItemResult(result=video, written=written, info=info)
+
+    def _video_result(self, written: list[Path], info: dict[str, Any]) -> VideoResult:
+        """What a front end opens to play this video with its results."""
+        exported = [p for p in written if p.suffix.lower() not in (".jsonl", ".vtt")]
+        jsonl = [p for p in written if p.name.endswith(".frames.jsonl")]
+        return VideoResult(
+            task=self.job.spec.task, source=Path(self.item.path),
+            video=exported[0] if exported else None, frames_jsonl=jsonl[0] if jsonl else None,
+            fps=float(self.info.fps or 0.0), frames=int(info["frames"]),
+            width=self.info.width, height=self.info.height, start_s=self.start_s,
+            end_s=self.end_s, hold=bool(self.hold), source_audio=list(self.info.audio),
+            copied_streams=list(info.get("copied_streams", [])))
 
     def _discard(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)

@@ -234,6 +234,7 @@ class DecodeStats:
     frames: int = 0
     bad_packets: int = 0
     last_error: str = ""
+    threads: int = 0  # the decoder's thread count, read back from its codec context
 
 
 def decode_frames(path: str | os.PathLike, *, start_s: float | None = None,
@@ -254,6 +255,7 @@ def decode_frames(path: str | os.PathLike, *, start_s: float | None = None,
         stream.thread_type = "AUTO"  # frame + slice threads inside FFmpeg
         if threads:
             stream.thread_count = threads
+        stats.threads = stream.codec_context.thread_count
         tb = stream.time_base
         seek_s = None
         if after_pts is not None:
