@@ -9,6 +9,7 @@ running the model again.
 """
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
@@ -17,8 +18,9 @@ from desktop.views.error_dialogs import describe
 from desktop.workers import Operation, Pools, call_operation
 
 
-def _load(card: Any, device: str, precision: str, settings: Any) -> Any:
-    """The model with attention capture, from the process-wide cache the jobs use."""
+def _load(card: Any, device: str, precision: str, settings: Any, speed: str = "off") -> Any:
+    """The model with attention capture (token-merged at `speed`), from the process-wide
+    cache the jobs use."""
     from desktop.workers import load_backend
     from engine.runtimes.runner_cache import shared_runner_cache
 
@@ -26,7 +28,13 @@ def _load(card: Any, device: str, precision: str, settings: Any) -> Any:
     if settings is not None:
         device, precision = settings.requested_placement(device, precision)
     return shared_runner_cache(settings).get_or_load(
-        card, device=device, precision=precision, attention=True, settings=settings)
+        card, device=device, precision=precision, attention=True, speed=speed,
+        settings=settings)
+
+
+# One map at a time: the side-by-side compare runs a second controller on the same runner and
+# the same capture cache, and two forwards of one model at once only compete for the CPU.
+_EXPLAIN_LOCK = threading.Lock()
 
 
 def _explain(runner: Any, path: Any, options: dict[str, Any]) -> Any:
@@ -34,7 +42,9 @@ def _explain(runner: Any, path: Any, options: dict[str, Any]) -> Any:
     from engine.explain.with_options import explain_with_options
     from engine.media.image import read_image
 
-    return explain_with_options(runner, read_image(path).rgb, options)
+    image = read_image(path).rgb
+    with _EXPLAIN_LOCK:
+        return explain_with_options(runner, image, options)
 
 
 def supported_methods(card: Any) -> tuple[list[str], str]:
@@ -88,12 +98,13 @@ class ExplainController(QObject):
             return
         card, path, options, device, precision, settings = self.pending
         self.pending = None
-        key = (card.id, device, precision)
+        speed = options.get("speed") or "off"
+        key = (card.id, device, precision, speed)
         if self.runner is not None and self.runner_key == key:
             self._run_explain(path, options)
             return
         self.release()
-        op = call_operation(_load, card, device, precision, settings,
+        op = call_operation(_load, card, device, precision, settings, speed,
                             label=f"load {card.name}", parent=self)
         op.succeeded.connect(lambda runner, k=key, p=path, o=options:
                              self._on_loaded(runner, k, p, o))

@@ -196,7 +196,27 @@ def _artifacts(layout: TokenLayout, geometry: Geometry, layer_features: np.ndarr
         params.update(artifacts=cells, artifact_points=points)
         options.notes.append(f"artifact tokens (patch-token norm > mean + {options.artifact_k:g}·std, last layer): "
                              f"{', '.join(f'row {r} col {c}' for r, c in cells)}")
+    _register_norms(layout, tokens, params, options.notes)
     return found
+
+
+def _register_norms(layout: TokenLayout, tokens: np.ndarray, params: dict[str, object], notes: list[str]) -> None:
+    """With register tokens (DINOv2 with registers): their last-layer norms next to the patch
+    tokens' (params["register_norms"], params["patch_norms"] = (mean, max)), and whether the
+    registers are where the high-norm tokens went (all above every patch token)."""
+    registers = layout.special.get("registers", ())
+    if not registers:
+        return
+    norms = np.linalg.norm(np.asarray(tokens, dtype=np.float64), axis=-1)
+    register_norms = [float(norms[t]) for t in registers]
+    patch_norms = norms[layout.patch_slice]
+    patch_mean, patch_max = float(patch_norms.mean()), float(patch_norms.max())
+    params.update(register_norms=register_norms, patch_norms=(patch_mean, patch_max))
+    absorbed = min(register_norms) > patch_max
+    notes.append(f"{len(registers)} register token(s), last-layer norms "
+                 f"{', '.join(f'{n:.1f}' for n in register_norms)}; patch tokens: mean {patch_mean:.1f}, "
+                 f"max {patch_max:.1f}" + (": the registers hold the high-norm tokens, not the patches"
+                                           if absorbed else ""))
 
 
 def _without_tokens(attentions: np.ndarray, tokens: np.ndarray) -> np.ndarray:
