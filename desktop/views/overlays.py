@@ -61,17 +61,28 @@ class BoxItem(QGraphicsRectItem):
         tip += f"\n{box.x0:.0f}, {box.y0:.0f} – {box.x1:.0f}, {box.y1:.0f}"
         self.setToolTip(tip)
         self.setAcceptHoverEvents(True)
+        self.highlighted = False
+
+    def set_highlighted(self, on: bool) -> None:
+        """The box of the selected result row: thicker and filled more, drawn on top."""
+        self.highlighted = on
+        self._set_width(4.5 if on else 2.0)
+        fill = QColor(self.pen().color())
+        fill.setAlpha(90 if on else 28)
+        self.setBrush(QBrush(fill))
+        self.setZValue(1 if on else 0)
+
+    def _set_width(self, width: float) -> None:
+        pen = self.pen()
+        pen.setWidthF(width)
+        self.setPen(pen)
 
     def hoverEnterEvent(self, event) -> None:  # noqa: N802 (Qt name)
-        pen = self.pen()
-        pen.setWidthF(3.5)
-        self.setPen(pen)
+        self._set_width(4.5 if self.highlighted else 3.5)
         super().hoverEnterEvent(event)
 
     def hoverLeaveEvent(self, event) -> None:  # noqa: N802
-        pen = self.pen()
-        pen.setWidthF(2.0)
-        self.setPen(pen)
+        self._set_width(4.5 if self.highlighted else 2.0)
         super().hoverLeaveEvent(event)
 
 
@@ -107,6 +118,42 @@ class BoxesOverlay(QGraphicsItemGroup):
             tag = LabelTag(f"{box.label} {box.score:.2f}", color, item)
             tag.setPos(box.x0, box.y0)
             self.tags.append(tag)
+        self.highlighted: int | None = None
+        self.layout_labels(1.0)
+
+    def highlight(self, index: int | None) -> BoxItem | None:
+        """Highlight box `index` (into detections.boxes), or none; returns its item."""
+        for i, item in enumerate(self.box_items):
+            item.set_highlighted(i == index)
+        self.highlighted = index
+        return self.box_items[index] if index is not None and \
+            0 <= index < len(self.box_items) else None
+
+    def layout_labels(self, zoom: float) -> None:
+        """Place each label where it overlaps no label placed before it (highest scores
+        first): above the box, else inside its top edge, else shifted down inside the box
+        a label height at a time. Labels are drawn at screen size, so their size in image
+        pixels is their pixel size / zoom: call again when the zoom changes."""
+        scale = 1.0 / max(zoom, 1e-6)
+        placed: list[QRectF] = []
+        order = sorted(range(len(self.tags)), key=lambda i: -self.box_items[i].box.score)
+        for i in order:
+            tag, box = self.tags[i], self.box_items[i].box
+            rect = tag.boundingRect().adjusted(-3, -1, 3, 1)
+            w, h = rect.width() * scale, rect.height() * scale
+            candidates = [box.y0 - h]  # above the box
+            y = box.y0
+            while y + h <= max(box.y1, box.y0 + h) + 1e-6:  # inside, shifting down
+                candidates.append(y)
+                y += h
+            best = candidates[-1]
+            for top in candidates:
+                here = QRectF(box.x0, top, w, h)
+                if not any(here.intersects(other) for other in placed):
+                    best = top
+                    break
+            placed.append(QRectF(box.x0, best, w, h))
+            tag.setPos(box.x0 + 3 * scale, best + 1 * scale)
 
     def legend(self) -> list[LegendEntry]:
         seen: dict[str, LegendEntry] = {}
@@ -204,6 +251,11 @@ class CompareOverlay(QGraphicsItem):
 
     def set_split(self, fraction: float) -> None:
         self.split = min(1.0, max(0.0, fraction))
+        self.update()
+
+    def set_restored(self, restored: QPixmap) -> None:
+        """The next restored picture of the same size (a video frame)."""
+        self.restored = restored
         self.update()
 
     def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem,

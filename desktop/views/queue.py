@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from PySide6.QtCore import QSize, Qt, QUrl, Signal
-from PySide6.QtGui import QDesktopServices, QResizeEvent
+from PySide6.QtGui import QDesktopServices, QGuiApplication, QResizeEvent
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
@@ -26,6 +26,65 @@ from PySide6.QtWidgets import (
 
 from desktop.format import human_bytes, human_duration
 from desktop.workers import Operation
+
+ETA_MIN_SECONDS = 1.0  # no byte rate (nor ETA) before this much time of samples…
+ETA_MIN_BYTES = 256 * 1024  # …and this many bytes moved: a few early chunks say little
+RATE_TIME_CONSTANT_S = 3.0  # the rate is an exponential moving average over about this long
+
+
+class RateMeter:
+    """A smoothed transfer rate from (time, done) samples.
+
+    The instantaneous rate between samples is averaged with weight 1 - exp(-dt / tau), so
+    irregular sample spacing counts by time, not by sample. Until enough time and bytes
+    have passed, `rate` is None: two chunks 10 ms apart (a small file's whole download)
+    would give an ETA that is wrong by orders of magnitude."""
+
+    def __init__(self, *, min_seconds: float = ETA_MIN_SECONDS,
+                 min_amount: float = ETA_MIN_BYTES,
+                 time_constant_s: float = RATE_TIME_CONSTANT_S) -> None:
+        self.min_seconds, self.min_amount = min_seconds, min_amount
+        self.time_constant_s = time_constant_s
+        self._first: tuple[float, float] | None = None
+        self._last: tuple[float, float] | None = None
+        self._smoothed: float | None = None
+
+    def add(self, now: float, done: float) -> None:
+        import math
+
+        if self._first is None:
+            self._first = self._last = (now, done)
+            return
+        t_last, d_last = self._last
+        dt = now - t_last
+        if dt <= 0:
+            return
+        instant = max(0.0, done - d_last) / dt
+        self._last = (now, done)
+        if self._smoothed is None or not self._enough():
+            # until there is enough to go on: the plain average since the first sample,
+            # so an early burst (a small file, a cached chunk) weighs only its share
+            t0, d0 = self._first
+            self._smoothed = max(0.0, done - d0) / (now - t0)
+        else:
+            weight = 1.0 - math.exp(-dt / self.time_constant_s)
+            self._smoothed += weight * (instant - self._smoothed)
+
+    def _enough(self) -> bool:
+        (t0, d0), (t1, d1) = self._first, self._last
+        return t1 - t0 >= self.min_seconds and d1 - d0 >= self.min_amount
+
+    @property
+    def rate(self) -> float | None:
+        if self._first is None or self._smoothed is None or not self._enough():
+            return None
+        return self._smoothed or None
+
+    def eta_s(self, done: float, total: float | None) -> float | None:
+        rate = self.rate
+        if not rate or not total:
+            return None
+        return max(0.0, total - done) / rate
 
 
 class ElidedLabel(QLabel):
@@ -112,6 +171,16 @@ class JobRow(QFrame):
         self.folder_button.setObjectName("openFolderButton")
         self.folder_button.clicked.connect(self.open_output_folder)
         self.folder_button.setVisible(bool(output_dir))
+        self.copy_button = QToolButton()
+        self.copy_button.setText(self.tr("Copy path"))
+        self.copy_button.setObjectName("copyPathButton")
+        self.copy_button.setToolTip(self.tr("Copy the output folder's path"))
+        self.copy_button.clicked.connect(self.copy_output_path)
+        self.copy_button.setVisible(bool(output_dir))
+        self.path_label = ElidedLabel()
+        self.path_label.setObjectName("jobOutputPath")
+        self.path_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.meter = RateMeter()
         self.remove_button = QToolButton()
         self.remove_button.setText("✕")
         self.remove_button.setToolTip(self.tr("Remove from the list"))
@@ -121,7 +190,7 @@ class JobRow(QFrame):
         top = QHBoxLayout()
         top.addWidget(self.name, 1)
         for button in (self.pause_button, self.cancel_button, self.folder_button,
-                       self.remove_button):
+                       self.copy_button, self.remove_button):
             top.addWidget(button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 4, 6, 4)
@@ -129,6 +198,8 @@ class JobRow(QFrame):
         layout.addLayout(top)
         layout.addWidget(self.bar)
         layout.addWidget(self.detail)
+        layout.addWidget(self.path_label)
+        self._show_path()
 
         operation.events.connect(self.on_events)
         operation.done.connect(self.on_done)
@@ -180,15 +251,9 @@ class JobRow(QFrame):
             parts.insert(0, self.tr("paused"))
         self.detail.setText(" · ".join(parts))
 
-    _first: tuple[float, float] | None = None
-
     def _byte_rate(self, event: Any) -> float | None:
-        now = getattr(event, "time", time.monotonic())
-        if self._first is None:
-            self._first = (now, float(event.done))
-            return None
-        t0, d0 = self._first
-        return (float(event.done) - d0) / (now - t0) if now > t0 else None
+        self.meter.add(getattr(event, "time", time.monotonic()), float(event.done or 0))
+        return self.meter.rate
 
     def on_done(self) -> None:
         op = self.operation
@@ -224,6 +289,18 @@ class JobRow(QFrame):
             self.detail.setText(self.tr("failed: {}").format(message))
             self.detail.setToolTip(message)
         self.folder_button.setVisible(bool(self.output_dir))
+        self.copy_button.setVisible(bool(self.output_dir))
+        self._show_path()
+
+    def _show_path(self, note: str = "") -> None:
+        self.path_label.setVisible(bool(self.output_dir))
+        if self.output_dir:
+            self.path_label.setText(note or self.tr("Output: {}").format(self.output_dir))
+            self.folder_button.setToolTip(self.output_dir)
+
+    def copy_output_path(self) -> None:
+        if self.output_dir:
+            QGuiApplication.clipboard().setText(self.output_dir)
 
     def _on_pause(self, paused: bool) -> None:
         if paused:
@@ -234,9 +311,16 @@ class JobRow(QFrame):
             self.operation.resume()
             self.pause_button.setText(self.tr("Pause"))
 
-    def open_output_folder(self) -> None:
-        if self.output_dir:
-            QDesktopServices.openUrl(QUrl.fromLocalFile(self.output_dir))
+    def open_output_folder(self) -> bool:
+        """Open the folder in the file manager; without one, say so and copy the path."""
+        if not self.output_dir:
+            return False
+        if QDesktopServices.openUrl(QUrl.fromLocalFile(self.output_dir)):
+            return True
+        self.copy_output_path()
+        self._show_path(self.tr("No file manager could open it; path copied: {}").format(
+            self.output_dir))
+        return False
 
 
 class InterruptedRow(QFrame):

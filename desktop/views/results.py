@@ -10,7 +10,7 @@ import html
 from typing import Any
 
 from PySide6.QtCore import Qt, QUrl, Signal
-from PySide6.QtGui import QBrush, QColor, QIcon, QPixmap
+from PySide6.QtGui import QColor, QIcon, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHeaderView,
@@ -34,6 +34,7 @@ def _swatch(color: QColor) -> QIcon:
 class ResultsPanel(QWidget):
     tokenClicked = Signal(int)  # index into Caption.tokens
     rowActivated = Signal(int)
+    boxSelected = Signal(object)  # index into the shown Detections.boxes, or None
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -58,6 +59,8 @@ class ResultsPanel(QWidget):
         self.table.verticalHeader().setDefaultSectionSize(22)
         self.table.setWordWrap(False)
         self.table.cellDoubleClicked.connect(lambda row, _col: self.rowActivated.emit(row))
+        self.table.itemSelectionChanged.connect(self._on_row_selected)
+        self.row_boxes: list[int] = []  # table row -> index into detections.boxes
         self.table.setVisible(False)
         layout = QVBoxLayout(self)
         layout.addWidget(self.summary)
@@ -73,6 +76,7 @@ class ResultsPanel(QWidget):
         self.table.setRowCount(0)
         self.table.setVisible(False)
         self.tokens = []
+        self.row_boxes = []
 
     # -- captions --------------------------------------------------------------------------
     def show_caption(self, caption: Any, *, streaming: bool = False) -> None:
@@ -100,17 +104,35 @@ class ResultsPanel(QWidget):
     # -- boxes and masks -------------------------------------------------------------------------
     def show_detections(self, detections: Any, legend: list[LegendEntry]) -> None:
         colors = {e.label: e.color for e in legend}
-        boxes = sorted(detections.boxes, key=lambda b: b.score, reverse=True)
+        order = sorted(range(len(detections.boxes)), key=lambda i: -detections.boxes[i].score)
+        boxes = [detections.boxes[i] for i in order]
         self._table([self.tr("Label"), self.tr("Score"), self.tr("Box (x0, y0, x1, y1)")],
                     [(b.label, f"{b.score:.3f}",
                       f"{b.x0:.0f}, {b.y0:.0f}, {b.x1:.0f}, {b.y1:.0f}",
                       colors.get(b.label)) for b in boxes])
+        self.row_boxes = order
         objects, labels = len(detections.boxes), len({b.label for b in detections.boxes})
         self.summary.setText(
             (self.tr("1 object") if objects == 1 else self.tr("{} objects").format(objects))
             + ", " + (self.tr("1 label") if labels == 1 else self.tr("{} labels").format(labels)))
 
+    def _on_row_selected(self) -> None:
+        rows = {index.row() for index in self.table.selectedIndexes()}
+        row = min(rows) if rows else None
+        self.boxSelected.emit(self.row_boxes[row] if row is not None
+                              and row < len(self.row_boxes) else None)
+
+    def select_box(self, index: int | None) -> None:
+        """Select the row of box `index` (a box picked on the image), without echo."""
+        self.table.blockSignals(True)
+        if index in self.row_boxes:
+            self.table.selectRow(self.row_boxes.index(index))
+        else:
+            self.table.clearSelection()
+        self.table.blockSignals(False)
+
     def show_segmentation(self, segmentation: Any, legend: list[LegendEntry]) -> None:
+        self.row_boxes = []
         self._table([self.tr("Label"), self.tr("Area"), self.tr("Id")],
                     [(e.label, f"{e.fraction * 100:.1f} %", str(e.label_id), e.color)
                      for e in legend])
@@ -118,6 +140,7 @@ class ResultsPanel(QWidget):
             segmentation.kind, len(legend)))
 
     def show_restored(self, restored: Any) -> None:
+        self.row_boxes = []
         h, w = restored.image.shape[:2]
         sw, sh = restored.source_size
         tile = restored.tile_size or self.tr("whole image")
@@ -128,6 +151,23 @@ class ResultsPanel(QWidget):
                      (self.tr("Tile"), str(tile), "", None)])
         self.summary.setText(self.tr("Restored ×{} — drag the slider under the image to "
                                      "compare").format(restored.scale))
+
+    def show_video(self, video: Any, audio_note: str = "") -> None:
+        """A processed video (engine.jobs.video_result.VideoResult): its files and facts;
+        each frame's results are drawn over it as it plays."""
+        self.caption_view.setVisible(False)
+        exported = video.video.name if video.video is not None else self.tr("none")
+        rows = [(self.tr("Frames"), str(video.frames), "", None),
+                (self.tr("Frame rate"), f"{video.fps:.3g} fps", "", None),
+                (self.tr("Size"), f"{video.width} × {video.height}", "", None),
+                (self.tr("Exported"), exported, "", None),
+                (self.tr("Per-frame results"),
+                 video.frames_jsonl.name if video.frames_jsonl is not None else self.tr("none"),
+                 "", None)]
+        if audio_note:
+            rows.append((self.tr("Audio"), audio_note, "", None))
+        self._table([self.tr("Video"), self.tr("Value"), ""], rows)
+        self.summary.setText(self.tr("Video: Space plays, ←/→ step a frame, J/K/L shuttle"))
 
     def show_attention(self, description: str) -> None:
         self.summary.setText(description)
@@ -162,6 +202,6 @@ class ResultsPanel(QWidget):
             second.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             self.table.setItem(r, 1, second)
             self.table.setItem(r, 2, QTableWidgetItem(c))
-            if color is not None:
-                first.setForeground(QBrush(self.palette().text().color()))
+            # no fixed foreground: items follow the palette, so a theme switch keeps the
+            # rows readable (a colour copied now stays dark on a later dark theme)
         self.table.setUpdatesEnabled(True)

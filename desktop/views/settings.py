@@ -10,6 +10,7 @@ thread before it is saved.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Signal
@@ -36,6 +37,11 @@ from desktop.workers import Operation, call_operation
 from engine.hub import auth
 from engine.settings import RemoteCodeGrant, Settings
 from engine.vocabulary import DEVICE_CHOICES, PRECISION_CHOICES
+
+
+def env_offline() -> bool:
+    """HF_HUB_OFFLINE is set to a true value (engine.settings reads it the same way)."""
+    return Settings(offline=False).effective_offline
 
 
 class SettingsDialog(QDialog):
@@ -114,6 +120,17 @@ class SettingsDialog(QDialog):
                                          "models only"))
         self.offline.setObjectName("offlineCheck")
         self.offline.setChecked(self.settings.offline)
+        # HF_HUB_OFFLINE set in the environment wins over the setting: show it on and locked
+        self.offline_note = QLabel()
+        self.offline_note.setObjectName("offlineNote")
+        self.offline_note.setWordWrap(True)
+        if env_offline():
+            self.offline.setChecked(True)
+            self.offline.setEnabled(False)
+            self.offline_note.setText(self.tr(
+                "Offline because HF_HUB_OFFLINE={} is set in the environment; unset it and "
+                "restart Ocula to go online.").format(os.environ.get("HF_HUB_OFFLINE", "")))
+        self.offline_note.setVisible(env_offline())
         self.token = QLineEdit(auth.saved_token() or "")
         self.token.setObjectName("hfToken")
         self.token.setEchoMode(QLineEdit.EchoMode.Password)
@@ -149,6 +166,7 @@ class SettingsDialog(QDialog):
         warn.setWordWrap(True)
         form.addRow(self.tr("Model cache"), row)
         form.addRow(self.offline)
+        form.addRow(self.offline_note)
         form.addRow(self.tr("Hub token"), self.token)
         form.addRow(token_note)
         form.addRow(self.token_status)
@@ -184,7 +202,8 @@ class SettingsDialog(QDialog):
         s.device = self.device.currentText().strip() or "auto"
         s.precision = self.precision.currentText()
         s.cache_dir = self.cache_dir.text().strip()
-        s.offline = self.offline.isChecked()
+        if self.offline.isEnabled():  # locked by HF_HUB_OFFLINE: keep the saved choice
+            s.offline = self.offline.isChecked()
         s.runner_cache_mb = self.runner_cache.value()
         s.pixel_limit = self.pixel_limit.value()
         return s

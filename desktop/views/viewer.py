@@ -4,6 +4,12 @@ Scene coordinates are original-image pixels, the same as every engine result,
 so overlays are placed without conversion. Mouse wheel zooms around the cursor;
 dragging pans; "Fit" and "1:1" reset the zoom. In prompt modes (SAM) a click adds
 a point (right-click or Shift: an exclude point) and a drag draws a box.
+
+Restoration compare works at the OUTPUT's scale: "1:1" is one restored pixel per
+screen pixel, with the input under it upscaled by nearest neighbour (each input
+pixel a block of scale × scale: what the model was given, not a resampler's guess).
+The split line is dragged on the image itself (the cursor changes over it), as in
+upscalers; the slider under the image follows, and moves it too.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.views.box_editor import BoxEditor
 from desktop.views.imaging import array_to_pixmap
 from desktop.views.overlays import (
     BoxesOverlay,
@@ -39,6 +46,8 @@ if TYPE_CHECKING:
 
 OVERLAYS = ("boxes", "masks", "caption", "compare", "heatmap")
 MIN_ZOOM, MAX_ZOOM = 0.02, 64.0
+SPLIT_GRAB_PX = 6  # screen pixels either side of the compare line that grab it
+SPLIT_STEPS = 1000  # the compare slider's range
 
 
 class ImageCanvas(QGraphicsView):
@@ -47,6 +56,7 @@ class ImageCanvas(QGraphicsView):
     zoomChanged = Signal(float)
     imageClicked = Signal(QPointF, object)  # image-pixel position, Qt.MouseButton
     promptsChanged = Signal()
+    splitDragged = Signal(float)  # the compare line moved with the mouse (fraction)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -72,6 +82,10 @@ class ImageCanvas(QGraphicsView):
         self.fit_on_resize = True
         self._box_start: QPointF | None = None
         self._press_pos = None
+        # output pixels per image pixel: 1, or a restoration's scale while it is compared
+        self.pixel_scale = 1.0
+        self.compare_item: CompareOverlay | None = None
+        self._dragging_split = False
 
     # -- image and zoom -----------------------------------------------------------------
     def set_pixmap(self, pixmap: QPixmap) -> None:
@@ -106,8 +120,40 @@ class ImageCanvas(QGraphicsView):
         self.zoomChanged.emit(self.zoom)
 
     def actual_size(self) -> None:
+        """1:1: one screen pixel per pixel of the finest picture shown (the output of a
+        restoration being compared, else the image)."""
         self.fit_on_resize = False
-        self.set_zoom(1.0)
+        self.set_zoom(self.pixel_scale)
+
+    def set_compare(self, item: CompareOverlay | None) -> None:
+        """The restoration compare now shown (or none): 1:1 follows its scale and the
+        input under it is upscaled by nearest neighbour."""
+        self.compare_item = item
+        scale = 1.0
+        if item is not None and item.source_w:
+            scale = item.restored.width() / item.source_w
+        self.pixel_scale = scale if scale > 0 else 1.0
+        self.image_item.setTransformationMode(
+            Qt.TransformationMode.FastTransformation if item is not None
+            else Qt.TransformationMode.SmoothTransformation)
+        if not self.fit_on_resize:
+            self.zoomChanged.emit(self.zoom)
+
+    def _over_split(self, view_pos: QPointF) -> bool:
+        item = self.compare_item
+        if item is None or not item.isVisible() or self.mode != "pan":
+            return False
+        top = self.mapFromScene(QPointF(item.split * item.source_w, 0))
+        bottom = self.mapFromScene(QPointF(item.split * item.source_w, item.source_h))
+        return (abs(view_pos.x() - top.x()) <= SPLIT_GRAB_PX
+                and top.y() - SPLIT_GRAB_PX <= view_pos.y() <= bottom.y() + SPLIT_GRAB_PX)
+
+    def _drag_split_to(self, view_pos: QPointF) -> None:
+        item = self.compare_item
+        if item is None or not item.source_w:
+            return
+        x = self.mapToScene(view_pos.toPoint()).x()
+        self.splitDragged.emit(min(1.0, max(0.0, x / item.source_w)))
 
     def wheelEvent(self, event) -> None:  # noqa: N802
         delta = event.angleDelta().y()
@@ -131,6 +177,11 @@ class ImageCanvas(QGraphicsView):
     def mousePressEvent(self, event) -> None:  # noqa: N802
         pos = self.mapToScene(event.position().toPoint())
         self._press_pos = event.position()
+        if event.button() == Qt.MouseButton.LeftButton and self._over_split(event.position()):
+            self._dragging_split = True  # the compare line, not a pan
+            self._drag_split_to(event.position())
+            event.accept()
+            return
         if self.mode == "box" and event.button() == Qt.MouseButton.LeftButton:
             self._box_start = pos
             self.prompts.begin_box(pos)
@@ -146,6 +197,14 @@ class ImageCanvas(QGraphicsView):
         super().mousePressEvent(event)
 
     def mouseMoveEvent(self, event) -> None:  # noqa: N802
+        if self._dragging_split:
+            self._drag_split_to(event.position())
+            event.accept()
+            return
+        if self.mode == "pan" and self.compare_item is not None and not event.buttons():
+            self.viewport().setCursor(Qt.CursorShape.SplitHCursor
+                                      if self._over_split(event.position())
+                                      else Qt.CursorShape.OpenHandCursor)
         if self.mode == "box" and self._box_start is not None:
             self.prompts.drag_box(self._box_start, self.mapToScene(event.position().toPoint()))
             event.accept()
@@ -153,6 +212,11 @@ class ImageCanvas(QGraphicsView):
         super().mouseMoveEvent(event)
 
     def mouseReleaseEvent(self, event) -> None:  # noqa: N802
+        if self._dragging_split:
+            self._dragging_split = False
+            self._press_pos = None
+            event.accept()
+            return
         if self.mode == "box" and self._box_start is not None:
             self._box_start = None
             if self.prompts.end_box() is not None:
@@ -193,6 +257,10 @@ class ImageViewer(QWidget):
         self.toolbar.setObjectName("viewerToolbar")
         self.actions: dict[str, QAction] = {}
         self._build_toolbar()
+        self.box_editor = BoxEditor(self)  # label correction (desktop/views/box_editor.py)
+        self.actions["edit_boxes"].toggled.connect(self.box_editor.set_enabled)
+        self.canvas.zoomChanged.connect(  # labels are screen-sized: re-place them per zoom
+            lambda zoom: self.boxes.layout_labels(zoom) if self.boxes is not None else None)
 
         self.caption_label = QLabel(self)
         self.caption_label.setObjectName("captionStrip")
@@ -202,9 +270,10 @@ class ImageViewer(QWidget):
 
         self.split_slider = QSlider(Qt.Orientation.Horizontal, self)
         self.split_slider.setObjectName("compareSlider")
-        self.split_slider.setRange(0, 1000)
-        self.split_slider.setValue(500)
-        self.split_slider.setToolTip(self.tr("Drag to compare before (left) and after (right)"))
+        self.split_slider.setRange(0, SPLIT_STEPS)
+        self.split_slider.setValue(SPLIT_STEPS // 2)
+        self.split_slider.setToolTip(self.tr("Drag here or the line on the image to compare "
+                                             "before (left) and after (right)"))
         self.split_slider.valueChanged.connect(self._on_split)
         self.split_row = QWidget(self)
         row = QHBoxLayout(self.split_row)
@@ -223,17 +292,26 @@ class ImageViewer(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
         layout.addWidget(self.toolbar)
+        layout.addWidget(self.box_editor.bar)
         layout.addWidget(self.canvas, 1)
         layout.addWidget(self.split_row)
         layout.addWidget(self.caption_label)
         self.canvas.imageClicked.connect(self._on_clicked)
         self.canvas.zoomChanged.connect(self._on_zoom)
+        self.canvas.splitDragged.connect(
+            lambda fraction: self.split_slider.setValue(round(fraction * SPLIT_STEPS)))
         self._update_actions()
+
+    def add_bar(self, widget: QWidget) -> None:
+        """A bar right under the image (the video transport), above the compare slider."""
+        layout = self.layout()
+        layout.insertWidget(layout.indexOf(self.canvas) + 1, widget)
 
     def _build_toolbar(self) -> None:
         tb = self.toolbar
 
-        def act(name: str, text: str, shortcut: str, slot, checkable: bool = False) -> QAction:
+        def act(name: str, text: str, shortcut: str, slot, checkable: bool = False,
+                shown: bool = True) -> QAction:
             action = QAction(text, self)
             action.setObjectName(f"action_{name}")
             if shortcut:
@@ -246,14 +324,17 @@ class ImageViewer(QWidget):
                 action.toggled.connect(slot)
             else:
                 action.triggered.connect(slot)
-            tb.addAction(action)
+            # not shown: in the View menu with its keys, so the bar fits narrow windows
+            tb.addAction(action) if shown else self.addAction(action)
             self.actions[name] = action
             return action
 
         act("fit", self.tr("Fit"), "Ctrl+0", self.canvas.fit)
         act("one_to_one", self.tr("1:1"), "Ctrl+1", self.canvas.actual_size)
-        act("zoom_in", self.tr("Zoom in"), "Ctrl++", lambda: self.canvas.zoom_by(1.25))
-        act("zoom_out", self.tr("Zoom out"), "Ctrl+-", lambda: self.canvas.zoom_by(0.8))
+        act("zoom_in", self.tr("Zoom in"), "Ctrl++", lambda: self.canvas.zoom_by(1.25),
+            shown=False)  # the mouse wheel zooms too
+        act("zoom_out", self.tr("Zoom out"), "Ctrl+-", lambda: self.canvas.zoom_by(0.8),
+            shown=False)
         self.zoom_label = QLabel(" 100% ")
         self.zoom_label.setObjectName("zoomLabel")
         tb.addWidget(self.zoom_label)
@@ -274,6 +355,11 @@ class ImageViewer(QWidget):
         self.opacity_slider.setToolTip(self.tr("Mask and heatmap opacity"))
         self.opacity_slider.valueChanged.connect(self._on_opacity)
         tb.addWidget(self.opacity_slider)
+        # in the box editor's own bar (shown with detections), so this bar fits 1024 px
+        edit = act("edit_boxes", self.tr("Edit boxes"), "E", lambda on: None, checkable=True,
+                   shown=False)
+        edit.setChecked(False)
+        edit.setToolTip(self.tr("Correct the boxes: move, resize, delete, relabel, add (E)"))
 
     # -- image ---------------------------------------------------------------------------
     def set_image(self, image: Any) -> None:
@@ -289,6 +375,16 @@ class ImageViewer(QWidget):
         self.clear_results()
         self.canvas.prompts.clear()
         self.canvas.set_pixmap(pixmap)
+        self.empty_label.setVisible(pixmap.isNull())
+
+    def set_frame(self, image: Any) -> None:
+        """Replace the picture and keep zoom, pan, prompts and overlays (video playback).
+        A picture of another size is shown as a new image (fitted)."""
+        pixmap = image if isinstance(image, QPixmap) else array_to_pixmap(image)
+        if pixmap.size() != self.canvas.image_item.pixmap().size():
+            self.canvas.set_pixmap(pixmap)
+        else:
+            self.canvas.image_item.setPixmap(pixmap)
         self.empty_label.setVisible(pixmap.isNull())
 
     def clear_image(self) -> None:
@@ -308,6 +404,8 @@ class ImageViewer(QWidget):
             if item is not None and item.scene() is not None:
                 item.scene().removeItem(item)
             setattr(self, attr, None)
+        self.box_editor.detach()
+        self.canvas.set_compare(None)
         self.set_caption("")
         self.split_row.setVisible(False)
         self._update_actions()
@@ -327,7 +425,16 @@ class ImageViewer(QWidget):
 
     def set_detections(self, detections) -> None:
         self._replace("boxes", BoxesOverlay(detections))
+        self.boxes.layout_labels(self.canvas.zoom)
+        self.box_editor.attach(detections)
         self.legendChanged.emit(self.boxes.legend())
+
+    def highlight_box(self, index: int | None) -> None:
+        """Highlight box `index` of the shown detections (a clicked result row)."""
+        if self.boxes is not None:
+            item = self.boxes.highlight(index)
+            if item is not None:
+                self.canvas.ensureVisible(item, 16, 16)
 
     def set_segmentation(self, segmentation) -> None:
         overlay = MaskOverlay(segmentation)
@@ -346,10 +453,27 @@ class ImageViewer(QWidget):
         pixmap = array_to_pixmap(restored.image[..., :3] if restored.image.ndim == 3
                                  else restored.image)
         size = restored.source_size if restored.source_size[0] else self.canvas.image_size
+        if self.compare is not None and (self.compare.source_w, self.compare.source_h) == \
+                tuple(size) and self.compare.restored.size() == pixmap.size():
+            self.compare.set_restored(pixmap)  # the next video frame: keep the item
+            return
         overlay = CompareOverlay(pixmap, size)
-        overlay.set_split(self.split_slider.value() / 1000)
+        overlay.set_split(self.split_slider.value() / SPLIT_STEPS)
         self._replace("compare", overlay)
+        self.canvas.set_compare(overlay)
         self.split_row.setVisible(self.visible["compare"])
+
+    def remove_overlay(self, name: str) -> None:
+        """Drop one overlay (the others stay): a video frame without that result."""
+        if name == "caption":
+            self.set_caption("")
+        elif getattr(self, name) is not None:
+            self._replace(name, None)
+            if name == "boxes":
+                self.box_editor.detach()
+            if name == "compare":
+                self.canvas.set_compare(None)
+                self.split_row.setVisible(False)
 
     def set_heatmap(self, values: "np.ndarray | None") -> None:
         if values is None:
@@ -398,6 +522,10 @@ class ImageViewer(QWidget):
         for name in OVERLAYS:
             self.actions[name].setEnabled(self.overlay_present(name))
         self.opacity_slider.setEnabled(self.masks is not None or self.heatmap is not None)
+        editing = self.actions["edit_boxes"]
+        editing.setEnabled(self.boxes is not None)
+        if self.boxes is None and editing.isChecked():
+            editing.setChecked(False)
 
     def _on_opacity(self, value: int) -> None:
         fraction = value / 100
@@ -410,10 +538,11 @@ class ImageViewer(QWidget):
 
     def _on_split(self, value: int) -> None:
         if self.compare is not None:
-            self.compare.set_split(value / 1000)
+            self.compare.set_split(value / SPLIT_STEPS)
 
     def _on_zoom(self, zoom: float) -> None:
-        self.zoom_label.setText(f" {zoom * 100:.0f}% ")
+        # in output pixels while a restoration is compared: 1:1 reads 100 %
+        self.zoom_label.setText(f" {zoom / self.canvas.pixel_scale * 100:.0f}% ")
 
     def _on_clicked(self, pos: QPointF, button) -> None:
         if button == Qt.MouseButton.LeftButton:

@@ -37,11 +37,14 @@ def starter_models(catalog: Any) -> dict[str, Any]:
 class WelcomeDialog(QDialog):
     def __init__(self, catalog: Any, *, cache_dir: str = "",
                  start_download: Callable[[Any], None] | None = None,
+                 offline: bool = False, use_bundled: Callable[[], Any] | None = None,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("welcomeDialog")
         self.setWindowTitle(self.tr("Welcome to Ocula"))
         self.start_download = start_download
+        self.offline = offline
+        self.use_bundled = use_bundled
         self.picks = starter_models(catalog) if catalog is not None else {}
         intro = QLabel(self.tr(
             "<h2>Vision models on your own computer</h2>"
@@ -74,6 +77,15 @@ class WelcomeDialog(QDialog):
         buttons = QDialogButtonBox()
         self.download_button = buttons.addButton(self.tr("Download selected"),
                                                  QDialogButtonBox.ButtonRole.AcceptRole)
+        # the bundled tiny models need no download: the way to start offline
+        self.bundled_button = buttons.addButton(self.tr("Use bundled test models"),
+                                                QDialogButtonBox.ButtonRole.ActionRole)
+        self.bundled_button.setObjectName("useBundledButton")
+        self.bundled_button.setToolTip(self.tr(
+            "Tiny models that ship with Ocula (random weights): every task runs at once, "
+            "offline, to try the app. Their results are not meaningful."))
+        self.bundled_button.setVisible(use_bundled is not None)
+        self.bundled_button.clicked.connect(self.accept_bundled)
         buttons.addButton(self.tr("Not now"), QDialogButtonBox.ButtonRole.RejectRole)
         buttons.accepted.connect(self.accept_downloads)
         buttons.rejected.connect(self.reject)
@@ -93,9 +105,24 @@ class WelcomeDialog(QDialog):
         size = sum(c.download_bytes or 0 for c in cards)
         self.total.setText(self.tr("Total download: {} for {} models.").format(
             human_bytes(size), len(cards)))
-        self.download_button.setEnabled(bool(cards))
+        # offline: downloading cannot work, so the button says why instead of failing later
+        self.download_button.setEnabled(bool(cards) and not self.offline)
+        self.download_button.setToolTip(self.tr(
+            "Offline mode is on (Settings ▸ Models, or HF_HUB_OFFLINE): nothing can be "
+            "downloaded. Use the bundled test models, or import a model in Models.")
+            if self.offline else "")
+        if self.offline:
+            self.total.setText(self.tr("Offline: downloads are off. The bundled test models "
+                                       "work without a network."))
+
+    def accept_bundled(self) -> None:
+        if self.use_bundled is not None:
+            self.use_bundled()
+        self.accept()
 
     def accept_downloads(self) -> None:
+        if self.offline:
+            return
         if self.start_download is not None:
             for card in self.selected():
                 self.start_download(card)

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.views.video_player import VideoPlayer
 from desktop.views.viewer import ImageViewer
 from desktop.workers import Operation, call_operation
 
@@ -138,6 +139,8 @@ class Workspace(QWidget):
         self.shown_path: Path | None = None
 
         self.viewer = ImageViewer(self)
+        self.video = VideoPlayer(self.viewer)  # the transport bar of a processed video
+        self.viewer.add_bar(self.video)
         self.strip = ThumbnailStrip(self)
         self.strip.currentRowChanged.connect(self._on_row)
         self.strip.filesDropped.connect(self.add_paths)
@@ -192,6 +195,7 @@ class Workspace(QWidget):
         self.strip.setVisible(False)
         self.current = -1
         self.shown_path = None
+        self.video.close_video()
         self.viewer.clear_image()
         self.inputsChanged.emit([])
         self.currentChanged.emit(-1)
@@ -253,6 +257,7 @@ class Workspace(QWidget):
 
     def _show(self, path: Path) -> None:
         """Decode the full image off the UI thread; show it if still current."""
+        self.video.close_video()  # another input: the video shown before stops
         op = call_operation(_load_display_image, path, label=f"open {path.name}", parent=self)
         op.succeeded.connect(lambda result, p=path: self._on_image(p, result))
         op.failed.connect(lambda failure, p=path: self._on_image_failed(p, failure))
@@ -312,7 +317,21 @@ class Workspace(QWidget):
     def wait_idle(self, msecs: int = 10_000) -> bool:
         return self._pool.waitForDone(msecs)
 
+    def show_video(self, result: Any) -> None:
+        """Play a processed video (engine.jobs.video_result.VideoResult) in the viewer."""
+        from engine.errors import OculaError
+
+        if self.video.result != result:
+            try:
+                self.video.open(result)
+            except OculaError as exc:  # e.g. the video was moved since the job ran
+                self.video.close_video()
+                self.viewer.flash(str(exc), 6000)
+        else:
+            self.video.seek(self.video.index)  # redraw the frame's results (just cleared)
+
     def shutdown(self) -> None:
+        self.video.close_video()
         for op in (self._thumb_op, self._image_op):
             if op is not None:
                 op.cancel()

@@ -43,13 +43,10 @@ class ModelHandler(BaseHandler):
                 cancel: "CancelToken", settings: "Settings | None" = None) -> None:
         from engine.catalog.catalog import load_catalog
         from engine.settings import Settings
-        from engine.vocabulary import DEFAULT_FORMATS
 
-        self.spec = spec
+        self.prepare_finish(spec, settings)
         self.cancel = cancel
         self.progress = progress
-        self.options = spec.options  # the task's typed options (engine.options), validated
-        self.formats = self.options.formats or DEFAULT_FORMATS[self.task]
         settings = settings if settings is not None else Settings()  # run_job passes the user's
         card = load_catalog().resolve(spec.model, settings=settings)
         if not card.supports(self.task) and not (self.task == "explain"):
@@ -61,10 +58,19 @@ class ModelHandler(BaseHandler):
         device, precision = settings.requested_placement(spec.device, spec.precision)
         self.runner = runner_cache(settings).get_or_load(
             card, device=device, precision=precision, attention=self.needs_attention,
+            speed=getattr(self.options, "speed", "off"),  # token merging (caption, explain)
             settings=settings, progress=progress, cancel=cancel)
         self.batch_size = self.options.batch_size or self.batch_size
         self.quality = getattr(self.options, "quality", None)
         self.image_ext = "." + getattr(self.options, "output_format", "png")
+
+    def prepare_finish(self, spec: "JobSpec", settings: "Settings | None" = None) -> None:
+        """What `finish` reads (the job's options and formats), without the model."""
+        from engine.vocabulary import DEFAULT_FORMATS
+
+        self.spec = spec
+        self.options = spec.options  # the task's typed options (engine.options), validated
+        self.formats = self.options.formats or DEFAULT_FORMATS[self.task]
 
     @property
     def placement(self) -> str:
@@ -351,10 +357,58 @@ class RestoreHandler(ModelHandler):
                         cancel=self.cancel)  # a huge image stops between tiles
                 for image in images]
 
-    def write(self, image, out, restored) -> ItemResult:
+    def open_image(self, path, *, pixel_limit: int | None = None):
+        """Very large images (engine.media.large_image.STREAM_MIN_PIXELS and up) are opened
+        lazily and restored streamed, when pyvips is installed; others are read whole."""
+        from engine.errors import InputError
+        from engine.media import large_image as large
+        from engine.media.image import read_image
+
+        pixels = large.image_pixels(Path(path))
+        streamable = large.streamable_suffix("." + getattr(self.options, "output_format", "png"))
+        if pixels >= large.STREAM_MIN_PIXELS and streamable and large.pyvips_available():
+            return large.open_large_image(path, pixel_limit=pixel_limit)
+        try:
+            return read_image(path, pixel_limit=pixel_limit)
+        except InputError as exc:
+            if pixels > (pixel_limit or 0) and not large.pyvips_available():
+                raise InputError(f"{exc} Or restore it streamed, in bounded memory: "
+                                 f"{large.INSTALL_HINT}.") from exc
+            raise
+
+    def process_batch(self, images, outs) -> list[ItemResult]:
+        from engine.media.large_image import LargeImage
+
+        return [self._stream(image, out) if isinstance(image, LargeImage)
+                else super(RestoreHandler, self).process_batch([image], [out])[0]
+                for image, out in zip(images, outs)]
+
+    def _stream(self, image, out) -> ItemResult:
+        """Restore a LargeImage straight into its output file (never whole in memory)."""
+        from engine.tasks.restore import output_scale
+        from engine.tasks.restore_stream import restore_to_file
+
+        ext = self._extension(image.bit_depth == 16)
+        target = out.reserve(f".x{output_scale(self.runner)}{ext}", kind="restored")
+        opts = self.options
+        restored = restore_to_file(
+            self.runner, image, target, tile_size=opts.tile_size,
+            tile_overlap=opts.tile_overlap, quality=self.quality, cancel=self.cancel,
+            precision=None if self.spec.precision == "auto" else self.spec.precision)
+        self.write_record(image, out, {"scale": restored.scale, "tile_size": restored.tile_size,
+                                       "size": list(restored.size), "streamed": True})
+        return ItemResult(result=None, written=list(out.written),
+                          info={"scale": restored.scale, "tile_size": restored.tile_size,
+                                "streamed": True, "placement": self.placement})
+
+    def _extension(self, sixteen_bit: bool) -> str:
         ext = self.image_ext
-        if restored.image.dtype.itemsize == 2 and ext not in (".png", ".tif", ".tiff"):
+        if sixteen_bit and ext not in (".png", ".tif", ".tiff"):
             ext = ".png"  # keep 16-bit input 16-bit: JPEG/WebP cannot hold it
+        return ext
+
+    def write(self, image, out, restored) -> ItemResult:
+        ext = self._extension(restored.image.dtype.itemsize == 2)
         out.write_image(f".x{restored.scale}{ext}", restored.image, kind="restored",
                         quality=self.quality)
         self.write_record(image, out, {"scale": restored.scale, "tile_size": restored.tile_size,
@@ -378,6 +432,10 @@ class ExplainHandler(ModelHandler):
             return super().prepare(spec, progress, cancel, settings)
         # any ONNX ViT file: its attention Softmax outputs are exposed by graph surgery
         from engine.explain import OnnxAttentionModel
+
+        if spec.options.speed != "off":
+            raise UsageError(f"speed '{spec.options.speed}' (token merging) needs a torch model; "
+                             f"{model.name} is an ONNX graph. Run it with speed off.")
 
         self.spec, self.cancel, self.progress = spec, cancel, progress
         self.options = spec.options

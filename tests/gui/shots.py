@@ -3,7 +3,12 @@
 Run by tests/gui/test_screenshots.py in a subprocess on an Xvfb display (the Qt
 platform is chosen once per process, and the test suite's is offscreen):
 
-    python -m tests.gui.shots OUT_DIR
+    python -m tests.gui.shots OUT_DIR [WIDTHxHEIGHT] [TAG]
+
+WIDTHxHEIGHT is the main window's size in device pixels (default 1400x880); with TAG the
+files are `<view>_<TAG>.png`, and `layout_<TAG>.json` lists, per view, every toolbar
+action that is clipped or hidden in the toolbar's overflow and every dock that overlaps
+the central widget (empty lists: nothing is). Run it under QT_SCALE_FACTOR=2 for 2x.
 
 Every picture shows real engine output: tiny models built here, run through the
 same workers and jobs as the app (their weights are random, so their boxes and
@@ -52,14 +57,56 @@ def photos(folder: Path) -> list[Path]:
     return out
 
 
+TAG = ""
+LAYOUT: dict[str, list[str]] = {}
+
+
 def save(widget, out: Path, name: str) -> Path:
+    if TAG:
+        name = name.replace(".png", f"_{TAG}.png")
     path = out / name
     widget.grab().save(str(path))
     print(f"saved {path}", flush=True)
     return path
 
 
-def main(out_dir: str) -> int:
+def layout_problems(window) -> list[str]:
+    """Toolbar actions not shown inside their bar (clipped, or moved to the overflow
+    extension) and docks that overlap the central widget, in window coordinates."""
+    from PySide6.QtCore import QRect
+    from PySide6.QtWidgets import QDockWidget, QToolBar
+
+    problems = []
+    inside = QRect(0, 0, window.width(), window.height())
+    for bar in window.findChildren(QToolBar):
+        if not bar.isVisible():
+            continue
+        for action in bar.actions():
+            if action.isSeparator() or not action.isVisible():
+                continue
+            widget = bar.widgetForAction(action)
+            name = action.text() or (widget.objectName() if widget else "?")
+            if widget is None or not widget.isVisible() or widget.parent() is not bar:
+                problems.append(f"{bar.objectName()}: '{name}' is in the overflow")
+                continue
+            rect = QRect(widget.mapTo(window, widget.rect().topLeft()), widget.size())
+            if not bar.rect().contains(widget.geometry()) or not inside.contains(rect):
+                problems.append(f"{bar.objectName()}: '{name}' is clipped ({rect})")
+    central = window.centralWidget().geometry()
+    for dock in window.findChildren(QDockWidget):
+        if dock.isVisible() and not dock.isFloating() and dock.geometry().intersects(central):
+            problems.append(f"dock {dock.objectName()} overlaps the central widget")
+    return problems
+
+
+def check_layout(window, view: str) -> None:
+    LAYOUT[view] = layout_problems(window)
+
+
+def main(out_dir: str, size: str = "1400x880", tag: str = "") -> int:
+    global TAG
+    TAG = tag
+    width, height = (int(v) for v in size.lower().split("x"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="ocula-shots-"))
@@ -85,13 +132,15 @@ def main(out_dir: str) -> int:
     vit = import_model(tiny_vit_classifier(scratch / "tiny-vit"), name="Tiny ViT (random)")
 
     window = MainWindow(qsettings=qs, settings_path=scratch / "settings.toml")
-    window.resize(1400, 880)
+    ratio = app.primaryScreen().devicePixelRatio()  # QT_SCALE_FACTOR=2: 2 device px each
+    window.resize(round(width / ratio), round(height / ratio))
     window.show()
     images = photos(scratch / "photos")
     window.workspace.add_paths(images)
     wait_until(app, lambda: window.workspace.shown_path == images[0])
     settle(app, 0.5)
     save(window, out, "main_empty_results.png")
+    check_layout(window, "main_empty_results")
 
     # explain: attention rollout of the tiny ViT on the astronaut
     window.task_combo.setCurrentIndex(window.task_combo.findData("explain"))
@@ -106,6 +155,7 @@ def main(out_dir: str) -> int:
     wait_until(app, lambda: bool(maps), 300)
     settle(app)
     save(window, out, "main_explain.png")
+    check_layout(window, "main_explain")
 
     apply_theme(app, "dark")
     settle(app)
@@ -130,9 +180,36 @@ def main(out_dir: str) -> int:
     wait_until(app, lambda: window.viewer.boxes is not None, 30)
     settle(app)
     save(window, out, "main_detect.png")
+    check_layout(window, "main_detect")
+
+    # caption, segment, restore: the bundled tiny models, each a real job
+    from desktop.views.bundled_models import register_bundled
+
+    bundled = {c.tasks[0]: c for c in register_bundled(["caption", "segment", "restore"])}
+    window.load_catalog()
+    for task in ("caption", "segment", "restore"):
+        window.task_combo.setCurrentIndex(window.task_combo.findData(task))
+        window.model_picker.select(window.catalog.get(bundled[task].id))
+        window.workspace.set_current(0)
+        done: list = []
+        window.jobFinished.connect(done.append)
+        op = window.start_job(window.build_spec(window.card, images[:1]))
+        wait_until(app, lambda: bool(done), 300)
+        window.jobFinished.disconnect()
+        if op.outcome != "succeeded":
+            print(f"{task} failed:", op.failure and op.failure.details, flush=True)
+        wait_until(app, lambda t=task: (t, images[0]) in window.results, 30)
+        window.workspace.set_current(0)
+        settle(app)
+        save(window, out, f"main_{task}.png")
+        check_layout(window, f"main_{task}")
+    window.queue_dock.show()
+    settle(app)
+    save(window.queue_dock, out, "jobs_dock.png")
+    check_layout(window, "jobs_dock")
 
     catalog = window.open_catalog()
-    catalog.resize(1200, 700)
+    catalog.resize(window.size())
     wait_until(app, lambda: " installed, " in catalog.disk_label.text(), 30)
     catalog.select(catalog.model.rows[0].card.id)
     settle(app)
@@ -163,8 +240,12 @@ def main(out_dir: str) -> int:
     error.close()
 
     window.close()
+    if TAG:
+        import json
+
+        (out / f"layout_{TAG}.json").write_text(json.dumps(LAYOUT, indent=1))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1] if len(sys.argv) > 1 else "tests/artifacts"))
+    raise SystemExit(main(*(sys.argv[1:] or ["tests/artifacts"])))

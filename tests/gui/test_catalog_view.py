@@ -49,8 +49,10 @@ def _state_text(view: CatalogView, row: CatalogRow) -> str:
     return view.model.data(index, Qt.ItemDataRole.DisplayRole)
 
 
-def test_download_progress_cancel_resume_delete(view, qtbot):
+def test_download_progress_cancel_resume_delete(view, qtbot, monkeypatch):
     view, row, hub = view
+    asked: list[str] = []
+    monkeypatch.setattr(view, "confirm", lambda title, text: asked.append(text) or True)
     hub.throttle(WEIGHTS, 1_000_000)  # ~3 s for the weights
     assert view.download_button.isEnabled() and not view.cancel_button.isEnabled()
     view.download_button.click()
@@ -93,6 +95,7 @@ def test_download_progress_cancel_resume_delete(view, qtbot):
 
     freed = view.delete_selected()
     assert freed >= SIZE and not row.installed
+    assert len(asked) == 1 and "Tiny weights" in asked[0]  # asked first, once
     assert not view.delete_button.isEnabled() and view.download_button.isEnabled()
 
 

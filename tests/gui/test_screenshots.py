@@ -1,5 +1,12 @@
 """Screenshots of every main view on a real X server (Xvfb), saved to tests/artifacts/.
 
+Three sizes, each in its own process (the scale factor is read once, at start): a
+1600x1000 window, 1024x700, and 2x scale (QT_SCALE_FACTOR=2: the 1600x1000 screen is
+800x500 logical pixels). At each, every main view (each task with a result, catalog,
+jobs dock, settings) is saved as `<view>_<size>.png`, and the window's geometry is
+checked: no toolbar action clipped or pushed into the toolbar's overflow, no dock over
+the central widget.
+
 Set-up (Debian): `apt-get install -y xvfb libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1`
 (the last three are what Qt's xcb plugin loads besides the basics). Without them the
 test skips and says which one is missing.
@@ -59,6 +66,46 @@ def x_display():
     yield f":{number}"
     proc.terminate()
     proc.wait(10)
+
+
+SIZES = {  # tag -> (window size in device pixels, extra environment)
+    "1600x1000": ("1600x1000", {}),
+    "1024x700": ("1024x700", {}),
+    "2x": ("1600x1000", {"QT_SCALE_FACTOR": "2"}),
+}
+# At 2x the 1600x1000 screen is 800x500 logical pixels: the main toolbar still pushes
+# Cancel/Models/Settings, and the viewer bar Compare/Heatmap/Opacity, into the overflow.
+# Strict: the day they fit, this marker must go.
+NOT_YET = {"2x": "main and viewer toolbars overflow at 800 logical px (issue 15, item 10)"}
+TASK_VIEWS = ("main_detect", "main_caption", "main_segment", "main_restore", "main_explain",
+              "catalog", "jobs_dock", "settings")
+
+
+@pytest.mark.parametrize("tag", [pytest.param(t, marks=pytest.mark.xfail(
+    reason=NOT_YET[t], strict=True)) if t in NOT_YET else t for t in SIZES])
+def test_each_view_at_each_size_is_unclipped(x_display, tag):
+    import json
+
+    size, extra = SIZES[tag]
+    env = dict(os.environ, DISPLAY=x_display, QT_QPA_PLATFORM="xcb", **extra)
+    done = subprocess.run([sys.executable, "-m", "tests.gui.shots", str(ARTIFACTS), size, tag],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    log = done.stdout + done.stderr
+    if done.returncode != 0 and "could not load the Qt platform plugin" in log.lower():
+        pytest.skip("Qt's xcb plugin cannot load here")
+    assert done.returncode == 0, log[-4000:]
+    for view in TASK_VIEWS:
+        path = ARTIFACTS / f"{view}_{tag}.png"
+        assert path.is_file(), f"{path.name} was not written:\n{log[-2000:]}"
+        pixels = np.asarray(Image.open(path).convert("RGB"), np.float32)
+        assert pixels.std() > 10, f"{path.name} looks blank"
+    layout = json.loads((ARTIFACTS / f"layout_{tag}.json").read_text())
+    assert set(layout) >= {"main_detect", "main_caption", "main_segment", "main_restore",
+                           "main_explain", "jobs_dock"}
+    assert {view: problems for view, problems in layout.items() if problems} == {}
+    main = np.asarray(Image.open(ARTIFACTS / f"main_detect_{tag}.png"))
+    want_w = int(size.split("x")[0])
+    assert abs(main.shape[1] - want_w) <= 2, (main.shape, size)  # device pixels
 
 
 def test_screenshots_of_each_main_view(x_display):
