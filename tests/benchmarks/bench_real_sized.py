@@ -26,30 +26,17 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.benchmarks.bench_tasks import card_for  # noqa: E402
+from tests.benchmarks.bench_tasks import card_for, timed  # noqa: E402
 
 MODELS = ("vit", "detr", "segformer", "swin2sr", "vitgpt2")
-
-
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    """Median seconds of `repeats` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 # -- the machine ---------------------------------------------------------------------------
