@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from engine.errors import UsageError
+from engine.exporters.edits import box_record, detections_from_record
 from engine.jobs.handler_protocol import BaseHandler, ItemResult
-from engine.results import Box, Caption, Detections, Segmentation
+from engine.results import Caption, Detections, Segmentation
 
 if TYPE_CHECKING:
     from engine.events import CancelToken, ProgressCallback
@@ -186,7 +187,7 @@ class DetectHandler(ModelHandler):
                 out.write_text(".txt", "\n".join(lines) + ("\n" if lines else ""), kind="yolo")
             if "voc" in self.formats:
                 out.write_text(".xml", voc_xml(det, _image_name(image, out)), kind="voc")
-        self.write_record(image, out, {"boxes": [_box_dict(b) for b in det.boxes],
+        self.write_record(image, out, {"boxes": [box_record(b) for b in det.boxes],
                                        "labels": {str(k): v for k, v in det.labels.items()}})
         return ItemResult(result=det, written=list(out.written),
                           info={"boxes": len(det.boxes)})
@@ -197,7 +198,7 @@ class DetectHandler(ModelHandler):
         records = list(_records(out_dir, self.task, outputs))
         if not records:
             return []
-        results = [_detections_from(r) for r in records]
+        results = [detections_from_record(r) for r in records]
         names = [r["image_name"] for r in records]
         inputs = [Path(r["input"]) for r in records if r.get("input")]
         written = []
@@ -216,18 +217,6 @@ class DetectHandler(ModelHandler):
             atomic_write_bytes(classes, ("\n".join(names_list) + "\n").encode("utf-8"))
             written.append(classes)
         return written
-
-
-def _box_dict(box: Box) -> dict:
-    return {"xyxy": [box.x0, box.y0, box.x1, box.y1], "label": box.label, "score": box.score,
-            "label_id": box.label_id, "track_id": box.track_id}
-
-
-def _detections_from(record: dict) -> Detections:
-    boxes = [Box(*b["xyxy"], label=b["label"], score=b["score"], label_id=b["label_id"],
-                 track_id=b.get("track_id")) for b in record["boxes"]]
-    labels = {int(k): v for k, v in record.get("labels", {}).items()}
-    return Detections(boxes=boxes, image_size=(record["width"], record["height"]), labels=labels)
 
 
 # -- segmentation ----------------------------------------------------------------------------
@@ -469,7 +458,7 @@ class ExplainHandler(ModelHandler):
             from engine.explain.render import discovered_detections
 
             det = discovered_detections(maps)
-            payload.update(boxes=[_box_dict(b) for b in det.boxes], labels=det.labels)
+            payload.update(boxes=[box_record(b) for b in det.boxes], labels=det.labels)
         self.write_record(image, out, payload,
                           extra_outputs={_map_kind(p, out.stem): Path(p) for p in written})
         return ItemResult(result=maps, written=list(out.written) + list(written),
@@ -483,5 +472,5 @@ class ExplainHandler(ModelHandler):
         if not records:
             return []
         inputs = [Path(r["input"]) for r in records if r.get("input")]
-        return [write_coco(out_dir / "discovered.coco.json", [_detections_from(r) for r in records],
+        return [write_coco(out_dir / "discovered.coco.json", [detections_from_record(r) for r in records],
                            [r["image_name"] for r in records], inputs=inputs)]

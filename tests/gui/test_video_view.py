@@ -73,13 +73,19 @@ def run_in_window(win: MainWindow, qtbot, task: str, videos: list[Path], out: Pa
     return op
 
 
-def test_detect_video_plays_with_live_overlays_seek_keys_and_audio(window, qtbot, tmp_path):
-    win = window
+def open_result(win, qtbot, tmp_path, task: str):
+    """(the generated clip with audio, the player once the job's result is open)."""
     video = make_video(tmp_path / "clip.mp4", seconds=FRAMES / FPS, size=(W, H), fps=FPS,
                        audio=True, subtitles=False)
-    run_in_window(win, qtbot, "detect", [video.path], tmp_path / "out")
+    run_in_window(win, qtbot, task, [video.path], tmp_path / "out")
     player = win.workspace.video
     qtbot.waitUntil(lambda: player.is_open, timeout=10_000)
+    return video, player
+
+
+def test_detect_video_plays_with_live_overlays_seek_keys_and_audio(window, qtbot, tmp_path):
+    win = window
+    video, player = open_result(win, qtbot, tmp_path, "detect")
     assert player.isVisible() and player.frame_count == FRAMES
     assert player.scrubber.maximum() == FRAMES - 1
     assert win.results_panel.table.rowCount() >= 5  # frames, fps, size, files, audio
@@ -172,11 +178,7 @@ def test_video_without_audio_says_so_and_inputs_switch(window, qtbot, tmp_path):
 
 def test_restored_video_is_compared_with_its_source(window, qtbot, tmp_path):
     win = window
-    video = make_video(tmp_path / "clip.mp4", seconds=FRAMES / FPS, size=(W, H), fps=FPS,
-                       audio=True, subtitles=False)
-    run_in_window(win, qtbot, "restore", [video.path], tmp_path / "out")
-    player = win.workspace.video
-    qtbot.waitUntil(lambda: player.is_open, timeout=10_000)
+    video, player = open_result(win, qtbot, tmp_path, "restore")
     source, restored = decoded(video.path), decoded(tmp_path / "out" / "clip.restored.mp4")
     assert len(restored) == FRAMES
     viewer = win.viewer

@@ -163,19 +163,25 @@ def _segformer(folder):
     return folder
 
 
-def test_optimized_segmenter_runs_through_the_task_on_the_fast_path(tmp_path):
-    """A one-graph export is found by load_runner and runs segment() with the source's
-    model type, labels and pre-processing (they travel beside the graph)."""
+def _torch_and_fast_path(folder, task: str):
+    """(torch runner, the fast-path runner load_runner gives once `optimize` has run) for a
+    local model folder."""
     from engine.catalog.card import Source
     from engine.runtimes import load_runner
-    from engine.tasks.segment import segment
 
-    folder = _segformer(tmp_path / "seg")
-    card = ModelCard(id="tiny-segformer-fast", name="tiny segformer", tasks=("segment",),
+    card = ModelCard(id=f"tiny-{task}-fast", name=f"tiny {task}", tasks=(task,),
                      runtime="transformers", local_path=str(folder), source=Source.LOCAL)
     runner = load_runner(card, device="cpu", precision="fp32")
     optimize(card, runner, sample())
-    fast = load_runner(card, device="cpu", precision="fp32")
+    return runner, load_runner(card, device="cpu", precision="fp32")
+
+
+def test_optimized_segmenter_runs_through_the_task_on_the_fast_path(tmp_path):
+    """A one-graph export is found by load_runner and runs segment() with the source's
+    model type, labels and pre-processing (they travel beside the graph)."""
+    from engine.tasks.segment import segment
+
+    runner, fast = _torch_and_fast_path(_segformer(tmp_path / "seg"), "segment")
     assert fast.module is None and any("ocula models optimize" in n for n in fast.notes)
     image = sample().resize((96, 80))
     got, ref = segment(fast, [image])[0], segment(runner, [image])[0]
@@ -189,17 +195,10 @@ def test_optimized_detr_takes_photos_of_any_aspect_ratio(tmp_path):
     """DETR keeps each photo's aspect ratio, so its export must accept every input size:
     boxes from the fast path equal torch's on a portrait and a landscape photo (the
     verification sample is landscape)."""
-    from engine.catalog.card import Source
-    from engine.runtimes import load_runner
     from engine.tasks.detect import detect
     from tests.benchmarks.bench_tasks import build_small_detr
 
-    folder = build_small_detr(tmp_path / "detr")
-    card = ModelCard(id="tiny-detr-fast", name="tiny detr", tasks=("detect",),
-                     runtime="transformers", local_path=str(folder), source=Source.LOCAL)
-    runner = load_runner(card, device="cpu", precision="fp32")
-    optimize(card, runner, sample())
-    fast = load_runner(card, device="cpu", precision="fp32")
+    runner, fast = _torch_and_fast_path(build_small_detr(tmp_path / "detr"), "detect")
     assert fast.module is None
     for size in ((200, 300), (320, 180)):
         image = sample().resize(size)
