@@ -346,8 +346,8 @@ class MainWindow(QMainWindow):
         return op
 
     def _on_bundled(self, cards: list[Any]) -> None:
-        self.progress_label.setText(self.tr("Bundled test models ready for: {}").format(
-            ", ".join(t for c in cards for t in c.tasks)))
+        self.progress_label.setText(self.tr("Bundled models ready for: {}").format(
+            ", ".join(dict.fromkeys(t for c in cards for t in c.tasks))))
         self.on_installed_changed()
         if self.catalog_view is not None:
             self.catalog_view.reload()
@@ -361,9 +361,9 @@ class MainWindow(QMainWindow):
             return []
         cards = list(self.catalog)
         if task == "explain":
-            from engine.catalog.card import AttentionSupport
+            from engine.catalog.card import can_explain
 
-            return [c for c in cards if c.attention != AttentionSupport.NONE]
+            return [c for c in cards if can_explain(c)]
         return [c for c in cards if c.supports(task)]
 
     def refresh_models(self) -> None:

@@ -88,18 +88,27 @@ def cmd_models_list(args) -> int:
                          + (f", {figures}" if figures else "") + ")")
         return "; ".join(words)
 
+    from engine.catalog.requirements import FULL_BUILD_PIP, missing_packages, needs_full_build
+
+    full_only = {c.id for c, _ in rows if needs_full_build(c)}
+
     def text() -> str:
         lines = [(f"{'ID':28} {'TASKS':18} {'RUNTIME':15} {'SIZE':>9} {'PARAMS':>7}  LICENSE  "
                   f"INSTALLED  VARIANTS")]
         for c, inst in rows:
             lic = c.license + {True: "", False: " (non-commercial)",
                                None: " (commercial use unclear)"}[c.commercial_use]
+            state = "needs the full build" if c.id in full_only else "yes" if inst else ""
             lines.append(f"{c.id:28} {','.join(c.tasks):18} {c.runtime:15} "
                          f"{human_bytes(c.download_bytes):>9} {human_params(c.params):>7}  "
-                         f"{lic}  {'yes' if inst else ''}  {variant_words(c)}".rstrip())
+                         f"{lic}  {state}  {variant_words(c)}".rstrip())
+        if full_only:
+            lines.append(f"{len(full_only)} models run on PyTorch, which this Lite install does not "
+                         f"include ({FULL_BUILD_PIP} adds it); the others run here.")
         return "\n".join(lines)
 
-    _emit(args, [dict(_card_dict(c), installed=inst,
+    _emit(args, [dict(_card_dict(c), installed=inst, needs_full_build=c.id in full_only,
+                      missing_packages=missing_packages(c),
                       variants=[v.manifest for v in variants[c.id]]) for c, inst in rows], text)
     return 0
 
@@ -169,6 +178,9 @@ def cmd_models_pull(args) -> int:
 
     settings = _settings()
     card = load_catalog().resolve(args.model, settings=settings)
+    from engine.catalog.requirements import require_runnable
+
+    require_runnable(card)  # a PyTorch model on the Lite install: nothing it could run
     if card.package:  # weights that ship inside a Python package: nothing to download
         from engine.catalog import packaged
 

@@ -330,10 +330,13 @@ def describe_report(report: DeviceReport) -> str:
                 f"free, compute {dev.capability[0]}.{dev.capability[1]} ({precisions})"
             )
     else:
+        import importlib.util
+
         build = (
             f"torch built with CUDA {report.torch_cuda_build}, but no device found"
             if report.torch_cuda_build
-            else "torch is a CPU-only build"
+            else "torch is a CPU-only build" if importlib.util.find_spec("torch") is not None
+            else "Lite build: no torch; ONNX Runtime's providers are below"
         )
         lines.append(f"CUDA: none ({build})")
     lines.append(
@@ -542,10 +545,13 @@ def _plan_onnx(card: ModelCard, device: str, precision: str, report: DeviceRepor
 
 def describe_plan(card: ModelCard, placement: Placement, report: DeviceReport | None = None) -> str:
     """What `ocula doctor --model ID` prints: where the model would run, and why."""
-    lines = [
-        f"{card.id} ({card.name}): {card.runtime} backend",
-        f"  runs on: {placement.provider or placement.device} in {placement.precision}",
-    ]
+    from engine.catalog.requirements import full_build_message, missing_packages
+
+    lines = [f"{card.id} ({card.name}): {card.runtime} backend"]
+    if missing_packages(card):
+        lines.append(f"  cannot run here: {full_build_message(card)}")
+        return "\n".join(lines)
+    lines.append(f"  runs on: {placement.provider or placement.device} in {placement.precision}")
     need_mb = card.memory_estimate_mb(placement.precision)
     if need_mb:
         where = f"about {need_mb} MB"

@@ -89,6 +89,13 @@ class MissingPackageError(OculaError):
     weight files) is not installed. The message names the pip command that installs it."""
 
 
+class NeedsFullBuildError(MissingPackageError):
+    """A PyTorch model on the Lite install (no torch): the message says which ONNX entry or
+    which pip command instead. A usage error: CLI exit code 2, no traceback."""
+
+    exit_code = 2
+
+
 class OutputDiskFullError(OculaError):
     """The disk holding a job's output folder is full: the job stopped, resumable once
     space is freed. The message names the folder and how much was written."""

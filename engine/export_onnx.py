@@ -84,16 +84,8 @@ def optimize(card: ModelCard, runner: Runner, sample_image: Any, *,
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(make_temp_dir(final.parent, prefix=f".{final.name}.", suffix=".part"))
     try:
-        pil = _sample_pil(sample_image)
-        if kind == "image":
-            report = _optimize_image(runner, pil, staging, tolerance or IMAGE_TOLERANCE)
-            target = "model.onnx"
-        elif kind == "seq2seq":
-            report = _optimize_seq2seq(runner, pil, staging, tolerance or LOGITS_TOLERANCE)
-            target = "."
-        else:
-            report = _optimize_single(runner, pil, staging, tolerance or LOGITS_TOLERANCE)
-            target = "model.onnx"
+        report, target = export_to_folder(runner, sample_image, staging, kind=kind,
+                                          tolerance=tolerance)
         manifest = dict(report, card=card.id, revision=card.revision, kind=kind, path=target)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         if final.exists():
@@ -104,6 +96,20 @@ def optimize(card: ModelCard, runner: Runner, sample_image: Any, *,
         raise
     tune_sessions(final)
     return final if target == "." else final / target
+
+
+def export_to_folder(runner: Runner, sample_image: Any, folder: Path, *, kind: str | None = None,
+                     tolerance: float | None = None) -> tuple[dict, str]:
+    """Export and verify `runner`'s torch model into `folder` (graphs + the config and
+    processor files the tasks read beside them); -> (verification report, the graph path
+    relative to `folder`, "." for a multi-graph captioner). No cache: `optimize` adds it."""
+    kind = kind or export_kind(runner.card, runner)
+    pil = _sample_pil(sample_image)
+    if kind == "image":
+        return _optimize_image(runner, pil, folder, tolerance or IMAGE_TOLERANCE), "model.onnx"
+    if kind == "seq2seq":
+        return _optimize_seq2seq(runner, pil, folder, tolerance or LOGITS_TOLERANCE), "."
+    return _optimize_single(runner, pil, folder, tolerance or LOGITS_TOLERANCE), "model.onnx"
 
 
 def tune_sessions(folder: Path) -> list[dict]:
@@ -654,6 +660,7 @@ __all__: Sequence[str] = (
     "export_image_to_image",
     "export_kind",
     "export_seq2seq",
+    "export_to_folder",
     "find_optimized",
     "merge_decoders",
     "onnx_runner_for_export",

@@ -61,6 +61,13 @@ class Check:
     model_path: str  # relative to resources/selftest
     options: dict[str, Any]
     verify: Callable[[Any, np.ndarray], str]  # (result, input rgb) -> detail; raises CheckFailed
+    needs: tuple[str, ...] = ()  # import names the check's runtime needs (absent: Lite, skipped)
+
+    def missing(self) -> list[str]:
+        """The modules this check needs that are not installed (found without importing)."""
+        import importlib.util
+
+        return [name for name in self.needs if importlib.util.find_spec(name) is None]
 
 
 @dataclass
@@ -77,6 +84,7 @@ class CheckOutcome:
     detail: str = ""
     error: str = ""
     outputs: list[str] = field(default_factory=list)
+    skipped: str = ""  # why the check did not run (a Lite build has no torch)
 
 
 # -- where the bundled models are ----------------------------------------------------------
@@ -202,20 +210,31 @@ def _check_explain(result: Any, rgb: np.ndarray) -> str:
     return f"{result.method}, {grid.shape[0]}x{grid.shape[1]} grid, peak {peak}"
 
 
+TORCH = ("torch", "transformers")
+DETECT_OPTIONS = {"threshold": 0.0, "nms_iou": 0.5, "formats": ["coco", "overlay"]}
 CHECKS: tuple[Check, ...] = (
-    Check("caption", "caption", "caption", {"max_new_tokens": 8}, _check_caption),
-    Check(
-        "detect",
-        "detect",
-        "detect",
-        {"threshold": 0.0, "nms_iou": 0.5, "formats": ["coco", "overlay"]},
-        _check_detect,
-    ),
-    Check("segment", "segment", "segment", {}, _check_segment),
-    Check("restore", "restore", "restore/compact-2x.safetensors", {}, _check_restore),
+    Check("caption", "caption", "caption", {"max_new_tokens": 8}, _check_caption, TORCH),
+    Check("detect", "detect", "detect", DETECT_OPTIONS, _check_detect, TORCH),
+    Check("segment", "segment", "segment", {}, _check_segment, TORCH),
+    Check("restore", "restore", "restore/compact-2x.safetensors", {}, _check_restore,
+          ("torch", "spandrel")),
+    Check("explain", "explain", "explain", {"method": "rollout"}, _check_explain, TORCH),
+    # the same models exported to ONNX (packaging/make_selftest_models.py): what the Lite
+    # build, which has no torch, runs — numpy processors, onnxruntime, tokenizers
+    Check("caption-onnx", "caption", "caption-onnx", {"max_new_tokens": 8}, _check_caption),
+    Check("detect-onnx", "detect", "detect-onnx", DETECT_OPTIONS, _check_detect),
+    Check("segment-onnx", "segment", "segment-onnx", {}, _check_segment),
     Check("restore-onnx", "restore", "restore-onnx/nearest2x.onnx", {}, _check_restore),
-    Check("explain", "explain", "explain", {"method": "rollout"}, _check_explain),
+    Check("explain-onnx", "explain", "explain-onnx", {"method": "rollout"},
+          _check_explain),
 )
+
+
+def build_kind() -> str:
+    """"full" when torch and transformers are installed, else "lite"."""
+    import importlib.util
+
+    return "full" if all(importlib.util.find_spec(m) is not None for m in TORCH) else "lite"
 
 
 # -- isolation ---------------------------------------------------------------------------------
@@ -403,20 +422,31 @@ def run_self_test(
         with _isolated(work / "home"):
             rgb = synthetic_image()
             image_path = _write_png(rgb, work / "inputs" / "selftest.png")
-            import_seconds, import_error = _import_heavy_libraries()
+            if build_kind() == "full":
+                import_seconds, import_error = _import_heavy_libraries()
             for check in checks:
+                missing = check.missing()
+                if missing:
+                    outcomes.append(CheckOutcome(
+                        check.name, check.task, ok=False, seconds=0.0,
+                        skipped=f"needs {', '.join(missing)} (not in this build)"))
+                    continue
                 outcomes.append(_run_check(check, image_path, rgb, work, device))
     except Exception as exc:  # noqa: BLE001 — e.g. resources missing: reported, exit 1
         setup_error = f"{type(exc).__name__}: {exc}"
     finally:
         shutil.rmtree(work, ignore_errors=True)
     seconds = round(time.perf_counter() - total_start, 3)
-    passed = sum(o.ok for o in outcomes)
-    failed = len(outcomes) - passed + (1 if setup_error else 0)
+    ran = [o for o in outcomes if not o.skipped]
+    passed = sum(o.ok for o in ran)
+    failed = len(ran) - passed + (1 if setup_error else 0)
+    skipped = len(outcomes) - len(ran)
     report = {
-        "ok": failed == 0 and passed == len(checks),
+        "ok": failed == 0 and passed + skipped == len(checks) and passed > 0,
+        "build": build_kind(),
         "passed": passed,
         "failed": failed,
+        "skipped": skipped,
         "seconds": seconds,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "frozen": bool(getattr(sys, "frozen", False)),
@@ -442,12 +472,13 @@ def _summary_text(report: dict, outcomes: list[CheckOutcome], report_file: Path)
     frozen = "frozen" if report["frozen"] else "source"
     header = (
         f"Ocula {report['versions']['ocula']} self-test ({frozen}, {platform.system()} "
-        f"{platform.machine()}, torch {report['versions'].get('torch', '?')})"
+        f"{platform.machine()}, {report['build']} build, torch "
+        f"{report['versions'].get('torch') or 'not installed'})"
     )
     lines = [header]
     for o in outcomes:
-        state = "ok" if o.ok else "FAILED"
-        text = o.detail if o.ok else o.error
+        state = "ok" if o.ok else "skip" if o.skipped else "FAILED"
+        text = o.detail if o.ok else o.skipped or o.error
         lines.append(
             f"  {o.name:13} {state:6} {o.seconds:6.2f} s  "
             f"{o.placement or o.runtime or '-':34} {text.splitlines()[0] if text else ''}"
@@ -456,9 +487,10 @@ def _summary_text(report: dict, outcomes: list[CheckOutcome], report_file: Path)
         lines.append(f"  could not start: {report['error']}")
     if report["import_error"]:
         lines.append(f"  importing torch/transformers failed: {report['import_error']}")
+    imported = (f"{report['import_seconds']:.1f} s importing torch and transformers"
+                if report["build"] == "full" else "Lite build: no torch")
     lines.append(
-        f"{report['passed']} passed, {report['failed']} failed in "
-        f"{report['seconds']:.1f} s ({report['import_seconds']:.1f} s importing torch "
-        f"and transformers). Report: {report_file}"
+        f"{report['passed']} passed, {report['failed']} failed, {report['skipped']} skipped in "
+        f"{report['seconds']:.1f} s ({imported}). Report: {report_file}"
     )
     return "\n".join(lines)

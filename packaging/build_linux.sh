@@ -2,14 +2,16 @@
 # Build Ocula for Linux, package it, and prove the frozen app works.
 #
 #   packaging/build_linux.sh            build + tarball + smoke tests
-#   OCULA_VARIANT=cpu|cuda ...          which variant (default: what the installed torch is)
+#   OCULA_VARIANT=lite|cpu|cuda ...     which variant (default: what the installed torch is;
+#                                       lite = no torch, ONNX Runtime only, a few hundred MB)
 #   SKIP_BUILD=1 packaging/build_linux.sh   re-run only the smoke tests + packaging
-#   SKIP_PACK=1 ...                     no tarball
+#   SKIP_PACK=1 ...                     no tarball and no .deb
 # (The tarball renames the top folder, not symlink targets: ocula-cli -> ocula.)
 #
 # Steps: PyInstaller one-folder bundle (packaging/ocula.spec) -> the frozen app's
 # `--version`, `--self-test` (report JSON) and the GUI under Xvfb (start-up probe +
-# screenshot) -> tarball with a freedesktop .desktop entry, icon and install.sh.
+# screenshot) -> tarball with a freedesktop .desktop entry, icon and install.sh, and a .deb
+# (packaging/linux/build_deb.sh; tests/integration/test_linux_packages.py installs it).
 # Results: build/linux-smoke/ (result.json, self-test report, logs, screenshot).
 # No AppImage: appimagetool and the AppImage runtime are not in any registry we can
 # reach (PyPI, Debian); a CI with internet can wrap the same folder with appimagetool.
@@ -23,7 +25,7 @@ SMOKE=build/linux-smoke
 mkdir -p "$SMOKE" dist
 
 VERSION=$($PY -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
-VARIANT=${OCULA_VARIANT:-$($PY -c 'import torch; print("cuda" if torch.version.cuda else "cpu")')}
+VARIANT=${OCULA_VARIANT:-$($PY -c 'import torch; print("cuda" if torch.version.cuda else "cpu")' 2>/dev/null || echo lite)}
 export OCULA_VARIANT=$VARIANT
 ARCH=$(uname -m)
 NAME=ocula-$VERSION-linux-$ARCH-$VARIANT
@@ -47,6 +49,12 @@ command -v Xvfb >/dev/null || apt_get xvfb
 command -v import >/dev/null || apt_get imagemagick
 command -v xwd >/dev/null || apt_get x11-apps
 command -v desktop-file-validate >/dev/null || apt_get desktop-file-utils
+
+# -- real-weight first-run models (MTCNN faces as ONNX), made from installed packages --------
+if [ ! -f resources/first-run/mtcnn/model.toml ]; then
+  log "first-run models (packaging/make_first_run_models.py)"
+  $PY packaging/make_first_run_models.py || log "no first-run models: needs torch + facenet-pytorch here"
+fi
 
 # -- build --------------------------------------------------------------------------------------
 BUILD_S=0
@@ -140,6 +148,14 @@ if [ -z "${SKIP_PACK:-}" ]; then
   rm -rf "$UNPACK"
 fi
 
+DEB=""; DEB_BYTES=0
+if [ -z "${SKIP_PACK:-}" ] && command -v dpkg-deb >/dev/null; then
+  log "Debian package"
+  DEB=$(packaging/linux/build_deb.sh "$BUNDLE" "$VERSION" "$VARIANT" dist)
+  DEB_BYTES=$(stat -c %s "$DEB")
+  log "$DEB: $(du -h "$DEB" | cut -f1)"
+fi
+
 cat > "$SMOKE/result.json" <<EOF
 {
   "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
@@ -151,6 +167,8 @@ cat > "$SMOKE/result.json" <<EOF
   "tarball": "$TARBALL",
   "tarball_bytes": $TAR_BYTES,
   "tarball_runs": $TARBALL_OK,
+  "deb": "$DEB",
+  "deb_bytes": $DEB_BYTES,
   "version_output": "$VERSION_OUT",
   "version_ok": $VERSION_OK,
   "selftest_exit_code": $SELFTEST_RC,

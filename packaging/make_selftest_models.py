@@ -12,6 +12,8 @@ through the same import -> catalog -> runtime path as a real model:
     restore/   Real-ESRGAN Compact (SRVGGNetCompact) 2x, a single safetensors checkpoint (spandrel)
     restore-onnx/  a 2x nearest-neighbour Resize graph + model.toml sidecar (ONNX Runtime)
     explain/   ViT classifier whose CLS token attends to the brightest patch (hand-set weights)
+    caption-onnx/, detect-onnx/, segment-onnx/, explain-onnx/  the four torch models above
+               exported with engine.export_onnx (verified against torch), for the Lite build
 
 Two models have weights that make their answer known in advance, so the self-test
 checks a result, not only that something ran:
@@ -37,7 +39,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # there when run as a script, not when loaded by file path
     sys.path.append(str(HERE))
-import tiny_models  # noqa: E402  (packaging/tiny_models.py: the builders the tests share)
+import tiny_models
 
 ROOT = HERE.parent
 DEFAULT_OUT = ROOT / "resources" / "selftest"
@@ -145,6 +147,42 @@ def build_explainer(folder: Path) -> Path:
     return tiny_models.save(folder, model, tiny_models.vit_processor((IMAGE, IMAGE)))
 
 
+# -- the same models as ONNX exports (the Lite build has no torch) ---------------------
+
+
+def build_onnx_export(folder: Path) -> Path:
+    """`folder` = <task>-onnx: export the torch model built in <task>/ with Ocula's own
+    exporter (engine.export_onnx, verified against torch on the self-test image), so the
+    Lite build's self-test runs the very models the full build's does."""
+    import os
+    import tempfile
+
+    from PIL import Image
+
+    source = folder.parent / folder.name.removesuffix("-onnx")
+    with tempfile.TemporaryDirectory() as home:
+        saved = os.environ.get("OCULA_HOME")
+        os.environ["OCULA_HOME"] = home
+        try:
+            from engine.catalog.local_import import import_model
+            from engine.export_onnx import export_to_folder
+            from engine.runtimes import load_runner
+            from engine.selftest import synthetic_image
+
+            card = import_model(source, name=f"selftest-{source.name}")
+            runner = load_runner(card, device="cpu", precision="fp32",
+                                 attention=source.name == "explain")
+            folder.mkdir(parents=True, exist_ok=True)
+            export_to_folder(runner, Image.fromarray(synthetic_image()), folder)
+        finally:
+            if saved is None:
+                os.environ.pop("OCULA_HOME", None)
+            else:
+                os.environ["OCULA_HOME"] = saved
+    (folder / "tuning.json").unlink(missing_ok=True)
+    return folder  # imported as a folder: graphs + config + processor files
+
+
 BUILDERS = {
     "caption": build_captioner,
     "detect": build_detector,
@@ -152,22 +190,29 @@ BUILDERS = {
     "restore": build_restorer,
     "restore-onnx": build_onnx_restorer,
     "explain": build_explainer,
+    "caption-onnx": build_onnx_export,  # the ONNX ones after the torch models they export
+    "detect-onnx": build_onnx_export,
+    "segment-onnx": build_onnx_export,
+    "explain-onnx": build_onnx_export,
 }
 
 
-def build_all(out: Path = DEFAULT_OUT) -> dict:
-    """(Re)build every model under `out`; returns the manifest it writes."""
+def build_all(out: Path = DEFAULT_OUT, only: list[str] | None = None) -> dict:
+    """(Re)build every model under `out` (or those named in `only`); returns the manifest."""
     import transformers
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    old = json.loads((out / MANIFEST).read_text(encoding="utf-8")) if (out / MANIFEST).is_file() else {}
     manifest: dict = {
         "generated_by": "packaging/make_selftest_models.py",
         "transformers": transformers.__version__,
         "torch": torch.__version__,
-        "models": {},
+        "models": dict(old.get("models", {})) if only else {},
     }
     for task, build in BUILDERS.items():
+        if only and task not in only:
+            continue
         target = out / task
         if target.exists():
             shutil.rmtree(target)
@@ -186,8 +231,9 @@ def build_all(out: Path = DEFAULT_OUT) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--only", help="comma-separated models to rebuild (e.g. caption-onnx)")
     args = parser.parse_args(argv)
-    manifest = build_all(args.out)
+    manifest = build_all(args.out, args.only.split(",") if args.only else None)
     total = sum(m["bytes"] for m in manifest["models"].values())
     for task, info in manifest["models"].items():
         print(f"{task:8} {info['bytes'] / 1e3:8.1f} kB  {info['path']}")

@@ -326,12 +326,18 @@ class CatalogView(QWidget):
         downloading = has_card and row.state == "downloading"
         # imported files are the user's, package-shipped weights are pip's: neither is ours to delete
         local = has_card and bool(row.card.local_path or getattr(row.card, "package", None))
+        full_only = has_card and row.needs_full_build  # a PyTorch model on the Lite build
         self.download_button.setEnabled(has_card and not downloading and not row.installed
-                                        and not local and not self.offline)
-        self.download_button.setToolTip(
-            self.tr("Offline mode is on (Settings ▸ Models, or HF_HUB_OFFLINE): models cannot "
-                    "be downloaded. Installed and imported models still work.")
-            if self.offline else self.tr("Download the selected model into the model cache"))
+                                        and not local and not self.offline and not full_only)
+        if full_only:
+            from engine.catalog.requirements import full_build_message
+
+            self.download_button.setToolTip(full_build_message(row.card))
+        else:
+            self.download_button.setToolTip(
+                self.tr("Offline mode is on (Settings ▸ Models, or HF_HUB_OFFLINE): models "
+                        "cannot be downloaded. Installed and imported models still work.")
+                if self.offline else self.tr("Download the selected model into the model cache"))
         self.download_button.setText(self.tr("Resume download") if has_card
                                      and row.state == "cancelled" else self.tr("Download"))
         self.cancel_button.setEnabled(bool(downloading))
@@ -342,7 +348,7 @@ class CatalogView(QWidget):
                                       and not package)
         self.delete_button.setText(self.tr("Remove import") if has_card and row.card.local_path
                                    else self.tr("Delete"))
-        self.use_button.setEnabled(has_card and not downloading)
+        self.use_button.setEnabled(has_card and not downloading and not full_only)
 
     # -- hub search -----------------------------------------------------------------------------
     def _on_hub_toggled(self, on: bool) -> None:

@@ -34,6 +34,15 @@ class CatalogRow:
     message: str = ""
 
     @property
+    def needs_full_build(self) -> bool:
+        """A PyTorch model on the Lite install: shown greyed, with what to install."""
+        if self.card is None:
+            return False
+        from engine.catalog.requirements import needs_full_build
+
+        return needs_full_build(self.card)
+
+    @property
     def fraction(self) -> float | None:
         if not self.total:
             return None
@@ -96,6 +105,10 @@ class CatalogModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.DisplayRole:
             return self._display(row, col)
         if role == Qt.ItemDataRole.ToolTipRole:
+            if row.needs_full_build and col in (NAME, STATE, RUNTIME):
+                from engine.catalog.requirements import full_build_message
+
+                return full_build_message(card)
             if col == NAME:
                 return f"{card.id}\n{card.repo or card.local_path or ''}\n{card.seed}"
             if col == STATE and row.message:
@@ -104,6 +117,8 @@ class CatalogModel(QAbstractTableModel):
                 return license_tooltip(card)
             return self._display(row, col)
         if role == Qt.ItemDataRole.ForegroundRole:
+            if row.needs_full_build:
+                return QColor(140, 140, 140)
             if col == LICENSE and card.commercial_use is False:
                 return QColor(200, 80, 60)
             if col == STATE and row.state == "failed":
@@ -160,6 +175,8 @@ class CatalogModel(QAbstractTableModel):
             return "paused — resume"
         if row.state == "failed":
             return "failed"
+        if row.needs_full_build:
+            return "needs the full build"
         if row.installed:
             return f"yes · {human_bytes(row.disk_bytes)}"
         return ""

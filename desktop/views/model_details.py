@@ -13,7 +13,11 @@ _FRONT_MATTER = re.compile(r"\A---\s*\n.*?\n---\s*\n", re.DOTALL)
 
 def card_markdown(card: Any, *, installed: bool = False, disk_bytes: int = 0,
                   readme: str = "", placement: str = "") -> str:
+    from engine.catalog.requirements import full_build_message, needs_full_build
+
     lines = [f"# {card.name}", ""]
+    if needs_full_build(card):
+        lines += [f"**Needs the full build.** {full_build_message(card)}", ""]
     if card.description:
         lines += [card.description, ""]
     package = getattr(card, "package", None)

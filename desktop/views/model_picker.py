@@ -34,8 +34,12 @@ class ModelPicker(QComboBox):
         self.blockSignals(True)
         self.clear()
         self.cards = {c.id: c for c in cards}
-        have = [c for c in cards if c.id in installed]
-        rest = [c for c in cards if c.id not in installed]
+        from engine.catalog.requirements import full_build_message, needs_full_build
+
+        blocked = [c for c in cards if needs_full_build(c)]  # PyTorch models on the Lite build
+        runnable = [c for c in cards if c not in blocked]
+        have = [c for c in runnable if c.id in installed]
+        rest = [c for c in runnable if c.id not in installed]
         for card in have:
             self.addItem(f"{card.name}", card.id)
             self.setItemData(self.count() - 1, self.tr("Installed · {}").format(card.id),
@@ -46,10 +50,20 @@ class ModelPicker(QComboBox):
             self.addItem(f"{card.name}  ↓ {human_bytes(card.download_bytes)}", card.id)
             self.setItemData(self.count() - 1, self.tr("Not downloaded yet: Run downloads it "
                                                        "first ({})").format(card.id), 3)
+        if blocked and self.count():
+            self.insertSeparator(self.count())
+        for card in blocked:  # listed so the user knows they exist, never picked
+            self.addItem(self.tr("{}  (needs the full build)").format(card.name), card.id)
+            self.setItemData(self.count() - 1, full_build_message(card), 3)
+            item = self.model().item(self.count() - 1)
+            if item is not None:
+                item.setEnabled(False)
         if self.count():
             self.insertSeparator(self.count())
         self.addItem(self.tr("Get more…"), GET_MORE)
         index = self.findData(keep) if keep else -1
+        if index >= 0 and self.cards.get(keep) in blocked:
+            index = -1
         if index < 0:
             index = 0 if (have or rest) else -1
         self.setCurrentIndex(index)

@@ -21,11 +21,14 @@ STARTER_TASKS = tuple(t for t in JOB_TASKS if t != "explain")  # a model per tas
 
 
 def starter_models(catalog: Any) -> dict[str, Any]:
-    """The smallest downloadable, commercially usable (else any) model for each task."""
+    """The smallest downloadable, commercially usable (else any) model for each task that
+    runs on this install (the Lite build: ONNX entries only)."""
+    from engine.catalog.requirements import needs_full_build
+
     picks: dict[str, Any] = {}
     for task in STARTER_TASKS:
         cards = [c for c in catalog.list(task=task) if c.repo and not c.gated
-                 and not c.trust_remote_code]
+                 and not c.trust_remote_code and not needs_full_build(c)]
         if not cards:
             continue
         cards.sort(key=lambda c: (c.commercial_use is not True,

@@ -77,3 +77,13 @@ class ModelCard:
             # weights plus ~50% for activations at typical input sizes
             return int(self.params * bytes_per * 1.5 / 2**20) + 1
         return None
+
+
+def can_explain(card: ModelCard) -> bool:
+    """Whether attention maps can be made for `card`: torch models that report attention
+    (or Grad-CAM), and ONNX vision backbones, whose Softmax nodes engine.explain exposes
+    as outputs (an ONNX card's `attention` is "none": the graph returns no attention)."""
+    if card.attention != AttentionSupport.NONE:
+        return True
+    return card.runtime == "onnx" and "features" in card.tasks
+

@@ -42,6 +42,11 @@ from engine.catalog.entries import (
     memory_rule_mb,
 )
 from engine.catalog.families import spandrel_family, task_for_architecture, transformers_family
+from engine.catalog.onnx_folder import (
+    card_from_onnx_folder,
+    card_from_sidecar_folder,
+    onnx_graphs,
+)
 from engine.catalog.sidecar import (
     MAX_LABELS_FILE_BYTES,
     OUTPUTS,
@@ -276,6 +281,9 @@ def _safetensors_params(files: list[Path]) -> int | None:
 
 def _card_from_folder(folder: Path, *, task: str | None, name: str | None) -> ModelCard:
     config_file = folder / "config.json"
+    if not config_file.is_file() and (folder / "model.toml").is_file():
+        return card_from_sidecar_folder(folder, task=task, name=name,
+                                        slug=_slug(name or folder.name))
     if not config_file.is_file():
         onnx_files = sorted(folder.rglob("*.onnx"))
         hint = (f" It holds {onnx_files[0].name}: import that file with a .toml sidecar instead."
@@ -295,6 +303,9 @@ def _card_from_folder(folder: Path, *, task: str | None, name: str | None) -> Mo
             f"for hub repos pinned to a revision you allow in Settings ▸ Models, never from a folder.")
     safetensors = sorted(folder.glob("*.safetensors"))
     pickles = sorted(folder.glob("pytorch_model*.bin"))
+    if not safetensors and not pickles and onnx_graphs(folder) is not None:
+        return card_from_onnx_folder(folder, config, task=task, name=name,
+                                     slug=_slug(name or folder.name))
     if not safetensors and not pickles:
         others = [p.name for p in folder.iterdir() if p.suffix in (".h5", ".msgpack", ".onnx")]
         what = f" (found only {', '.join(others)}: TensorFlow/JAX/ONNX weights)" if others else ""

@@ -80,6 +80,8 @@ OUTPUTS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "image": ("restore", ("model",), "image [B,C,H*scale,W*scale] in the input range"),
     "seq2seq": ("caption", ("encoder", "decoder"), "vision encoder + merged text decoder with past"),
     "hidden_states": ("features", ("model",), "last_hidden_state [B,T,D]"),
+    "mtcnn": ("detect", ("pnet", "rnet", "onet"), "MTCNN face cascade: P-Net (any size), "
+              "R-Net (24x24), O-Net (48x48), each [regression…, probabilities last]"),
 }
 LAYOUTS = ("NCHW", "NHWC")
 RANGES = ([0.0, 1.0], [0.0, 255.0])
@@ -92,6 +94,7 @@ SIDECAR_KEYS = {
     "graphs", "preprocessor", "input_size", "input_layout", "layout", "range", "mean", "std",
     "output", "labels", "scale", "input_name", "output_names", "family", "model_type",
     "multiple_of", "precisions", "border", "border_mode", "variants",
+    "min_face_size", "stage_thresholds",
 }
 # what the detect task dispatches on, derived from `output` (engine.tasks.detect reads these)
 DERIVED_KEYS: dict[str, dict[str, str]] = {
@@ -100,6 +103,7 @@ DERIVED_KEYS: dict[str, dict[str, str]] = {
     "detr": {"model_type": "detr"},
     "rtdetr": {"model_type": "rt_detr"},
     "semantic_logits": {"family": "semantic_logits"},
+    "mtcnn": {"family": "mtcnn-onnx"},
 }
 
 

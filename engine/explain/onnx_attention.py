@@ -275,7 +275,8 @@ class OnnxAttentionModel:
             from engine.explain.geometry import pixel_inputs
 
             pixels, geometry = pixel_inputs(self.processor, image.convert("RGB"), [] if notes is None else notes)
-            return pixels.numpy().astype(np.float32), geometry
+            pixels = pixels.numpy() if hasattr(pixels, "numpy") else pixels  # torch or numpy
+            return np.asarray(pixels, dtype=np.float32), geometry
 
         target = size or self.image_size
         if target is None:

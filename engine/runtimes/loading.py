@@ -81,8 +81,10 @@ def load_runner(
     differs from the request is in `runner.placement.fallback` (and logged), never silent.
     """
     from engine import devices
+    from engine.catalog.requirements import require_runnable
     from engine.settings import Settings
 
+    require_runnable(card)  # a PyTorch model on the Lite install: say so before downloading
     settings = settings if settings is not None else Settings.load()
     device, precision = settings.requested_placement(device, precision)
     if speed != "off":

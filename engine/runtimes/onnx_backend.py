@@ -505,9 +505,9 @@ def load_onnx(
     folder = snapshot.parent if snapshot.is_file() else snapshot
     processor = None
     try:
-        from engine.runtimes.processors import load_processor
+        from engine.runtimes.processors import load_onnx_processor
 
-        processor = load_processor(folder)
+        processor = load_onnx_processor(folder)
     except Exception as exc:  # noqa: BLE001 - a broken processor config must not block the sidecar path
         notes.append(
             f"processor files in {folder} could not be loaded ({exc}); the sidecar describes "

@@ -60,9 +60,13 @@ def _ved_inputs(processor: Any, images: list, prompt: str | None) -> dict:
     """VisionEncoderDecoder: a prompt becomes forced decoder input after the start token."""
     inputs = _images_only(processor, images, None)
     if prompt:
-        import torch
+        ids = [_prompt_ids(processor, prompt)] * len(images)
+        if isinstance(inputs["pixel_values"], np.ndarray):  # a numpy processor (ONNX, Lite)
+            inputs["decoder_prompt_ids"] = np.asarray(ids, dtype=np.int64)
+        else:
+            import torch
 
-        inputs["decoder_prompt_ids"] = torch.tensor([_prompt_ids(processor, prompt)] * len(images))
+            inputs["decoder_prompt_ids"] = torch.tensor(ids)
     return inputs
 
 

@@ -280,6 +280,17 @@ def require_processor(runner: Runner) -> Any:
     return runner.processor
 
 
+def forward_prepared(runner: Runner, processor: Any, images: Sequence[Image.Image]) -> Any:
+    """Prepare `images` with the model's processor and run it. A numpy processor (the ONNX
+    path: engine.runtimes.lite_processors) feeds the runner's numpy entry point, so the
+    batch never becomes a torch tensor; transformers' processors feed torch tensors."""
+    from engine.runtimes.lite_processors.base import LiteImageProcessor
+
+    if isinstance(processor, LiteImageProcessor) and hasattr(runner, "forward_arrays"):
+        return runner.forward_arrays(processor(images=list(images)))
+    return runner.forward(dict(processor(images=list(images), return_tensors="pt")))
+
+
 def to_numpy(t: Any) -> np.ndarray:
     return t.detach().cpu().float().numpy() if hasattr(t, "detach") else np.asarray(t)
 

@@ -225,11 +225,13 @@ class _TileCaller:
     compute: str  # fp32 | fp16 | bf16 actually used for the tile
 
     def __call__(self, tile: np.ndarray) -> np.ndarray:
-        import torch
-
         spec = self.spec
         if spec.input_channels == 1:  # luminance models: Rec. 601 luma in, grey out
             tile = (0.299 * tile[0] + 0.587 * tile[1] + 0.114 * tile[2])[None].astype(np.float32)
+        if self.runner.placement.backend == "onnx":  # numpy end to end (no torch: Lite)
+            return self._call_arrays(tile)
+        import torch
+
         x = torch.from_numpy(np.ascontiguousarray(tile))[None]
         if spec.input_range != 1.0:
             x = x * spec.input_range
@@ -265,10 +267,36 @@ class _TileCaller:
             y = y / spec.output_range
         # clamp each tile before blending, as spandrel does: blending out-of-range values
         # and clamping afterwards would make torch and ONNX runs of one model disagree
-        out = y.clamp(0.0, 1.0).cpu().numpy()
-        if out.shape[0] == 1:
-            out = np.repeat(out, 3, axis=0)
-        return out[:3]
+        return _three_channels(y.clamp(0.0, 1.0).cpu().numpy())
+
+    def _call_arrays(self, tile: np.ndarray) -> np.ndarray:
+        """The same arithmetic as the torch route, in float32 numpy, for ONNX runners."""
+        spec = self.spec
+        x = np.ascontiguousarray(tile, dtype=np.float32)[None]
+        if spec.input_range != 1.0:
+            x = x * np.float32(spec.input_range)
+        if spec.mean != (0.0,) or spec.std != (1.0,):
+            mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+            std = np.asarray(spec.std, dtype=np.float32).reshape(1, -1, 1, 1)
+            x = (x - mean) / std
+        if spec.layout == "NHWC":
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        if spec.supports_half:  # fp16 ONNX export
+            x = x.astype(np.float16)
+        y = np.asarray(_pick_output(self.runner.forward_arrays({spec.input_name: x}),
+                                    spec.output_name))
+        if spec.layout == "NHWC":
+            y = y.transpose(0, 3, 1, 2)
+        y = y[0].astype(np.float32)
+        if spec.output_range != 1.0:
+            y = y / np.float32(spec.output_range)
+        return _three_channels(np.clip(y, 0.0, 1.0))
+
+
+def _three_channels(out: np.ndarray) -> np.ndarray:
+    if out.shape[0] == 1:
+        out = np.repeat(out, 3, axis=0)
+    return out[:3]
 
 
 def _precision_of(dtype: Any) -> str:

@@ -30,7 +30,10 @@ def detected(qtbot, qsettings, settings_path, tmp_path, monkeypatch, photos):
     from desktop.views.bundled_models import register_bundled
     from engine.jobs.spec import JobSpec
 
-    (card,) = register_bundled(["detect"])
+    from desktop.views.bundled_models import is_bundled
+
+    # the tiny DETR (a real-weight first-run face detector may be registered next to it)
+    (card,) = [c for c in register_bundled(["detect"]) if is_bundled(c)]
     win = MainWindow(qsettings=qsettings, settings_path=settings_path, welcome=False)
     qtbot.addWidget(win)
     win.resize(1400, 900)

@@ -227,6 +227,9 @@ def test_segformer_onnx_export_gives_same_label_map(folders, runners, tmp_path) 
     )
     runner = load(onnx_path, "segformer-onnx", runtime="onnx")
     model, processor = _hf(folders["segformer"], "SegformerForSemanticSegmentation")
+    # the export is under test: feed it what the logits below are computed from (the ONNX
+    # runner's own numpy processor equals transformers' PIL backend, test_lite_processors)
+    runner.processor = processor
     torch_results = segment(runners["segformer"], images())
     for img, a, b in zip(images(), segment(runner, images()), torch_results):
         with torch.no_grad():

@@ -16,4 +16,5 @@ FAMILY_MODULES: tuple[str, ...] = (
     "engine.tasks.detectors.florence",  # Florence-2's <OD> / <OPEN_VOCABULARY_DETECTION>
     "engine.tasks.detectors.yolo",  # YOLO-style ONNX exports (sidecar family "yolo")
     "engine.tasks.detectors.mtcnn",  # MTCNN faces (facenet-pytorch, sidecar family "mtcnn")
+    "engine.tasks.detectors.mtcnn_onnx",  # the same cascade on ONNX graphs (no torch)
 )

@@ -9,6 +9,7 @@ from engine.tasks.detect import (
     DetectorFamily,
     class_filter,
     finish_decoded,
+    forward_prepared,
     image_processor,
     model_info,
     require_processor,
@@ -24,8 +25,7 @@ def run(runner: Runner, images: list[Image.Image], opts: DetectOptions) -> list[
     processor = image_processor(require_processor(runner))
     info = model_info(runner)
     keep_ids = class_filter(opts, info.id2label, runner.card.id)
-    inputs = processor(images=images, return_tensors="pt")
-    outputs = runner.forward(dict(inputs))
+    outputs = forward_prepared(runner, processor, images)
     target_sizes = [(img.height, img.width) for img in images]
     decoded = processor.post_process_object_detection(
         outputs, threshold=opts.threshold, target_sizes=target_sizes

@@ -5,6 +5,7 @@ takes {"image": PIL} and returns boxes [N, 4] and scores [N] (numpy) in original
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,25 +20,28 @@ if TYPE_CHECKING:
 
 
 def run(runner: Runner, images: list[Image.Image], opts: DetectOptions) -> list[Detections]:
+    return finish_faces(runner, images, opts, lambda img: _torch_faces(runner, img))
+
+
+def _torch_faces(runner: Runner, img: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    outputs = runner.forward({"image": img})
+    return to_numpy(outputs.boxes), to_numpy(outputs.scores)
+
+
+def finish_faces(runner: Runner, images: list[Image.Image], opts: DetectOptions,
+                 faces: Callable[[Image.Image], tuple[np.ndarray, np.ndarray]]) -> list[Detections]:
+    """One label ("face", or the sidecar's), boxes already in original pixels: threshold,
+    then the shared finish. Shared by the torch (facenet-pytorch) and ONNX cascades."""
     labels = (getattr(runner.card, "sidecar", {}) or {}).get("labels") or ["face"]
     id2label = {0: str(labels[0])}
     keep_ids = class_filter(opts, id2label, runner.card.id)
     results = []
     for img in images:
-        outputs = runner.forward({"image": img})
-        scores = to_numpy(outputs.scores)
+        boxes, scores = faces(img)
         keep = scores > opts.threshold
-        results.append(
-            finish(
-                scores[keep],
-                np.zeros(int(keep.sum()), np.int64),
-                to_numpy(outputs.boxes)[keep],
-                image_size=img.size,
-                id2label=id2label,
-                opts=opts,
-                keep_ids=keep_ids,
-            )
-        )
+        results.append(finish(scores[keep], np.zeros(int(keep.sum()), np.int64), boxes[keep],
+                              image_size=img.size, id2label=id2label, opts=opts,
+                              keep_ids=keep_ids))
     return results
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.results import Segmentation
-from engine.tasks.detect import model_info
+from engine.tasks.detect import forward_prepared, model_info
 from engine.tasks.segment import (
     SegmenterFamily,
     SegmentOptions,
@@ -27,7 +27,7 @@ def run(
 ) -> list[Segmentation]:
     processor = image_processor(require_processor(runner))
     info = model_info(runner)
-    outputs = runner.forward(dict(processor(images=images, return_tensors="pt")))
+    outputs = forward_prepared(runner, processor, images)
     maps = processor.post_process_semantic_segmentation(
         outputs, target_sizes=[(img.height, img.width) for img in images]
     )
