@@ -144,6 +144,19 @@ class MainWindow(QMainWindow):
         tb.addAction(self.act_catalog)
         tb.addAction(self.act_settings)
         self.toolbar = tb
+        # narrow windows (2x scale): icon-only buttons, not an overflow chevron hiding
+        # Cancel, Models and Settings (desktop/views/toolbar_fit.py)
+        from desktop.views.toolbar_fit import ToolbarFit
+
+        self.toolbar_fit = ToolbarFit(tb, shrinkable=[self.model_picker], compact_width=200)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        self.toolbar_fit.refit(self.width())
+
+    def showEvent(self, event) -> None:  # noqa: N802
+        super().showEvent(event)
+        self.toolbar_fit.refit(self.width())
 
     def _action(self, name: str, text: str, shortcut: Any, slot: Any,
                 icon_name: str | None = None) -> QAction:

@@ -54,7 +54,9 @@ class ShortcutsDialog(QDialog):
         super().__init__(parent)
         self.setObjectName("shortcutsDialog")
         self.setWindowTitle(self.tr("Keyboard shortcuts"))
-        rows = shortcut_rows(actions)
+        from desktop.views.video_player import transport_help
+
+        rows = shortcut_rows(actions) + transport_help()  # the video player's keys last
         self.table = QTableWidget(len(rows), 2)
         self.table.setObjectName("shortcutsTable")
         self.table.setHorizontalHeaderLabels([self.tr("Action"), self.tr("Keys")])
@@ -99,10 +101,24 @@ def about_facts(settings: Any = None, settings_path: Path | None = None,
         ("torch", package_version("torch")),
         ("onnxruntime", package_version("onnxruntime")),
         ("Licence", LICENCE),
+        ("Shipped models", shipped_models()),
         ("Settings", str(settings_path or settings_file())),
         ("Model cache", cache),
         ("Jobs", str(job_store_path)),
     ]
+
+
+def shipped_models() -> str:
+    """The real-weight models this build carries and their licences (THIRD_PARTY_LICENSES)."""
+    try:
+        from desktop.views.bundled_models import first_run_models
+        found = first_run_models()
+    except Exception:  # noqa: BLE001 — About must open whatever is broken
+        found = {}
+    if "detect" in found:
+        return ("MTCNN faces: facenet-pytorch weights, MIT (T. Esler; ported from D. Sandberg's "
+                "facenet, MIT); tiny self-test models, Apache-2.0. See THIRD_PARTY_LICENSES.")
+    return "tiny self-test models only (Apache-2.0); hub models state their own licence"
 
 
 class AboutDialog(QDialog):

@@ -28,8 +28,25 @@ if TYPE_CHECKING:
     from engine.media.frame_reader import VideoFrameReader
 
 SPEEDS = (1, 2, 4, 8)  # J/L shuttle steps (frames advanced per tick)
-TRANSPORT_KEYS = frozenset({Qt.Key.Key_Space, Qt.Key.Key_Left, Qt.Key.Key_Right, Qt.Key.Key_J,
-                            Qt.Key.Key_K, Qt.Key.Key_L})
+# the player's keys (while a video result is shown): key -> (method, argument, what it does);
+# the player dispatches on it and Help > Keyboard shortcuts lists it (one table)
+TRANSPORT: dict[Qt.Key, tuple[str, tuple, str]] = {
+    Qt.Key.Key_Space: ("toggle_play", (), "Video: play / pause"),
+    Qt.Key.Key_Left: ("step", (-1,), "Video: previous frame"),
+    Qt.Key.Key_Right: ("step", (1,), "Video: next frame"),
+    Qt.Key.Key_J: ("shuttle", (-1,), "Video: play backwards (again: faster)"),
+    Qt.Key.Key_K: ("pause", (), "Video: pause"),
+    Qt.Key.Key_L: ("shuttle", (1,), "Video: play forwards (again: faster)"),
+}
+TRANSPORT_KEYS = frozenset(TRANSPORT)
+
+
+def transport_help() -> list[tuple[str, str]]:
+    """(what it does, key) rows for the Help dialog."""
+    from PySide6.QtGui import QKeySequence
+
+    return [(text, QKeySequence(key).toString(QKeySequence.SequenceFormat.NativeText))
+            for key, (_, _, text) in TRANSPORT.items()]
 
 
 def audio_note(result: VideoResult) -> str:
@@ -295,10 +312,8 @@ class VideoPlayer(QWidget):
         return True
 
     def _key(self, key: Qt.Key) -> None:
-        actions = {Qt.Key.Key_Space: self.toggle_play, Qt.Key.Key_Left: lambda: self.step(-1),
-                   Qt.Key.Key_Right: lambda: self.step(1), Qt.Key.Key_J: lambda: self.shuttle(-1),
-                   Qt.Key.Key_K: self.pause, Qt.Key.Key_L: lambda: self.shuttle(1)}
-        actions[Qt.Key(key)]()
+        method, args, _ = TRANSPORT[Qt.Key(key)]
+        getattr(self, method)(*args)
 
 
 def _with_track_ids(detections: Any) -> Any:

@@ -360,6 +360,14 @@ class ImageViewer(QWidget):
                    shown=False)
         edit.setChecked(False)
         edit.setToolTip(self.tr("Correct the boxes: move, resize, delete, relabel, add (E)"))
+        # narrow windows (1024 px, 2x scale): the overlay switches fold into one menu button
+        # instead of an overflow chevron (desktop/views/toolbar_fit.py)
+        from desktop.views.toolbar_fit import ToolbarFit
+
+        self.toolbar_fit = ToolbarFit(
+            tb, collapsible=[self.actions[n] for n in names], menu_text=self.tr("Layers ▾"),
+            menu_tooltip=self.tr("Boxes (B), Masks (M), Caption (C), Compare (K), Heatmap (H)"),
+            shrinkable=[self.opacity_slider], compact_width=70)
 
     # -- image ---------------------------------------------------------------------------
     def set_image(self, image: Any) -> None:
@@ -551,6 +559,11 @@ class ImageViewer(QWidget):
     def resizeEvent(self, event) -> None:  # noqa: N802
         super().resizeEvent(event)
         self.empty_label.resize(self.canvas.size())
+        self.toolbar_fit.refit(self.width())
+
+    def showEvent(self, event) -> None:  # noqa: N802
+        super().showEvent(event)
+        self.toolbar_fit.refit(self.width())
 
     def legend(self) -> list[LegendEntry]:
         if self.masks is not None:

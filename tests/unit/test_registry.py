@@ -280,10 +280,11 @@ def test_detector_families_are_data_with_unique_names_and_model_types() -> None:
     assert [f.name for f in families] == [
         importlib.import_module(m).FAMILY.name for m in FAMILY_MODULES]
     assert {"transformers-detection", "owl", "grounding-dino", "florence2", "yolo",
-            "mtcnn"} == {f.name for f in families}
+            "mtcnn", "mtcnn-onnx"} == {f.name for f in families}
     assert detect.FAMILIES.get("owl").open_vocabulary
     assert detect.FAMILIES.by_model_type.get("rt_detr") == "transformers-detection"
     assert detect.FAMILIES.by_sidecar.get("yolo") == "yolo"
+    assert detect.FAMILIES.by_sidecar.get("mtcnn-onnx") == "mtcnn-onnx"
 
 
 def test_a_second_detector_family_or_model_type_is_an_error() -> None:

@@ -150,6 +150,8 @@ class LiteImageProcessor:
         array = (array[:, :, None] if array.ndim == 2 else array).transpose(2, 0, 1)
         if self.do_center_crop and self.crop_size:
             array = self.center_crop(array)
+        if array.dtype == np.uint8:  # one table lookup per pixel: the same arithmetic below
+            return _lookup(array, self.value_table(array.shape[0]))
         if self.do_rescale:
             array = (array.astype(np.float64) * float(self.rescale_factor)).astype(np.float32)
         else:
@@ -159,6 +161,25 @@ class LiteImageProcessor:
             std = np.asarray(self.image_std, dtype=np.float32).reshape(-1, 1, 1)
             array = (array - mean) / std
         return array
+
+    def value_table(self, channels: int) -> np.ndarray:
+        """(channels, 256) float32: what rescale + normalize make of each 8-bit value, with
+        transformers' arithmetic (float64 rescale, float32 normalize), computed once."""
+        key = channels
+        cached = getattr(self, "_value_tables", {})
+        if key not in cached:
+            values = np.arange(256, dtype=np.uint8)[None, :].repeat(channels, axis=0)[:, :, None]
+            if self.do_rescale:
+                table = (values.astype(np.float64) * float(self.rescale_factor)).astype(np.float32)
+            else:
+                table = values.astype(np.float32)
+            if self.do_normalize:
+                mean = np.asarray(self.image_mean, dtype=np.float32).reshape(-1, 1, 1)
+                std = np.asarray(self.image_std, dtype=np.float32).reshape(-1, 1, 1)
+                table = (table - mean) / std
+            cached[key] = np.ascontiguousarray(table[:, :, 0], dtype=np.float32)
+            self._value_tables = cached
+        return cached[key]
 
     def pad_batch(self, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Bottom/right zero padding to pad_size or the batch's largest image."""
@@ -191,6 +212,19 @@ class LiteImageProcessor:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} (numpy) size={self.size} resample={self.resample}>"
+
+
+def _lookup(chw: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """(C, H, W) uint8 -> float32 table[c][value], per plane with OpenCV's LUT (SIMD:
+    ~6x numpy's fancy indexing on a 800x800 image)."""
+    import cv2
+
+    out = np.empty(chw.shape, dtype=np.float32)
+    hwc = np.ascontiguousarray(chw.transpose(1, 2, 0))  # a view of the decoded image: no copy
+    planes = cv2.split(hwc) if hwc.shape[2] > 1 else [hwc[:, :, 0]]
+    for c, plane in enumerate(planes):
+        cv2.LUT(plane, table[c], dst=out[c])
+    return out
 
 
 def output_field(outputs: Any, *names: str) -> np.ndarray:
