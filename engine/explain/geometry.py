@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from engine.explain.maps import TokenLayout
+from engine.media.size_rules import aspect_size, shortest_edge_size
 
 
 @dataclass(frozen=True)
@@ -74,32 +75,6 @@ def _size_field(size: Any, name: str) -> int | None:
     return int(value) if value else None
 
 
-def _shortest_edge_size(height: int, width: int, shortest: int, longest: int | None = None) -> tuple[int, int]:
-    """transformers' get_resize_output_image_size (default_to_square=False) / torchvision."""
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = shortest, int(shortest * long / short)
-    if longest is not None and new_long > longest:
-        new_short, new_long = int(longest * new_short / new_long), longest
-    return (new_long, new_short) if width <= height else (new_short, new_long)
-
-
-def _aspect_size(height: int, width: int, size: int, max_size: int | None) -> tuple[int, int]:
-    """transformers' get_size_with_aspect_ratio (DETR, YOLOS: shortest_edge + longest_edge)."""
-    raw_size = None
-    if max_size is not None:
-        lo, hi = float(min(height, width)), float(max(height, width))
-        if hi / lo * size > max_size:
-            raw_size = max_size * lo / hi
-            size = round(raw_size)
-    if (height <= width and height == size) or (width <= height and width == size):
-        return height, width
-    if width < height:
-        oh = int(raw_size * height / width) if raw_size is not None else int(size * height / width)
-        return oh, size
-    ow = int(raw_size * width / height) if raw_size is not None else int(size * width / height)
-    return size, ow
-
-
 def _processor_part(processor: Any) -> Any:
     return getattr(processor, "image_processor", None) or processor
 
@@ -117,14 +92,14 @@ def geometry_from_processor(processor: Any, original_size: tuple[int, int]) -> G
         longest = _size_field(size, "longest_edge")
         if crop_pct is not None and shortest is not None:  # ConvNeXt's resize
             if shortest < 384:
-                h, w = _shortest_edge_size(h, w, int(shortest / crop_pct))
+                h, w = shortest_edge_size(h, w, int(shortest / crop_pct))
                 top, left = (h - shortest) // 2, (w - shortest) // 2
                 return Geometry((width, height), (h, w), (top, left), (shortest, shortest))
             h, w = shortest, shortest
         elif shortest and longest:
-            h, w = _aspect_size(h, w, shortest, longest)
+            h, w = aspect_size(h, w, shortest, longest)
         elif shortest:
-            h, w = _shortest_edge_size(h, w, shortest)
+            h, w = shortest_edge_size(h, w, shortest)
         elif _size_field(size, "max_height") and _size_field(size, "max_width"):
             mh, mw = _size_field(size, "max_height"), _size_field(size, "max_width")
             scale = min(mh / h, mw / w)

@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from engine.media.size_rules import aspect_size, shortest_edge_size
+
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
@@ -39,30 +41,6 @@ def size_dict(size: Any, *, default_to_square: bool, max_size: int | None = None
     if max_size is not None:
         out["longest_edge"] = int(max_size)
     return out
-
-
-def shortest_edge_size(h: int, w: int, size: int, max_size: int | None = None) -> tuple[int, int]:
-    """transformers' `get_resize_output_image_size(default_to_square=False)`."""
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = size, int(size * long / short)
-    if max_size is not None and new_long > max_size:
-        new_short, new_long = int(max_size * new_short / new_long), max_size
-    return (new_long, new_short) if w <= h else (new_short, new_long)
-
-
-def aspect_size(h: int, w: int, size: int, max_size: int | None) -> tuple[int, int]:
-    """transformers' `get_size_with_aspect_ratio` (DETR's shortest/longest edge rule)."""
-    raw = None
-    if max_size is not None:
-        lo, hi = float(min(h, w)), float(max(h, w))
-        if hi / lo * size > max_size:
-            raw = max_size * lo / hi
-            size = int(round(raw))
-    if (h <= w and h == size) or (w <= h and w == size):
-        return h, w
-    if w < h:
-        return (int(raw * h / w) if raw is not None else int(size * h / w)), size
-    return size, (int(raw * w / h) if raw is not None else int(size * w / h))
 
 
 class LiteImageProcessor:
@@ -150,17 +128,8 @@ class LiteImageProcessor:
         array = (array[:, :, None] if array.ndim == 2 else array).transpose(2, 0, 1)
         if self.do_center_crop and self.crop_size:
             array = self.center_crop(array)
-        if array.dtype == np.uint8:  # one table lookup per pixel: the same arithmetic below
-            return _lookup(array, self.value_table(array.shape[0]))
-        if self.do_rescale:
-            array = (array.astype(np.float64) * float(self.rescale_factor)).astype(np.float32)
-        else:
-            array = array.astype(np.float32)
-        if self.do_normalize:
-            mean = np.asarray(self.image_mean, dtype=np.float32).reshape(-1, 1, 1)
-            std = np.asarray(self.image_std, dtype=np.float32).reshape(-1, 1, 1)
-            array = (array - mean) / std
-        return array
+        # 8-bit RGB (callers convert to RGB): rescale + normalize is one table lookup per pixel
+        return _lookup(array, self.value_table(array.shape[0]))
 
     def value_table(self, channels: int) -> np.ndarray:
         """(channels, 256) float32: what rescale + normalize make of each 8-bit value, with
