@@ -104,6 +104,7 @@ class JobSummary:
     report_html: Path | None = None
     rate: float = 0.0  # items/s over this run
     message: str = ""
+    ran: dict[str, Any] = field(default_factory=dict)  # what really ran it (job_loop.ran_with)
 
     @property
     def cancelled(self) -> bool:
@@ -120,7 +121,7 @@ class JobSummary:
             "items": self.items,
             "report_json": str(self.report_json) if self.report_json else None,
             "report_html": str(self.report_html) if self.report_html else None,
-            "rate": self.rate, "message": self.message}
+            "rate": self.rate, "message": self.message, "ran": self.ran}
 
     @classmethod
     def from_dict(cls, s: dict[str, Any]) -> JobSummary:

@@ -295,6 +295,7 @@ class JobRun:
         self.handler = get_handler(self.spec.task)
         self.handler.prepare(self.spec, self.handler_progress, self.cancel,
                              settings=self.settings)
+        self.ran = ran_with(self.handler)
 
     def _release(self) -> None:
         if self.handler is not None:
@@ -590,7 +591,8 @@ class JobRun:
             job_id=self.job_id, state=state, total=sum(counts.values()), done=counts["done"],
             failed=counts["failed"], elapsed_s=prior_elapsed + active,
             output_dir=self.output_dir, failures=failures, files=per_item + list(files),
-            job_files=list(files), items=items, rate=self.processed_now / max(active, 1e-9))
+            job_files=list(files), items=items, rate=self.processed_now / max(active, 1e-9),
+            ran=getattr(self, "ran", {}))
         summary.message = (f"{summary.done} done, {summary.failed} failed of {summary.total}"
                            + (" (cancelled; resume to finish)" if state == "cancelled" else ""))
         try:
@@ -599,6 +601,21 @@ class JobRun:
         except OSError as exc:  # a full disk must not turn a finished job into a crash
             summary.message += f"; the report could not be written ({exc.strerror})"
         return summary
+
+
+def ran_with(handler: Any) -> dict[str, Any]:
+    """What really ran the job's model, for the report: the placement (runtime, device,
+    precision: an int8/fp16 variant shows here), the ONNX graph file, and the runner's notes
+    (fallbacks, the variant's quality figure). Empty for handlers without a runner."""
+    runner = getattr(handler, "runner", None)
+    if runner is None:
+        return {}
+    placement = getattr(runner, "placement", None)
+    graph = getattr(runner, "onnx_path", None)
+    return {"placement": placement.describe() if placement is not None else "",
+            "precision": getattr(placement, "precision", None),
+            "graph": str(graph) if graph else None,
+            "notes": [str(n) for n in getattr(runner, "notes", [])]}
 
 
 def _reason(path: str, exc: BaseException) -> str:

@@ -46,6 +46,7 @@ def write_job_report(store: JobStore, job_id: str, summary: JobSummary,
     head = {
         "job_id": job_id, "state": summary.state, "task": spec.task, "model": spec.model,
         "device": spec.device, "precision": spec.precision, "inputs": spec.inputs,
+        "ran": summary.ran,  # what really ran: placement, precision/variant, graph, notes
         "output_dir": str(out_dir), "options": spec.options_dict,
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "counts": {"total": summary.total, "done": summary.done, "failed": summary.failed},
@@ -139,7 +140,8 @@ def _html(head: dict[str, Any], store: JobStore, job_id: str, summary: JobSummar
 {failures}
 <h2>Timings</h2><table>{timing}</table>
 <h2>Settings</h2><table><tr><th>device</th><td>{e(head['device'])}</td></tr>
-<tr><th>precision</th><td>{e(head['precision'])}</td></tr>{settings}</table>
+<tr><th>precision</th><td>{e(head['precision'])}</td></tr>
+<tr><th>ran on</th><td>{e((head.get('ran') or {}).get('placement', ''))}</td></tr>{settings}</table>
 <h2>Output</h2><p><code>{e(head['output_dir'])}</code></p>
 {f'<ul>{files}</ul>' if files else ''}
 </body></html>

@@ -157,6 +157,10 @@ def test_cli_int8_end_to_end_on_a_hub_model(hub, home, capsys):
     runner = load_runner(card, precision="int8")  # what the job's handler loaded
     assert runner.module is None and runner.placement.precision == "int8"
     assert runner.onnx_path == find_variant(card, "int8").folder / "model.onnx"
+    # the report says what ran, not only what was asked: the variant's graph and precision
+    assert report["ran"]["precision"] == "int8"
+    assert report["ran"]["placement"] == runner.placement.describe()
+    assert report["ran"]["graph"] == str(runner.onnx_path)
 
 
 def test_the_hubs_published_quantized_file_is_chosen_for_int8(hub, home):
