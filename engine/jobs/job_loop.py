@@ -39,8 +39,9 @@ from engine.jobs.outputs import (
 from engine.jobs.processes import process_alive
 from engine.jobs.spec import JobSpec
 from engine.jobs.store import ItemRecord, JobStore
-from engine.media.image import LoadedImage, read_image
+from engine.media.image import LoadedImage, read_image, read_image_bytes
 from engine.media.inputs import expand_inputs
+from engine.media.remote import is_url, read_url
 from engine.settings import Settings
 
 MAX_FAILURES_IN_SUMMARY = 1000
@@ -139,7 +140,11 @@ def read_input(item: ItemRecord, pixel_limit: int | None, *,
     entry = _Loaded(item)
     if item.kind == "image":
         try:
-            entry.image = (opener or read_image)(item.path, pixel_limit=pixel_limit)
+            if is_url(item.path):  # an object-store input: fetched whole, decoded from memory
+                entry.image = read_image_bytes(read_url(item.path), name=item.path,
+                                               pixel_limit=pixel_limit)
+            else:
+                entry.image = (opener or read_image)(item.path, pixel_limit=pixel_limit)
         except InputError as exc:
             entry.error = str(exc)
         except Exception as exc:  # noqa: BLE001 — a bad file must not stop the job

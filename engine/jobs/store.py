@@ -23,6 +23,7 @@ from engine.errors import OculaError
 from engine.jobs.processes import process_alive  # noqa: F401  (re-exported)
 from engine.jobs.spec import JobSpec
 from engine.media.inputs import InputItem
+from engine.media.remote import is_url
 
 ITEM_STATES = ("pending", "running", "done", "failed")
 _SCHEMA = """
@@ -388,7 +389,7 @@ class JobStore:
             now = time.time()
             rows = []
             for n, item in enumerate(chunk):
-                path = os.path.abspath(item.path)
+                path = input_identity(item.path)
                 if item.kind == "error":
                     rows.append((job_id, seq + n, path, "", "error", "failed", item.error, now))
                 else:
@@ -473,7 +474,7 @@ class JobStore:
     def is_input(self, job_id: str, path: str | os.PathLike) -> bool:
         return self._conn().execute(
             "SELECT 1 FROM items WHERE job_id = ? AND path = ?",
-            (job_id, os.path.abspath(path))).fetchone() is not None
+            (job_id, input_identity(path))).fetchone() is not None
 
     def has_key(self, job_id: str, out_key: str) -> bool:
         """Whether `out_key` is one of this job's output names (as the folder lock's
@@ -578,10 +579,17 @@ def _key_candidates(rel: str | os.PathLike) -> Iterator[str]:
         n += 1
 
 
+def input_identity(path: str | os.PathLike) -> str:
+    """How an input is keyed: a local path made absolute (resume works from any folder),
+    a URL as given (an object store's, engine.media.remote)."""
+    text = os.fspath(path)
+    return text if is_url(text) else os.path.abspath(text)
+
+
 def _absolute(spec: JobSpec) -> JobSpec:
     """Absolute paths in the stored spec, so resuming from another folder works."""
     def absolute(p: str) -> str:
-        return os.path.abspath(os.path.expanduser(p))
+        return p if is_url(p) else os.path.abspath(os.path.expanduser(p))
 
     return JobSpec(task=spec.task, model=spec.model, inputs=[absolute(p) for p in spec.inputs],
                    output_dir=absolute(spec.output_dir), options=spec.options,

@@ -106,7 +106,7 @@ class ModelHandler(BaseHandler):
             return
         outputs = {kind: Path(os.path.relpath(path, out.output_dir)).as_posix()
                    for kind, path in {**out.by_kind, **(extra_outputs or {})}.items()}
-        record = {"input": str(image.path) if image.path else None, "key": out.key,
+        record = {"input": image.label or None, "key": out.key,
                   "image_name": _image_name(image, out), "width": image.size[0],
                   "height": image.size[1], "outputs": outputs, **payload}
         out.write_text(RESULT_SUFFIX[self.task], json.dumps(record), kind="record")
@@ -136,7 +136,8 @@ def _map_kind(path: os.PathLike | str, stem: str) -> str:
 
 
 def _image_name(image: "LoadedImage", out: "OutputPlan") -> str:
-    suffix = image.path.suffix if image.path else ".png"
+    suffix = (image.path.suffix if image.path
+              else Path(image.source).suffix if image.source else "") or ".png"
     return out.key + suffix
 
 
@@ -298,7 +299,7 @@ class CaptionHandler(ModelHandler):
 
         def on_token(index: int, text: str) -> None:
             # streamed to the GUI as "partial" job events (the CLI ignores them)
-            item = str(images[index].path) if images[index].path else ""
+            item = images[index].label
             self.progress(Progress(stage="partial", done=0, item=item, message=text))
 
         opts = self.options

@@ -13,7 +13,7 @@ import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -35,6 +35,12 @@ class LoadedImage:
     source_mode: str = "RGB"  # Pillow mode of the file as stored
     exif_transposed: bool = False
     notes: list[str] = field(default_factory=list)  # e.g. "animated GIF: first frame used"
+    source: str | None = None  # the input as named when it is not a local file (a URL)
+
+    @property
+    def label(self) -> str:
+        """The input's identity for records and messages: its URL, else its path."""
+        return self.source or (str(self.path) if self.path else "")
 
     @property
     def size(self) -> tuple[int, int]:
@@ -55,14 +61,34 @@ def read_image(path: str | os.PathLike, *, pixel_limit: int | None = None) -> Lo
     size = check_readable_file(path, what="an image")
     if size == 0:
         raise InputError(f"{path}: empty file (0 bytes).")
+    return _decode(path, path, pixel_limit)
+
+
+def read_image_bytes(data: bytes, *, name: str, pixel_limit: int | None = None) -> LoadedImage:
+    """An image held in memory (an object-store download): the same decoding, limits and
+    messages as `read_image`, which name `name`; the result's `source` is `name`."""
+    if not data:
+        raise InputError(f"{name}: empty file (0 bytes).")
+    import io
+
+    loaded = _decode(io.BytesIO(data), name, pixel_limit, raw=data)
+    loaded.source = name
+    return loaded
+
+
+def _decode(source: Any, path: Any, pixel_limit: int | None, raw: bytes | None = None
+            ) -> LoadedImage:
+    """Decode `source` (a path or a file object); `path` names it in messages and, when it
+    is a local Path, in the result."""
     limit = pixel_limit or DEFAULT_PIXEL_LIMIT
+    local = path if isinstance(path, Path) else None
     try:
-        with _open_header(path) as img:
+        with _open_header(source) as img:
             _check_pixels(path, img.size, limit)  # from the header, before any decoding
             if _is_16bit_colour(img):
-                loaded = _read_16bit_colour(path, img, limit)
+                loaded = _read_16bit_colour(raw if raw is not None else path, img, limit, path)
             else:
-                loaded = from_pil(img, path=path, pixel_limit=limit)
+                loaded = from_pil(img, path=local, pixel_limit=limit)
     except InputError:
         raise
     except PermissionError as exc:
@@ -175,13 +201,19 @@ _ORIENT = {
 }
 
 
-def _read_16bit_colour(path: Path, img: Image.Image, limit: int) -> LoadedImage:
+def _read_16bit_colour(raw: Path | bytes, img: Image.Image, limit: int,
+                       label: Any = None) -> LoadedImage:
     """Decode a 16-bit RGB(A) PNG/TIFF at full depth with OpenCV (Pillow has no 16-bit
-    colour mode); the EXIF orientation is read by Pillow and applied to the array."""
+    colour mode); the EXIF orientation is read by Pillow and applied to the array.
+    `raw`: the file, or its bytes (`label` names it then)."""
     import cv2
 
+    path = raw if isinstance(raw, Path) else None
+    label = label if label is not None else path
+    encoded = (np.frombuffer(raw, dtype=np.uint8) if isinstance(raw, (bytes, bytearray))
+               else np.fromfile(raw, dtype=np.uint8))
     try:
-        arr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        arr = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
     except cv2.error:  # e.g. above OpenCV's own pixel limit
         arr = None
     if (arr is None or arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4)
@@ -197,7 +229,7 @@ def _read_16bit_colour(path: Path, img: Image.Image, limit: int) -> LoadedImage:
         rgb = turn(rgb)
         alpha = np.ascontiguousarray(turn(alpha)) if alpha is not None else None
     rgb = np.ascontiguousarray(rgb)
-    _check_pixels(path, (rgb.shape[1], rgb.shape[0]), limit)
+    _check_pixels(label, (rgb.shape[1], rgb.shape[0]), limit)
     rgb8 = (rgb.astype(np.uint32) * 255 // 65535).astype(np.uint8)
     return LoadedImage(rgb=Image.fromarray(rgb8, "RGB"), array=rgb, alpha=alpha, path=path,
                        bit_depth=16, source_mode=f"{img.mode};16",

@@ -1,4 +1,5 @@
-"""Input expansion: files, folders (recursive), globs and videos → a stream of items.
+"""Input expansion: files, folders (recursive), globs, videos and URLs of object stores
+(`s3://bucket/photos/`, through fsspec: engine.media.remote) → a stream of items.
 
 `expand_inputs` is a generator so a job over 100,000 files never holds them all in
 memory: the job store inserts the items in chunks as they come. Problems that belong
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from engine.errors import InputError
 from engine.media.image import IMAGE_SUFFIXES, check_readable_file
+from engine.media.remote import is_url, list_url
 
 VIDEO_SUFFIXES = {
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts",
@@ -67,9 +69,14 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], *,
     Hidden files and folders (names starting with ".") inside folders are skipped:
     they include our own temporary `.part` files.
     """
-    excluded = {_real(p) for p in exclude}
+    excluded = {_real(p) for p in exclude if not is_url(os.fspath(p))}
     for raw in inputs:
         text = os.fspath(raw)
+        if is_url(text):  # an object store or other fsspec filesystem (engine.media.remote)
+            for url, rel, error in list_url(text, recursive=recursive, is_media=_is_media,
+                                            is_output=_is_output_name):
+                yield InputItem(url, rel, "error" if error else media_kind(url), error)
+            continue
         path = Path(text).expanduser()
         if any(ch in text for ch in _GLOB_CHARS) and not path.exists():
             yield from _expand_glob(text, excluded, recursive)
@@ -91,6 +98,12 @@ def is_output_folder(folder: str | os.PathLike) -> bool:
     if os.path.basename(os.path.normpath(folder)) == DEFAULT_OUTPUT_FOLDER:
         return True
     return any(os.path.lexists(os.path.join(folder, name)) for name in OUTPUT_MARKERS)
+
+
+def _is_output_name(name: str) -> bool:
+    """A folder name that marks Ocula's output inside an object store (no marker files
+    are looked up there: listing them would cost a request per folder)."""
+    return name == DEFAULT_OUTPUT_FOLDER
 
 
 def _unreadable(path: Path) -> str:

@@ -391,3 +391,23 @@ def _alive(pid: int) -> bool:
             return fh.read().split(") ")[-1][0] != "Z"
     except OSError:
         return False
+
+
+def test_url_inputs_on_ray_match_a_local_run(ray_runtime, hub, tmp_path):
+    """Inputs named by a URL (file:// here; s3:// and the like go through the same fsspec
+    calls): Ray's workers read the objects themselves and write what a local run writes."""
+    from tests.fixtures import catalog_stand_ins
+
+    catalog_stand_ins.publish(hub, "rtdetr-r18", tmp_path / "stand-ins")
+    url = "file://" + str(photos(tmp_path / "in", 4))
+    store = JobStore(tmp_path / "jobs.sqlite")
+    runs = {}
+    for name, job_run in (("local", None), ("ray", on_ray(workers=2, threads_per_worker=1))):
+        spec = JobSpec(task="detect", model="rtdetr-r18", inputs=[url],
+                       output_dir=str(tmp_path / name),
+                       options={"formats": ["coco", "overlay"], "threshold": 0.0, "batch_size": 2})
+        summary = run_job(spec, store=store, job_run=job_run)
+        assert summary.done == 4 and summary.failed == 0, summary.failures
+        assert all(i.path.startswith("file://") for i in store.job_items(summary.job_id))
+        runs[name] = tree(tmp_path / name)
+    assert runs["ray"] == runs["local"]
