@@ -198,6 +198,11 @@ class JobRow(QFrame):
         layout.addLayout(top)
         layout.addWidget(self.bar)
         layout.addWidget(self.detail)
+        # a cluster job (Ray): one line per worker replica, from the executor's progress events
+        self.workers_label = QLabel()
+        self.workers_label.setObjectName("jobWorkers")
+        self.workers_label.setVisible(False)
+        layout.addWidget(self.workers_label)
         layout.addWidget(self.path_label)
         self._show_path()
 
@@ -216,8 +221,24 @@ class JobRow(QFrame):
                 continue  # a download's per-file report; the row shows the whole download
             if hasattr(event, "done"):
                 latest = event
+            cluster = getattr(event, "result", None)
+            if kind == "progress" and hasattr(cluster, "workers"):
+                self._draw_workers(cluster)
         if latest is not None:
             self._draw(latest)
+
+    def _draw_workers(self, cluster: Any) -> None:
+        """engine.jobs.ray_executor.ClusterStatus -> "#0 host pid 123 · cpu · 12 done · 3.1/s"."""
+        lines = []
+        for w in cluster.workers:
+            state = f"{w.done} done · {w.rate:.1f}/s" if w.alive else self.tr("lost (its inputs retried)")
+            lines.append(f"#{w.index} {w.host} pid {w.pid} · {w.placement or '?'} · {state}")
+        tail = self.tr("driver {:.2f} ms/input").format(cluster.driver_ms_per_item)
+        if cluster.retried:
+            tail += self.tr(" · {} retried").format(cluster.retried)
+        self.workers_label.setText("\n".join(lines + [tail]))
+        self.workers_label.setToolTip(self.workers_label.text())
+        self.workers_label.setVisible(bool(lines))
 
     def _draw(self, event: Any) -> None:
         self.updates += 1
