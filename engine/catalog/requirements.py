@@ -22,6 +22,9 @@ RUNTIME_NEEDS: dict[str, tuple[str, ...]] = {
     "facenet-pytorch": ("torch",),  # the package itself: engine.catalog.packaged checks it
     "onnx": ("onnxruntime",),
 }
+# ONNX exports whose pre/post-processing is still transformers' (a sidecar `output`): SAM's
+# prompt encoding and mask post-processing have no numpy port yet
+OUTPUT_NEEDS: dict[str, tuple[str, ...]] = {"sam": ("torch", "transformers")}
 TORCH_PACKAGES = ("torch", "transformers", "spandrel")
 FULL_BUILD_PIP = "pip install 'ocula[torch]'"
 
@@ -35,7 +38,10 @@ def _installed(module: str) -> bool:
 
 def missing_packages(card: Any) -> list[str]:
     """The modules `card`'s runtime needs that are not installed ([] when it can run)."""
-    return [m for m in RUNTIME_NEEDS.get(str(getattr(card, "runtime", "")), ()) if not _installed(m)]
+    needs = RUNTIME_NEEDS.get(str(getattr(card, "runtime", "")), ())
+    output = (getattr(card, "sidecar", None) or {}).get("output")
+    needs = tuple(dict.fromkeys(needs + OUTPUT_NEEDS.get(str(output), ())))
+    return [m for m in needs if not _installed(m)]
 
 
 def needs_full_build(card: Any) -> bool:
@@ -44,6 +50,11 @@ def needs_full_build(card: Any) -> bool:
 
 def full_build_message(card: Any) -> str:
     missing = missing_packages(card)
+    if any(m in TORCH_PACKAGES for m in missing) and card.runtime == "onnx":
+        return (f"{getattr(card, 'name', card)} is an ONNX export whose input and output "
+                f"processing still come from transformers (and torch), which this Lite "
+                f"install does not include: it needs the full build ({FULL_BUILD_PIP}; "
+                f"missing {', '.join(missing)}).")
     if any(m in TORCH_PACKAGES for m in missing):
         return (f"{getattr(card, 'name', card)} runs on PyTorch ({card.runtime}), which this "
                 f"Lite install does not include: it needs the full build ({FULL_BUILD_PIP}; "

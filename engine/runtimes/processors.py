@@ -104,7 +104,7 @@ def load_onnx_processor(folder: Path) -> Any | None:
         if has_tokenizer:
             try:
                 tokenizer = load_tokenizer(folder)
-            except Exception:  # noqa: BLE001 — no tokenizer.json: transformers may read the rest
+            except UnsupportedModelError:  # no tokenizer.json: transformers may read the rest
                 tokenizer = None
         if image is not None and not has_tokenizer:
             return image

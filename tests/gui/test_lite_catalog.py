@@ -68,3 +68,11 @@ def test_welcome_starters_run_on_lite(lite):
     picks = starter_models(load_catalog())
     assert set(picks) == {"caption", "detect", "segment", "restore"}
     assert all(c.runtime == "onnx" for c in picks.values()), {t: c.id for t, c in picks.items()}
+
+
+def test_onnx_sam_needs_the_full_build_on_lite(lite):
+    """SlimSAM's ONNX export still needs transformers' SamProcessor (no numpy port yet)."""
+    card = load_catalog().get("slimsam-77-onnx")
+    assert requirements.needs_full_build(card)
+    assert "transformers" in requirements.full_build_message(card)
+    assert not requirements.needs_full_build(load_catalog().get("segformer-b0-ade-onnx"))
