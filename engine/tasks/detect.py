@@ -111,10 +111,11 @@ def _config_json(runner: Runner) -> dict[str, Any]:
     if local:
         path = Path(local)
         candidates.append((path.parent if path.is_file() else path) / "config.json")
-    snapshot = getattr(runner, "snapshot", None)
-    if snapshot:
-        path = Path(snapshot)
-        candidates.append((path.parent if path.is_file() else path) / "config.json")
+    for attr in ("snapshot", "folder"):  # a torch snapshot; the folder an ONNX graph came from
+        snapshot = getattr(runner, attr, None)
+        if snapshot:
+            path = Path(snapshot)
+            candidates.append((path.parent if path.is_file() else path) / "config.json")
     for path in candidates:
         if path.is_file():
             try:

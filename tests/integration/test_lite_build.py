@@ -108,3 +108,25 @@ def test_lite_import_graph_probe():
         "import engine.jobs, engine.cli")
     assert proc.returncode == 0, proc.stderr
     assert loaded(proc) == []
+
+
+def test_lite_detects_with_a_catalog_onnx_model_from_the_hub(hub, tmp_path):
+    """The catalog's RT-DETR ONNX entry (a tiny stand-in at its pinned revision on the local
+    hub: config.json, preprocessor_config.json, onnx/model.onnx), pulled and run by a Lite
+    process: numpy processor, sigmoid top-k decoding, no torch."""
+    from tests.fixtures import catalog_stand_ins
+
+    catalog_stand_ins.publish(hub, "rtdetr-r18-onnx", tmp_path / "stand-ins")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    from engine.selftest import synthetic_image
+
+    Image.fromarray(synthetic_image()).save(photos / "a.png")
+    env = lite_env(tmp_path, {"HF_HUB_CACHE": str(tmp_path / "hf-cache")})
+    out = tmp_path / "out"
+    proc = run_lite(["detect", "--model", "rtdetr-r18-onnx", str(photos), "--out", str(out),
+                     "--threshold", "0"], env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert loaded(proc) == []
+    record = json.loads(next(out.rglob("a*.json")).read_text())
+    assert record["boxes"] and all(0.0 <= b["score"] <= 1.0 for b in record["boxes"])
