@@ -51,8 +51,7 @@ def test_lite_cli_run_detect_writes_outputs(tmp_path):
                      "--formats", "coco,overlay"], env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert loaded(proc) == []
-    coco = json.loads(next(out.rglob("*.coco.json")).read_text(encoding="utf-8")) \
-        if list(out.rglob("*.coco.json")) else json.loads((out / "coco.json").read_text())
+    coco = json.loads((out / "detections.coco.json").read_text(encoding="utf-8"))
     assert len(coco["images"]) == 2 and coco["annotations"]
     assert sorted(p.name for p in out.rglob("*.overlay.*"))
 
