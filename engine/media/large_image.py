@@ -103,6 +103,12 @@ class LargeImage:
         return self.path.name
 
     @property
+    def label(self) -> str:
+        """How results and messages name it (LoadedImage's field: streamed images are
+        always local files)."""
+        return str(self.path)
+
+    @property
     def dtype(self) -> type:
         return np.uint16 if self.bit_depth == 16 else np.uint8
 
