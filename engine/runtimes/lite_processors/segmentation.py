@@ -1,5 +1,6 @@
 """SegFormer's processor and semantic decoding: logits upsampled to the original size
-(bilinear, align_corners=False, as torch's interpolate) then argmax — in numpy/OpenCV."""
+(bilinear, align_corners=False, as torch's interpolate) then argmax — in numpy/OpenCV, by
+engine.media.label_upsample (bounded memory at any photo size)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -7,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.media.label_upsample import upsampled_argmax
 from engine.runtimes.lite_processors.base import (
     BILINEAR,
     IMAGENET_DEFAULT_MEAN,
@@ -15,25 +17,6 @@ from engine.runtimes.lite_processors.base import (
     output_field,
     target_hw,
 )
-
-CV_MAX_CHANNELS = 128  # OpenCV (5.x) wraps at most this many channels in one array
-
-
-def resize_bilinear(chw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(C, H, W) float32 -> (C, h, w): torch.nn.functional.interpolate(mode="bilinear",
-    align_corners=False) — half-pixel centres, no antialiasing (OpenCV's INTER_LINEAR)."""
-    import cv2
-
-    h, w = size
-    if chw.shape[1:] == (h, w):
-        return chw.astype(np.float32, copy=False)
-    hwc = np.ascontiguousarray(chw.transpose(1, 2, 0), dtype=np.float32)
-    parts = []
-    for start in range(0, hwc.shape[2], CV_MAX_CHANNELS):
-        part = cv2.resize(hwc[:, :, start:start + CV_MAX_CHANNELS], (w, h),
-                          interpolation=cv2.INTER_LINEAR)
-        parts.append(part[:, :, None] if part.ndim == 2 else part)
-    return np.concatenate(parts, axis=2).transpose(2, 0, 1)
 
 
 class SegformerImageProcessor(LiteImageProcessor):
@@ -49,7 +32,7 @@ class SegformerImageProcessor(LiteImageProcessor):
         sizes = target_hw(target_sizes, len(logits))
         if sizes is None:
             return [m for m in logits.argmax(axis=1)]
-        return [resize_bilinear(lg, size).argmax(axis=0) for lg, size in zip(logits, sizes)]
+        return [upsampled_argmax(lg, size) for lg, size in zip(logits, sizes)]
 
 
 PROCESSORS = (SegformerImageProcessor,)

@@ -1,11 +1,14 @@
-"""Semantic segmenters (SegFormer, BEiT, DPT, UperNet…): the processor prepares, its
-post_process_semantic_segmentation upsamples to the original size and argmaxes."""
+"""Semantic segmenters (SegFormer, BEiT, DPT, UperNet…): the processor prepares; the
+label map is what their post_process_semantic_segmentation computes (logits upsampled
+bilinearly to the original size, argmax), by engine.media.label_upsample, which never
+materialises the full-size logit stack (150 classes × 12 MP would be 7.2 GB)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from engine.media.label_upsample import upsampled_argmax
 from engine.results import Segmentation
 from engine.tasks.detect import forward_prepared, model_info
 from engine.tasks.segment import (
@@ -28,9 +31,8 @@ def run(
     processor = image_processor(require_processor(runner))
     info = model_info(runner)
     outputs = forward_prepared(runner, processor, images)
-    maps = processor.post_process_semantic_segmentation(
-        outputs, target_sizes=[(img.height, img.width) for img in images]
-    )
+    logits = to_numpy(outputs["logits"] if isinstance(outputs, dict) else outputs.logits)
+    maps = [upsampled_argmax(lg, (img.height, img.width)) for lg, img in zip(logits, images)]
     return [
         Segmentation(
             kind="semantic",
@@ -57,5 +59,6 @@ FAMILY = SegmenterFamily(
         "sapiens2",
     ),
     modes=("semantic",),
-    summary="semantic segmenters decoded by post_process_semantic_segmentation",
+    summary="semantic segmenters: logits upsampled to the image and argmaxed "
+            "(post_process_semantic_segmentation's maths, in bounded memory)",
 )

@@ -26,7 +26,7 @@ def run(
     """
     if runner.processor is not None:
         return semantic.run(runner, images, opts)
-    import cv2
+    from engine.media.label_upsample import upsampled_argmax
 
     sidecar = getattr(runner.card, "sidecar", {}) or {}
     labels = sidecar.get("labels")
@@ -36,9 +36,7 @@ def run(
         outputs = runner.forward_arrays({sidecar.get("input_name") or "pixel_values":
                                          sidecar_pixels(img, sidecar)})
         logits = to_numpy(nth_output(runner, outputs, 0)).astype(np.float32)[0]  # [C, h, w]
-        upsampled = np.stack([cv2.resize(channel, img.size, interpolation=cv2.INTER_LINEAR)
-                              for channel in logits])
-        label_map = upsampled.argmax(axis=0).astype(np.int32)
+        label_map = upsampled_argmax(logits, (img.height, img.width)).astype(np.int32)
         results.append(Segmentation(kind="semantic", image_size=img.size, label_map=label_map,
                                     labels=id2label or {i: str(i) for i in range(len(logits))}))
     return results
