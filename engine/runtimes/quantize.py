@@ -17,8 +17,8 @@ of conditions:
   activation ranges calibrated (MinMax) on feeds recorded while the fp32 graph ran the
   real task on the calibration images (`record_feeds`).
 * `fp16`: onnxruntime's float16 conversion (onnxruntime.transformers.float16), inputs
-  and outputs kept fp32 (keep_io_types), so the task code feeds and reads the same arrays. ONNX Runtime's CPU
-  provider has few fp16 kernels and runs most ops through Cast nodes: on the CPU it is
+  and outputs kept fp32 (keep_io_types), so the task code feeds and reads the same
+  arrays. ONNX Runtime's CPU provider has few fp16 kernels and runs most ops through Cast nodes: on the CPU it is
   usually slower than fp32 (measured per model by `ocula models optimize`; see the manifest).
 
 A model family the table does not know is classified by its graph: where more weight

@@ -5,8 +5,8 @@
 transformers' post_process_semantic_segmentation upsamples every class's logits to the
 photo (torch interpolate, bilinear) and takes the argmax; the literal numpy/OpenCV version
 (cv2.resize of all classes, argmax) was Ocula's ONNX path before. `upsampled_argmax` only
-blends logits where the four source corners disagree. Side by side in one run, best of
-5, on two kinds of logits at SegFormer's output size (C × 128 × 128):
+blends logits where the four source corners disagree. Side by side in one run, median
+of 5 after a warm-up, on two kinds of logits at SegFormer's output size (C × 128 × 128):
 
   regions  a few large regions over low noise, as a trained segmenter's output
   random   unit-variance noise, as an untrained (random-weight) model's output
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from engine.media.label_upsample import upsampled_argmax  # noqa: E402
+from tests.benchmarks.bench_tasks import timed  # noqa: E402
 from tests.unit.test_label_upsample import reference, regions  # noqa: E402
 
 
@@ -41,16 +41,6 @@ def literal(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.concatenate(parts, axis=2).argmax(axis=2)
 
 
-def best_ms(fn, repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * min(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--classes", type=int, default=150)
@@ -62,8 +52,8 @@ def main() -> None:
                  (args.classes, n, n)).astype(np.float32)}
     for kind, logits in kinds.items():
         for size in ((512, 512), (768, 1024), (1536, 2048)):
-            new = best_ms(lambda: upsampled_argmax(logits, size))
-            old = best_ms(lambda: literal(logits, size))
+            new = 1000 * timed(lambda: upsampled_argmax(logits, size), 5)
+            old = 1000 * timed(lambda: literal(logits, size), 5)
             want, margin = reference(logits, size)
             got = upsampled_argmax(logits, size)
             clear = margin > 1e-5

@@ -31,13 +31,13 @@ def run(
     processor = image_processor(require_processor(runner))
     info = model_info(runner)
     outputs = forward_prepared(runner, processor, images)
-    logits = to_numpy(outputs["logits"] if isinstance(outputs, dict) else outputs.logits)
+    logits = to_numpy(outputs["logits"])  # a dict of arrays (ONNX) or a ModelOutput (torch)
     maps = [upsampled_argmax(lg, (img.height, img.width)) for lg, img in zip(logits, images)]
     return [
         Segmentation(
             kind="semantic",
             image_size=img.size,
-            label_map=to_numpy(m).astype(np.int32),
+            label_map=m.astype(np.int32),
             labels=dict(info.id2label),
         )
         for m, img in zip(maps, images)

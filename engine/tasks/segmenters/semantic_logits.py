@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from engine.media.label_upsample import upsampled_argmax
 from engine.results import Segmentation
 from engine.tasks.segment import SegmenterFamily, SegmentOptions, nth_output, to_numpy
 from engine.tasks.segmenters import semantic
@@ -26,8 +27,6 @@ def run(
     """
     if runner.processor is not None:
         return semantic.run(runner, images, opts)
-    from engine.media.label_upsample import upsampled_argmax
-
     sidecar = getattr(runner.card, "sidecar", {}) or {}
     labels = sidecar.get("labels")
     id2label = dict(enumerate(labels)) if isinstance(labels, list) else {}
