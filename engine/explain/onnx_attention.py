@@ -19,6 +19,7 @@ import numpy as np
 
 from engine.explain.geometry import Geometry, stretch_geometry
 from engine.explain.maps import TokenLayout
+from engine.runtimes import session_tuning
 
 if TYPE_CHECKING:
     import onnx
@@ -233,8 +234,9 @@ class OnnxAttentionModel:
                 raise ValueError(f"{name}: no patch-embedding Conv found; pass patch_size (sidecar 'patch_size')")
         elif isinstance(patch_size, int):
             patch_size = (patch_size, patch_size)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
+        # The threads every CPU session of the engine gets: one per physical core, or the
+        # user's (or a Ray worker's) OCULA_ONNX_THREADS, so replicas do not oversubscribe.
+        options = session_tuning.with_user_choices(session_tuning.default_settings()).session_options()
         session = ort.InferenceSession(
             exposed.SerializeToString(), options, providers=list(providers or ["CPUExecutionProvider"])
         )

@@ -24,8 +24,9 @@ from typing import Any
 from engine.jobs.outputs import OutputPlan, _same_file
 from engine.jobs.store import ItemRecord
 
+# torch / numpy BLAS / onnxruntime (engine.runtimes, the attention graphs too) / OpenCV
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-              "OCULA_ONNX_THREADS")  # torch / numpy BLAS / onnxruntime (engine.runtimes)
+              "OCULA_ONNX_THREADS", "OPENCV_FOR_THREADS_NUM")
 
 
 @dataclass

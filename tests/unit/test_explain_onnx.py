@@ -108,6 +108,17 @@ def test_crafted_onnx_export_peaks_on_the_bright_patch():
     assert any("Softmax" in note for note in maps.notes)
 
 
+def test_attention_sessions_take_the_engines_thread_count(vit_and_onnx, monkeypatch):
+    # A Ray worker with one thread sets OCULA_ONNX_THREADS=1: the attention graph's session
+    # must keep to it (it took every core before, so two replicas fought over two cores).
+    _, proto = vit_and_onnx
+    for threads in (1, 3):
+        monkeypatch.setenv("OCULA_ONNX_THREADS", str(threads))
+        model = OnnxAttentionModel.from_model(proto, mean=MEAN, std=STD, prefix_tokens=("cls",))
+        options = model.session.get_session_options()
+        assert (options.intra_op_num_threads, options.inter_op_num_threads) == (threads, 1)
+
+
 def test_graph_without_attention_is_refused():
     conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Softmax(dim=1))
     buffer = io.BytesIO()
