@@ -469,13 +469,18 @@ class MainWindow(QMainWindow):
             return self._track_job(op, None, unsaved=True)
         return self._track_job(op, spec.output_dir)
 
-    def resume_job(self, job_id: str) -> Operation:
-        """Continue a job an earlier session left unfinished (from the job store)."""
+    def resume_job(self, job_id: str, executor: str | None = None) -> Operation:
+        """Continue a job an earlier session left unfinished (from the job store) on
+        `executor` ("local", "ray"), by default where the task panel's "Run on" says."""
+        from engine.jobs.spec import ExecutorChoice
+
         store = self.store()
         output_dir = store.job_row(job_id).get("output_dir")
         spec = store.spec(job_id)
-        op = resume_operation(job_id, store=store, parent=self,
-                              label=self.tr("resume {}").format(spec.model))
+        choice = ExecutorChoice(name=executor or self.task_panel.executor.currentText())
+        where = "" if choice.name == "local" else self.tr(" on {}").format(choice.name)
+        op = resume_operation(job_id, store=store, parent=self, executor=choice,
+                              label=self.tr("resume {}").format(spec.model) + where)
         self._op_task[id(op)] = spec.task
         return self._track_job(op, output_dir)
 

@@ -283,9 +283,10 @@ def job_operation(spec: Any, *, store: Any = None, label: str = "",
 
 
 def resume_operation(job_id: str, *, store: Any = None, label: str = "",
-                     parent: QObject | None = None) -> Operation:
-    """Resume an interrupted engine job from the job store (LocalJobExecutor.resume)."""
-    runner = _job_runner(store)
+                     parent: QObject | None = None, executor: Any = None) -> Operation:
+    """Resume an interrupted engine job from the job store, on this machine or on the
+    executor `executor` (an ExecutorChoice) names."""
+    runner = _job_runner(store, executor)
 
     def prepare(emit: Emit) -> None:
         from engine.catalog.catalog import load_catalog

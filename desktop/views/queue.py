@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
+    QMenu,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -345,9 +346,13 @@ class JobRow(QFrame):
 
 
 class InterruptedRow(QFrame):
-    """A job from an earlier session that did not finish: resume it or forget it."""
+    """A job from an earlier session that did not finish: resume it or forget it.
 
-    resumeRequested = Signal(str)
+    Resume continues where "Run on" in the task panel says; its menu picks this machine or
+    Ray (a job started on Ray resumes on this machine and vice versa: the job store knows
+    what is done either way)."""
+
+    resumeRequested = Signal(str, str)  # job id, executor name ("": as "Run on" says)
     forgetRequested = Signal(str)
 
     def __init__(self, record: Any, parent: QWidget | None = None) -> None:
@@ -363,7 +368,19 @@ class InterruptedRow(QFrame):
         resume = QToolButton()
         resume.setText(self.tr("Resume"))
         resume.setObjectName("resumeButton")
-        resume.clicked.connect(lambda: self.resumeRequested.emit(record.id))
+        resume.setToolTip(self.tr("Resume where it stopped (the menu: where it runs)"))
+        resume.clicked.connect(lambda: self.resumeRequested.emit(record.id, ""))
+        from engine.jobs.spec import EXECUTORS
+
+        menu = QMenu(resume)
+        for name in EXECUTORS:
+            where = {"local": self.tr("this machine"), "ray": self.tr("Ray")}.get(name, name)
+            action = menu.addAction(self.tr("Resume on {}").format(where))
+            action.setObjectName(f"resumeOn_{name}")
+            action.triggered.connect(lambda _=False, n=name: self.resumeRequested.emit(record.id, n))
+        resume.setMenu(menu)
+        resume.setPopupMode(QToolButton.ToolButtonPopupMode.MenuButtonPopup)
+        self.resume_menu = menu
         forget = QToolButton()
         forget.setText(self.tr("Forget"))
         forget.clicked.connect(lambda: self.forgetRequested.emit(record.id))
@@ -406,7 +423,7 @@ class QueueView(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(scroll, 1)
         layout.addLayout(bar)
-        self.on_resume: Callable[[str], None] | None = None
+        self.on_resume: Callable[[str, str | None], None] | None = None
         self.on_forget: Callable[[str], None] | None = None
         self.interrupted: list[InterruptedRow] = []
 
@@ -426,10 +443,10 @@ class QueueView(QWidget):
         self.empty.setVisible(not self.rows and not self.interrupted)
         return self.interrupted
 
-    def _resume(self, job_id: str) -> None:
+    def _resume(self, job_id: str, executor: str = "") -> None:
         self._drop_interrupted(job_id)
         if self.on_resume is not None:
-            self.on_resume(job_id)
+            self.on_resume(job_id, executor or None)
 
     def _forget(self, job_id: str) -> None:
         self._drop_interrupted(job_id)

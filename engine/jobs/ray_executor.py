@@ -18,7 +18,8 @@ deaths. A model that cannot load is one error when no worker loads it, else one 
 
 Ray is optional (`pip install 'ocula[cluster]'`) and imported only here, on use.
 Inputs: local paths, which every worker must see at the same path (one machine, or a
-shared file system); videos run with the local executor.
+shared file system), and fsspec URLs. Videos in a Ray job run here, after its images,
+through the local video pipeline (it checkpoints segments in the job store).
 """
 from __future__ import annotations
 
@@ -225,24 +226,25 @@ class RayJobRun(JobRun):
         self.driver_busy_s = 0.0
         self._replacements = 0
         self._loading: dict[Any, tuple[int, Any]] = {}  # replacement replicas still loading
+        self._videos = 0  # video inputs pending at the start: they run here, after the images
+        self._model_here = False  # the model is loaded in this process too
         self._last_status = 0.0
         self._actor_class: Any = None
         self._worker_args: tuple = ()
 
     # -- JobRun's seams -----------------------------------------------------------------
     def _prepare(self) -> None:
-        videos = sum(1 for item in self.store.pending_items(self.job_id) if item.kind == "video")
-        if videos:
-            raise UsageError(f"job {self.job_id} has {videos} video input(s); the Ray executor "
-                             f"runs images. Run it with --executor local (`ocula jobs resume "
-                             f"{self.job_id}`), or queue the videos in a job of their own.")
+        pending = list(self.store.pending_items(self.job_id))
+        self._videos = sum(1 for item in pending if item.kind == "video")
+        images = len(pending) - self._videos
         self.handler = get_handler(self.spec.task)
         prepare_finish = getattr(self.handler, "prepare_finish", None)
-        if prepare_finish is not None:  # the model stays on the workers
+        if prepare_finish is not None and images:  # the model stays on the workers
             prepare_finish(self.spec, settings=self.settings)
         else:
-            self.handler.prepare(self.spec, self.handler_progress, self.cancel,
-                                 settings=self.settings)
+            self._prepare_here()
+        if not images:
+            return  # videos only: nothing for Ray (see _run_videos_here)
         self.cluster = RayCluster(self.choice)
         workers, threads, gpus = self.cluster.plan()
         self._actor_class = self.cluster.actor_class(threads, gpus)
@@ -252,19 +254,52 @@ class RayJobRun(JobRun):
         self._start_workers(workers)
 
     def _release(self) -> None:
-        ray = self.cluster.ray if self.cluster is not None else None
-        actors = [w.actor for w in self.workers] + [a for _, a in self._loading.values()]
-        for actor in actors:  # cancel, failure or the end: stop the cluster's work
-            try:
-                ray.kill(actor)
-            except Exception:  # noqa: BLE001 — already gone
-                pass
-        self.workers, self._loading = [], {}
+        self._stop_workers()  # cancel, failure or the end: stop the cluster's work
         if self.cluster is not None:
             self.cluster.close()
         super()._release()
 
+    def _prepare_here(self) -> None:
+        self.handler.prepare(self.spec, self.handler_progress, self.cancel,
+                             settings=self.settings)
+        self._model_here = True
+
     def _process_all(self) -> None:
+        if self.cluster is not None:
+            self._process_images()
+        if self._videos:
+            self._run_videos_here()
+
+    def _run_videos_here(self) -> None:
+        """Videos run on this machine, after the images: the video pipeline decodes,
+        infers and encodes a clip as one stream and checkpoints its segments in the job
+        store, which only the driver touches. The Ray workers go first (their cores and
+        memory are this machine's when the runtime is local); the model loads here."""
+        self._stop_workers()
+        self._notice(f"{self._videos} video input(s) run on this machine (the video pipeline "
+                     f"checkpoints in the job store); the images ran on Ray.")
+        if not self._model_here:
+            self.progress("", self.done, self.total, 0.0, None,
+                          f"loading {self.spec.model} here for the videos", force=True)
+            self._prepare_here()
+        for item in list(self.store.pending_items(self.job_id)):
+            if item.kind != "video":
+                continue  # an image no Ray worker could finish is already recorded
+            self.cancel.raise_if_cancelled()
+            self.wait_if_paused()
+            self._run_video(item)
+
+    def _stop_workers(self) -> None:
+        if self.cluster is None:
+            return
+        for actor in [w.actor for w in self.workers] + [a for _, a in self._loading.values()]:
+            try:
+                self.cluster.ray.kill(actor)
+            except Exception:  # noqa: BLE001 — already gone
+                pass
+        self.workers, self._loading = [], {}
+
+    def _process_images(self) -> None:
         ray = self.cluster.ray
         batch_size = int(self.spec.options.batch_size
                          or getattr(self.handler, "batch_size", 1) or 1)
@@ -487,6 +522,8 @@ class RayJobRun(JobRun):
     def _batches(self, size: int) -> Iterator[list[ItemRecord]]:
         batch: list[ItemRecord] = []
         for item in self.store.pending_items(self.job_id):
+            if item.kind == "video":
+                continue  # after the images, on this machine (_run_videos_here)
             batch.append(item)
             if len(batch) >= size:
                 yield batch

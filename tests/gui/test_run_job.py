@@ -245,3 +245,39 @@ def test_ui_stays_responsive_when_the_job_ends(timed_job):
     worst = max(after) if after else 0
     print(f"\nafter the last image until the job finished: worst gap {worst} ms")
     assert worst < _allowed_gap_ms(timed_job["baseline"])
+
+
+def test_a_job_cancelled_here_resumes_on_ray_from_the_jobs_dock(detr_window, qtbot, tmp_path):
+    """Issue 17: a job started on this machine resumes on Ray (the Resume button's menu),
+    finishes the rest exactly once, and its row draws the Ray workers."""
+    pytest.importorskip("ray")
+    win = detr_window
+    images = _images(tmp_path / "many", 60)
+    win.workspace.add_paths([tmp_path / "many"])
+    op = win.run()
+    done_items: list[str] = []
+    op.events.connect(lambda batch: done_items.extend(
+        e.item for e in batch if getattr(e, "kind", "") == "item_done"))
+    qtbot.waitUntil(lambda: len(done_items) >= 2, timeout=180_000)
+    with qtbot.waitSignal(op.done, timeout=30_000):
+        win.act_cancel.trigger()
+    first = op.result.done
+    assert 2 <= first < len(images)
+
+    win.list_unfinished_jobs()
+    qtbot.waitUntil(lambda: bool(win.queue.interrupted), timeout=10_000)
+    (row,) = win.queue.interrupted
+    names = [a.objectName() for a in row.resume_menu.actions()]
+    assert names == ["resumeOn_local", "resumeOn_ray"]
+    row.resume_menu.actions()[1].trigger()
+    resumed = win.jobs[-1]
+    assert resumed is not op and "on ray" in resumed.label
+    with qtbot.waitSignal(resumed.done, timeout=300_000):
+        pass
+    assert resumed.outcome == "succeeded", resumed.failure and resumed.failure.details
+    assert (resumed.result.done, resumed.result.failed) == (len(images), 0)
+    outputs = sorted(p.name for p in (tmp_path / "out").glob("*.detections.json"))
+    assert outputs == sorted(f"{p.stem}.detections.json" for p in images)
+    job_row = win.queue.rows[0]
+    assert job_row.operation is resumed
+    assert "pid" in job_row.workers_label.text()  # one line per Ray worker replica

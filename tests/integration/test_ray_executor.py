@@ -411,3 +411,58 @@ def test_url_inputs_on_ray_match_a_local_run(ray_runtime, hub, tmp_path):
         assert all(i.path.startswith("file://") for i in store.job_items(summary.job_id))
         runs[name] = tree(tmp_path / name)
     assert runs["ray"] == runs["local"]
+
+
+@pytest.mark.slow
+def test_a_folder_of_photos_and_videos_on_ray_equals_a_local_run(ray_runtime, tmp_path,
+                                                                 test_handlers):
+    """Photos go to the Ray workers; a video runs through the video pipeline on the driver
+    after them (it checkpoints segments in the store): the files and the store's records
+    are the local run's, and the job says where the videos ran."""
+    from engine.jobs.ray_executor import ClusterStatus
+    from tests.fixtures.media import make_video
+
+    inputs = photos(tmp_path / "in", 4, size=(64, 48))
+    make_video(inputs / "clip.mp4", seconds=0.6, size=(64, 48), fps=10, subtitles=False)
+    store = JobStore(tmp_path / "jobs.sqlite")
+    runs, notices, statuses = {}, [], []
+
+    def on_event(event):
+        if event.kind == "progress" and event.message:
+            notices.append(event.message)
+        if isinstance(event.result, ClusterStatus):
+            statuses.append(event.result)
+
+    for name, job_run in (("local", None), ("ray", on_ray(TEST_IMPORTS, workers=2,
+                                                           threads_per_worker=1))):
+        spec = JobSpec(task="restore", model="invert", inputs=[str(inputs)],
+                       output_dir=str(tmp_path / name))
+        summary = run_job(spec, store=store, job_run=job_run, on_event=on_event)
+        assert summary.done == 5 and summary.failed == 0, summary.failures
+        runs[name] = (tree(tmp_path / name), index(store, summary.job_id, tmp_path / name))
+    assert "clip.restored.mp4" in runs["ray"][0]
+    assert runs["ray"][0] == runs["local"][0]
+    records = {name: sorted(r[:4] + ((r[4] if r[0] != "clip.mp4" else {}),) for r in run[1])
+               for name, run in runs.items()}  # a video's record holds its stage timings
+    assert records["ray"] == records["local"]
+    assert sum(w.done for w in statuses[-1].workers) == 4  # the photos ran on Ray
+    assert any("1 video input(s) run on this machine" in n for n in notices)
+
+
+@pytest.mark.slow
+def test_a_job_of_videos_only_on_ray_starts_no_workers(ray_runtime, tmp_path, test_handlers):
+    from engine.jobs.ray_executor import ClusterStatus
+    from tests.fixtures.media import make_video
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_video(folder / "clip.mp4", seconds=0.4, size=(64, 48), fps=10, subtitles=False)
+    seen = []
+    spec = JobSpec(task="restore", model="invert", inputs=[str(folder)],
+                   output_dir=str(tmp_path / "out"))
+    summary = run_job(spec, store=JobStore(tmp_path / "jobs.sqlite"),
+                      job_run=on_ray(TEST_IMPORTS, workers=2, threads_per_worker=1),
+                      on_event=lambda e: seen.append(e.result))
+    assert summary.done == 1 and summary.failed == 0, summary.failures
+    assert (tmp_path / "out" / "clip.restored.mp4").is_file()
+    assert not [r for r in seen if isinstance(r, ClusterStatus) and r.workers]
