@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import signal
 import sys
 import tempfile
@@ -116,6 +117,13 @@ def main() -> int:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     work = Path(tempfile.mkdtemp(prefix="ocula-bench-cluster-"))
+    try:  # 500 inputs × 4 runs of maps and overlays: gigabytes, removed at the end
+        return _measure(args, size, work, ray)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _measure(args, size, work: Path, ray) -> int:
     src = make_photos(work / "in", args.images, size)
     store = JobStore(work / "jobs.sqlite")
     results = []

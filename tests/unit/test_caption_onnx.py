@@ -89,8 +89,25 @@ def test_merged_decoder_stores_shared_weights_once(exported):
 
     split, merged = exported["split"], exported["merged"]
     one = weight_bytes(split / "decoder_model.onnx")
-    assert weight_bytes(split / "decoder_with_past_model.onnx") == one
+    # the with-past graph has every weight but the cross-attention K/V projections
+    assert weight_bytes(split / "decoder_with_past_model.onnx") < one
     assert weight_bytes(merged / "decoder_model_merged.onnx") == one  # not 2 × one
+
+
+def test_cached_steps_reuse_the_cross_attention_keys(exported, tiny):
+    """The first step returns each layer's cross-attention keys and values; the with-past
+    graph takes them and never projects the encoder's states again (it does not read
+    them at all), so a cached step costs one token's work."""
+    import onnxruntime as ort
+
+    first = ort.InferenceSession(str(exported["split"] / "decoder_model.onnx"))
+    cached = ort.InferenceSession(str(exported["split"] / "decoder_with_past_model.onnx"))
+    layers = tiny.model.decoder.config.n_layer
+    cross = [f"present.{i}.encoder.{k}" for i in range(layers) for k in ("key", "value")]
+    assert set(cross) <= {o.name for o in first.get_outputs()}
+    inputs = {i.name for i in cached.get_inputs()}
+    assert {n.replace("present", "past_key_values") for n in cross} <= inputs
+    assert "encoder_hidden_states" not in inputs
 
 
 def test_kv_cache_really_feeds_one_token_per_step(exported):
