@@ -3,10 +3,10 @@
     recipe = recipe_for(card, model_type="vit", graph=path)    # which style fits this model
     make_graph_variant(path, out, recipe, calibration=feeds)   # write the variant graph
 
-Three recipes, chosen per model family from one table (FAMILY_RECIPES), not by a chain
+Four recipes, chosen per model family from one table (FAMILY_RECIPES), not by a chain
 of conditions:
 
-* `dynamic-int8` (transformers: ViT/DeiT/DINOv2 encoders, DETR/YOLOS/SegFormer/Swin2SR
+* `dynamic-int8` (transformers: ViT/DeiT/DINOv2 encoders, DETR/YOLOS/Swin2SR
   transformer parts, captioner encoders and decoders): onnxruntime's quantize_dynamic on
   MatMul/Gemm weights (int8, per output channel), activations quantized per call. No
   calibration needed. Measured on the AMD EPYC (AVX-512 VNNI) this was written on, ViT-B/16
@@ -16,6 +16,8 @@ of conditions:
   backbones): quantize_static in QDQ format, uint8 activations / int8 per-channel weights,
   activation ranges calibrated (MinMax) on feeds recorded while the fp32 graph ran the
   real task on the calibration images (`record_feeds`).
+* `static-conv-int8` (SegFormer): the static recipe on the convolutions only; the
+  MatMuls stay fp32 (measured: see the recipe's comment).
 * `fp16`: onnxruntime's float16 conversion (onnxruntime.transformers.float16), inputs
   and outputs kept fp32 (keep_io_types), so the task code feeds and reads the same
   arrays. ONNX Runtime's CPU provider has few fp16 kernels and runs most ops through Cast nodes: on the CPU it is
@@ -84,6 +86,14 @@ for _recipe in (
                 "static QDQ int8: uint8 activations calibrated on images, int8 weights per "
                 "channel", op_types=("Conv", "MatMul", "Gemm", "Add", "Mul", "Relu", "Clip",
                                      "Sigmoid", "Concat", "MaxPool", "AveragePool", "Resize")),
+    # SegFormer (issue 13): its MatMuls are small (sequence-reduced attention) and gain
+    # nothing from dynamic int8 on AVX2, while the convolutions (patch embeddings, the
+    # decode head's 1x1 fuse over 4x256 channels at 128x128) carry most of the time; static
+    # QDQ of the convolutions alone: SegFormer-B0 512 forward 208 -> 169 ms (Zen 3), where
+    # adding the MatMuls made it slower (194 ms) and dynamic MatMuls alone did not help (211).
+    QuantRecipe("static-conv-int8", "int8", "static",
+                "static QDQ int8 of the convolutions: uint8 activations calibrated on images, "
+                "int8 weights per channel; MatMuls stay fp32", op_types=("Conv",)),
     QuantRecipe("fp16", "fp16", "fp16", "fp16 weights and compute, fp32 inputs and outputs"),
 ):
     RECIPES.register(_recipe.name, _recipe, where="engine.runtimes.quantize")
@@ -93,13 +103,15 @@ for _recipe in (
 FAMILY_RECIPES: Registry[str, str] = Registry("quantization family", missing=UnsupportedModelError)
 _DYNAMIC = ("vit", "deit", "dinov2", "dinov2_with_registers", "beit", "swin", "swinv2", "yolos",
             "detr", "conditional_detr", "deformable_detr", "rt_detr", "rt_detr_v2", "d_fine",
-            "segformer", "mask2former", "swin2sr", "vision-encoder-decoder", "gpt2", "blip",
+            "mask2former", "swin2sr", "vision-encoder-decoder", "gpt2", "blip",
             "git", "owlv2", "owlvit", "sam", "clip", "siglip", "output:seq2seq",
             "output:hidden_states", "output:detr", "output:rtdetr")
 _STATIC = ("resnet", "convnext", "convnextv2", "mobilenet_v2", "mobilenet_v1", "efficientnet",
            "regnet", "sidecar:yolo", "output:yolov8", "output:yolov5", "output:image",
            "runtime:spandrel")
-for _keys, _name in ((_DYNAMIC, "dynamic-int8"), (_STATIC, "static-qdq-int8")):
+_STATIC_CONV = ("segformer",)
+for _keys, _name in ((_DYNAMIC, "dynamic-int8"), (_STATIC, "static-qdq-int8"),
+                     (_STATIC_CONV, "static-conv-int8")):
     for _key in _keys:
         FAMILY_RECIPES.register(_key, _name, where="engine.runtimes.quantize")
 

@@ -137,14 +137,16 @@ def test_cli_int8_end_to_end_on_a_hub_model(hub, home, capsys):
     assert main(["models", "optimize", "segformer-b0-ade", "--precision", "int8",
                  "--calibration", str(photos), "--json"]) == 0
     made = json.loads(capsys.readouterr().out)
-    assert made["recipe"] == "dynamic-int8" and made["precision"] == "int8"
-    assert made["quantized_ops"]["model"].get("MatMulInteger", 0) > 0
+    assert made["recipe"] == "static-conv-int8" and made["precision"] == "int8"
+    ops = made["quantized_ops"]["model"]  # QDQ pairs around the convolutions only
+    assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0
+    assert "MatMulInteger" not in ops and "DynamicQuantizeLinear" not in ops
     assert made["quality"][0]["metric"] == "miou" and made["quality"][0]["images"] == 3
 
     assert main(["models", "info", "segformer-b0-ade"]) == 0
-    assert "variant int8 (dynamic-int8" in capsys.readouterr().out
+    assert "variant int8 (static-conv-int8" in capsys.readouterr().out
     assert main(["doctor", "--model", "segformer-b0-ade"]) == 0
-    assert "variant int8 (dynamic-int8" in capsys.readouterr().out
+    assert "variant int8 (static-conv-int8" in capsys.readouterr().out
 
     out = home / "seg"
     assert main(["segment", str(photos), "--model", "segformer-b0-ade", "--precision", "int8",
