@@ -13,8 +13,9 @@ code a job uses:
 
 Variants per model: torch fp32 (eager), ORT fp32 (`ocula models optimize`), ORT int8 and
 ORT fp16 (`ocula models optimize --precision int8|fp16`), and torch with token merging
-(`--speed balanced|fast`) where the model has a ViT encoder. Each row prints the median
-time, the speed-up over torch fp32, the achieved GFLOP/s (FLOPs counted once on the torch
+(`--speed balanced|fast`) where the model has a ViT encoder. Each row prints the time
+(task rows: variants timed in interleaved rounds, fastest run of each; the bare ViT row:
+median per variant), the speed-up over torch fp32, the achieved GFLOP/s (FLOPs counted once on the torch
 forward with torch.utils.flop_counter) and the machine's fp32 peak, so the distance to the
 limit is visible.
 
@@ -34,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.benchmarks.bench_tasks import card_for, timed  # noqa: E402
+from tests.benchmarks.bench_tasks import card_for, interleaved, timed  # noqa: E402
 
 MODELS = ("vit", "detr", "segformer", "swin2sr", "vitgpt2")
 
@@ -219,7 +220,7 @@ def merging_runners(card) -> dict[str, object]:
 
 
 def rows_for(name: str, work: Path, repeats: int) -> tuple[float, dict[str, float]]:
-    """(torch FLOPs of one call, {variant: median seconds})."""
+    """(torch FLOPs of one call, {variant: seconds})."""
     from engine.runtimes import load_runner
 
     work.mkdir(parents=True, exist_ok=True)
@@ -277,12 +278,12 @@ def rows_for(name: str, work: Path, repeats: int) -> tuple[float, dict[str, floa
     card = card_for(folder, task, "transformers")
     torch_runner = load_runner(card, device="cpu", precision="fp32")
     flops = count_flops(lambda: call(torch_runner))
-    times = {"torch fp32": timed(lambda: call(torch_runner), repeats)}
+    runners = {"torch fp32": torch_runner}
     if name == "vitgpt2":
-        times.update({label: timed(lambda r=r: call(r), repeats)
-                      for label, r in merging_runners(card).items()})
-    for label, runner in onnx_variants(card, torch_runner).items():
-        times[label] = timed(lambda r=runner: call(r), repeats)
+        runners.update(merging_runners(card))
+    runners.update(onnx_variants(card, torch_runner))
+    times = interleaved({label: (lambda r=r: call(r)) for label, r in runners.items()},
+                        repeats)
     return flops, times
 
 

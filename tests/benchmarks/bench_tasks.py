@@ -37,6 +37,22 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def interleaved(calls: dict, repeats: int) -> dict:
+    """{label: seconds} for several variants timed in rounds (one run of each per round,
+    after one warm-up each), the least disturbed (fastest) run of each. On a shared VM the
+    machine's speed drifts by tens of per cent within minutes; variants timed one after
+    the other would carry that drift into their ratios, rounds spread it over all."""
+    for fn in calls.values():
+        fn()
+    times: dict = {label: [] for label in calls}
+    for _ in range(repeats):
+        for label, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[label].append(time.perf_counter() - start)
+    return {label: min(values) for label, values in times.items()}
+
+
 def card_for(path: Path, task: str, runtime: str, **extra):
     from engine.catalog.card import ModelCard, Source
 
