@@ -308,7 +308,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default=",".join(MODELS))
     args = parser.parse_args()
-    os.environ.setdefault("OCULA_HOME", tempfile.mkdtemp(prefix="ocula-bench-home-"))
+    home = None  # our own OCULA_HOME holds every export and variant: removed at the end
+    if "OCULA_HOME" not in os.environ:
+        home = os.environ["OCULA_HOME"] = tempfile.mkdtemp(prefix="ocula-bench-home-")
     os.environ["OCULA_ONNX_THREADS"] = str(args.threads)
     import torch
 
@@ -336,6 +338,8 @@ def main() -> None:
         print(json.dumps(report))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if home is not None:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":
