@@ -375,8 +375,11 @@ def make_variant(card: ModelCard, precision: str, images: Sequence[Any], *,
                                      graph=main)
             graphs, origin, recipe_name = dict(source.graphs), "ocula", recipe.name
             for key, rel in graphs.items():
-                make_graph_variant(source.folder / rel, staging / rel, recipe,
-                                   calibration=feeds.get(key, ()))
+                if recipe.converts(key):
+                    make_graph_variant(source.folder / rel, staging / rel, recipe,
+                                       calibration=feeds.get(key, ()))
+                else:  # kept fp32 (e.g. a captioner's decoder): the source's own file
+                    _link_or_copy(source.folder / rel, staging / rel)
             _copy_side_files(source.folder, staging)
             ops = {k: quantized_ops(staging / rel) for k, rel in graphs.items()}
         manifest: dict[str, Any] = {
@@ -433,6 +436,16 @@ def _time_per_image(measure: TaskMeasure, runner: Runner, images: Sequence[Any],
         (measure.timed or measure.run)(runner, images, True)
         best = min(best, time.perf_counter() - start)
     return best * 1000 / max(1, len(images))
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """`target` with `source`'s bytes: a hard link where the file system allows one (a
+    kept fp32 decoder is hundreds of MB), else a copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _copy_side_files(source: Path, target: Path) -> None:
