@@ -19,7 +19,7 @@ import numpy as np
 
 from engine.explain.geometry import Geometry, stretch_geometry
 from engine.explain.maps import TokenLayout
-from engine.runtimes import session_tuning
+from engine.cpu import onnx_cpu_threads
 
 if TYPE_CHECKING:
     import onnx
@@ -236,7 +236,10 @@ class OnnxAttentionModel:
             patch_size = (patch_size, patch_size)
         # The threads every CPU session of the engine gets: one per physical core, or the
         # user's (or a Ray worker's) OCULA_ONNX_THREADS, so replicas do not oversubscribe.
-        options = session_tuning.with_user_choices(session_tuning.default_settings()).session_options()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = onnx_cpu_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
         session = ort.InferenceSession(
             exposed.SerializeToString(), options, providers=list(providers or ["CPUExecutionProvider"])
         )

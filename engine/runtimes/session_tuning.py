@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import platform
 import time
@@ -30,6 +29,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine import paths
+from engine.cpu import (  # noqa: F401 — physical_cores is part of this module's API
+    MAX_THREADS as _MAX_THREADS,
+    _allowed_cpus,
+    physical_cores,
+    user_thread_count,
+)
 from engine.errors import OculaError
 
 if TYPE_CHECKING:  # onnxruntime is an extra; counting cores (video jobs) must not need it
@@ -44,82 +49,6 @@ NOISE_MARGIN = 0.03  # a candidate must be this much faster than the incumbent t
 # can show it a few per cent ahead by chance.
 ARENA_OFF_MARGIN = 0.10
 RECORD_VERSION = 1
-_MAX_THREADS = 16  # past ~16 threads, sync costs outweigh gains for one image
-
-
-# -- cores ----------------------------------------------------------------------------------
-
-
-def _allowed_cpus() -> set[int]:
-    try:
-        return set(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return set(range(os.cpu_count() or 1))
-
-
-def _cores_from_sysfs(cpus: set[int], root: Path) -> int:
-    cores = set()
-    for cpu in cpus:
-        topo = root / f"cpu{cpu}" / "topology"
-        try:
-            cores.add(((topo / "physical_package_id").read_text().strip(),
-                       (topo / "core_id").read_text().strip()))
-        except OSError:
-            return 0
-    return len(cores)
-
-
-def _cores_from_cpuinfo(cpus: set[int], cpuinfo: Path) -> int:
-    try:
-        text = cpuinfo.read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return 0
-    cores = set()
-    for block in text.split("\n\n"):
-        fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
-        fields = {k.strip(): v.strip() for k, v in fields.items()}
-        if "processor" not in fields or not fields["processor"].isdigit():
-            continue
-        if int(fields["processor"]) in cpus:
-            if "core id" not in fields:
-                return 0  # this kernel does not say (some ARM boards): count logical CPUs
-            cores.add((fields.get("physical id", "0"), fields["core id"]))
-    return len(cores)
-
-
-def _cgroup_cpu_limit(root: Path) -> float | None:
-    """CPUs allowed by a cgroup quota (containers), None when unlimited or unknown."""
-    try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]  # cgroup v2
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:  # cgroup v1
-        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-        return None if quota <= 0 else quota / period
-    except (OSError, ValueError):
-        return None
-
-
-def physical_cores(*, sysfs: Path = Path("/sys/devices/system/cpu"),
-                   cpuinfo: Path = Path("/proc/cpuinfo"),
-                   cgroup: Path = Path("/sys/fs/cgroup")) -> int:
-    """Physical cores this process may run on: distinct (package, core) pairs among the CPUs
-    of its affinity mask (sysfs topology, else /proc/cpuinfo, else the logical count),
-    capped by a cgroup CPU quota when there is one."""
-    cpus = _allowed_cpus()
-    count = _cores_from_sysfs(cpus, sysfs) or _cores_from_cpuinfo(cpus, cpuinfo) or len(cpus)
-    limit = _cgroup_cpu_limit(cgroup)
-    if limit is not None:
-        count = min(count, max(1, math.ceil(limit)))
-    return max(1, count)
-
-
-def user_thread_count() -> int | None:
-    """OCULA_ONNX_THREADS when set to a positive integer (the user's choice wins)."""
-    env = os.environ.get("OCULA_ONNX_THREADS", "").strip()
-    return int(env) if env.isdigit() and int(env) > 0 else None
 
 
 # -- settings -------------------------------------------------------------------------------
