@@ -97,17 +97,23 @@ def test_drop_run_and_see_overlays(detr_window, qtbot, tmp_path, photos):
     assert "on cpu" in win.placement_label.text()
 
 
-def test_cancel_mid_job_then_resume_it(detr_window, qtbot, tmp_path):
-    win = detr_window
+def _run_then_cancel(win, qtbot, tmp_path, *, after: int) -> tuple[list[Path], object]:
+    """60 images dropped, Run, then the toolbar's Cancel (Esc) once `after` are done."""
     images = _images(tmp_path / "many", 60)
     win.workspace.add_paths([tmp_path / "many"])
     op = win.run()
     done_items: list[str] = []
     op.events.connect(lambda batch: done_items.extend(
         e.item for e in batch if getattr(e, "kind", "") == "item_done"))
-    qtbot.waitUntil(lambda: len(done_items) >= 3, timeout=180_000)
+    qtbot.waitUntil(lambda: len(done_items) >= after, timeout=180_000)
     with qtbot.waitSignal(op.done, timeout=30_000):
-        win.act_cancel.trigger()  # the toolbar's Cancel (Esc)
+        win.act_cancel.trigger()
+    return images, op
+
+
+def test_cancel_mid_job_then_resume_it(detr_window, qtbot, tmp_path):
+    win = detr_window
+    images, op = _run_then_cancel(win, qtbot, tmp_path, after=3)
     assert op.outcome == "cancelled"
     summary = op.result
     assert summary.cancelled and 3 <= summary.done < len(images)
@@ -252,15 +258,7 @@ def test_a_job_cancelled_here_resumes_on_ray_from_the_jobs_dock(detr_window, qtb
     finishes the rest exactly once, and its row draws the Ray workers."""
     pytest.importorskip("ray")
     win = detr_window
-    images = _images(tmp_path / "many", 60)
-    win.workspace.add_paths([tmp_path / "many"])
-    op = win.run()
-    done_items: list[str] = []
-    op.events.connect(lambda batch: done_items.extend(
-        e.item for e in batch if getattr(e, "kind", "") == "item_done"))
-    qtbot.waitUntil(lambda: len(done_items) >= 2, timeout=180_000)
-    with qtbot.waitSignal(op.done, timeout=30_000):
-        win.act_cancel.trigger()
+    images, op = _run_then_cancel(win, qtbot, tmp_path, after=2)
     first = op.result.done
     assert 2 <= first < len(images)
 
