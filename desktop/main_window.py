@@ -446,13 +446,11 @@ class MainWindow(QMainWindow):
 
             out = tempfile.mkdtemp(prefix="ocula-unsaved-")
             self._unsaved[out] = True
-        from engine.jobs.spec import ExecutorChoice
-
         return JobSpec(task=self.task, model=card.id, inputs=[str(p) for p in inputs],
                        output_dir=out, options=options,
                        device=self.task_panel.device.currentText(),
                        precision=self.task_panel.precision.currentText(),
-                       executor=ExecutorChoice(name=self.task_panel.executor.currentText()))
+                       executor=self.task_panel.executor_choice())
 
     def store(self) -> Any:
         if self.job_store is None:
@@ -472,12 +470,10 @@ class MainWindow(QMainWindow):
     def resume_job(self, job_id: str, executor: str | None = None) -> Operation:
         """Continue a job an earlier session left unfinished (from the job store) on
         `executor` ("local", "ray"), by default where the task panel's "Run on" says."""
-        from engine.jobs.spec import ExecutorChoice
-
         store = self.store()
         output_dir = store.job_row(job_id).get("output_dir")
         spec = store.spec(job_id)
-        choice = ExecutorChoice(name=executor or self.task_panel.executor.currentText())
+        choice = self.task_panel.executor_choice(executor)  # Ray: the panel's Ray fields
         where = "" if choice.name == "local" else self.tr(" on {}").format(choice.name)
         op = resume_operation(job_id, store=store, parent=self, executor=choice,
                               label=self.tr("resume {}").format(spec.model) + where)

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QPushButton,
     QSlider,
+    QSpinBox,
     QStackedWidget,
     QToolButton,
     QVBoxLayout,
@@ -223,6 +224,26 @@ class TaskPanel(QWidget):
         self.executor = QComboBox()
         self.executor.setObjectName("executorCombo")
         self.executor.addItems(EXECUTORS)
+        # Ray's settings, as the CLI's --address / --workers / --gpus-per-worker
+        self.ray_address = QLineEdit()
+        self.ray_address.setObjectName("rayAddress")
+        self.ray_address.setPlaceholderText(self.tr("empty: a Ray runtime on this machine; "
+                                                    "or auto, ray://head:10001"))
+        self.ray_workers = QSpinBox()
+        self.ray_workers.setObjectName("rayWorkers")
+        self.ray_workers.setRange(0, 4096)
+        self.ray_workers.setSpecialValueText(self.tr("as the cluster's CPUs allow"))
+        self.ray_gpus = QCheckBox(self.tr("one GPU per worker"))
+        self.ray_gpus.setObjectName("rayGpus")
+        self.ray_box = QWidget()
+        ray_form = QFormLayout(self.ray_box)
+        ray_form.setContentsMargins(0, 0, 0, 0)
+        ray_form.addRow(self.tr("Ray address"), self.ray_address)
+        ray_form.addRow(self.tr("Workers"), self.ray_workers)
+        ray_form.addRow(self.ray_gpus)
+        self.executor.currentTextChanged.connect(
+            lambda name: self.ray_box.setVisible(name == "ray"))
+        self.ray_box.setVisible(False)
         self.output_dir = QLineEdit()
         self.output_dir.setObjectName("outputDir")
         self.output_dir.setPlaceholderText(self.tr("next to the inputs, in ocula-out/"))
@@ -237,6 +258,7 @@ class TaskPanel(QWidget):
         common.addRow(self.tr("Device"), self.device)
         common.addRow(self.tr("Precision"), self.precision)
         common.addRow(self.tr("Run on"), self.executor)
+        common.addRow(self.ray_box)
         common.addRow(self.tr("Output folder"), out_row)
         common.addRow(self.save_outputs)
 
@@ -278,9 +300,24 @@ class TaskPanel(QWidget):
         if folder:
             self.output_dir.setText(folder)
 
+    def executor_choice(self, name: str | None = None) -> Any:
+        """The ExecutorChoice "Run on" (or `name`) and the Ray fields give; RecipeError
+        (with the field's name) when they are not valid."""
+        from engine.jobs.spec import ExecutorChoice
+
+        name = name or self.executor.currentText()
+        if name != "ray":
+            return ExecutorChoice(name=name).validate()
+        return ExecutorChoice(name="ray", address=self.ray_address.text().strip() or None,
+                              workers=self.ray_workers.value() or None,
+                              gpus_per_worker=1.0 if self.ray_gpus.isChecked() else 0.0
+                              ).validate()
+
     # -- last-used values ------------------------------------------------------------------
     def _common(self) -> dict[str, QWidget]:
         return {"device": self.device, "precision": self.precision, "executor": self.executor,
+                "ray_address": self.ray_address, "ray_workers": self.ray_workers,
+                "ray_gpus": self.ray_gpus,
                 "output_dir": self.output_dir, "save_outputs": self.save_outputs}
 
     def save_state(self, qs: QSettings) -> None:
@@ -303,6 +340,8 @@ def _value_of(widget: QWidget) -> Any:
         return widget.currentText()
     if isinstance(widget, QCheckBox):
         return widget.isChecked()
+    if isinstance(widget, QSpinBox):
+        return widget.value()
     return widget.text()
 
 
@@ -313,5 +352,10 @@ def _set_value(widget: QWidget, value: Any) -> None:
             widget.setCurrentIndex(index)
     elif isinstance(widget, QCheckBox):
         widget.setChecked(value in (True, "true", "1", 1))
+    elif isinstance(widget, QSpinBox):
+        try:
+            widget.setValue(int(value))
+        except (TypeError, ValueError):
+            pass
     else:
         widget.setText(str(value))

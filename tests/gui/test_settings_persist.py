@@ -191,3 +191,34 @@ def test_settings_panel_matches_the_task_picker_at_start(qtbot, tmp_path, settin
     window = _window(qtbot, ini, settings_path)
     task = window.task_combo.currentData()
     assert window.task_panel.stack.currentWidget() is window.task_panel.forms[task]
+
+
+def test_ray_settings_of_run_on_reach_the_job_and_persist(qtbot, tmp_path, settings_path):
+    """Issue 17: the app's job options take the CLI's Ray choices (--address, --workers,
+    --gpus-per-worker), shown only for Ray, kept across a restart."""
+    from engine.jobs.spec import ExecutorChoice
+
+    ini = tmp_path / "ui.ini"
+    first = _window(qtbot, ini, settings_path)
+    first.show()
+    qtbot.waitExposed(first)
+    panel = first.task_panel
+    assert not panel.ray_box.isVisibleTo(panel)
+    assert panel.executor_choice() == ExecutorChoice()
+    panel.executor.setCurrentText("ray")
+    assert panel.ray_box.isVisibleTo(panel)
+    assert panel.executor_choice() == ExecutorChoice(name="ray")  # a local Ray runtime
+    panel.ray_address.setText("  ray://head:10001 ")
+    panel.ray_workers.setValue(3)
+    panel.ray_gpus.setChecked(True)
+    wanted = ExecutorChoice(name="ray", address="ray://head:10001", workers=3,
+                            gpus_per_worker=1.0)
+    assert panel.executor_choice() == wanted
+    assert panel.executor_choice("local") == ExecutorChoice()  # the Resume menu's choice
+    first.close()
+
+    second = _window(qtbot, ini, settings_path)
+    second.show()
+    qtbot.waitExposed(second)
+    assert second.task_panel.executor_choice() == wanted
+    assert second.task_panel.ray_box.isVisibleTo(second.task_panel)
