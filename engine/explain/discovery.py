@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.errors import OptionError
+from engine.media import morphology
 
 DISCOVER_ALGORITHMS = ("tokencut", "lost")
 DISCOVER_FEATURES = ("auto", "keys", "tokens")  # auto: the graph with the lower normalized-cut value
@@ -66,13 +67,13 @@ def normalized_cut(affinity: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 def _component(mask: np.ndarray, seed: tuple[int, int]) -> np.ndarray:
-    import cv2  # OpenCV is a base dependency; scipy is not
-
-    _, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=4)  # as TokenCut's detect_box
-    index = labels[seed]
-    if index == 0:
-        return np.zeros_like(mask, dtype=bool)
-    return labels == index
+    """The 4-connected component of `mask` holding `seed` (as TokenCut's detect_box, which
+    takes it from connectedComponents(connectivity=4)); all False when the seed is not in the
+    mask."""
+    mask = np.asarray(mask, dtype=bool)
+    seeds = np.zeros(mask.shape, dtype=bool)
+    seeds[seed] = True
+    return morphology.flood_fill(mask, seeds)
 
 
 def _cell_box(mask: np.ndarray) -> tuple[int, int, int, int]:

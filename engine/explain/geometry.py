@@ -154,14 +154,34 @@ def pixel_inputs(processor: Any, image: Any, notes: list[str]) -> tuple[Any, Any
     return pixel_values, geometry
 
 
+def _linear_taps(coords: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sample positions -> (lower index, upper index, upper weight), edges replicated."""
+    lower = np.floor(coords)
+    frac = coords - lower
+    lower = lower.astype(np.int64)
+    return np.clip(lower, 0, n - 1), np.clip(lower + 1, 0, n - 1), frac
+
+
+def _bilinear_separable(values: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """values (rows, cols) sampled at every (ys[i], xs[j]), bilinear with edge replication
+    (as OpenCV's INTER_LINEAR + BORDER_REPLICATE, but with exact weights where OpenCV
+    rounds them to 1/32): float32 (len(ys), len(xs))."""
+    values = np.asarray(values, dtype=np.float64)
+    y0, y1, fy = _linear_taps(ys, values.shape[0])
+    x0, x1, fx = _linear_taps(xs, values.shape[1])
+    rows = (values[y0] * (1 - fy)[:, None] + values[y1] * fy[:, None]).astype(np.float32)  # (len(ys), cols)
+    out = rows[:, x0]  # the full-size passes in float32: a 48 MP image needs two 192 MB arrays, not six
+    out *= (1 - fx).astype(np.float32)
+    out += rows[:, x1] * fx.astype(np.float32)
+    return out
+
+
 def grid_to_image(grid_map: np.ndarray, layout: TokenLayout, geometry: Geometry) -> np.ndarray:
     """(rows, cols) map -> float32 (H, W) on the original image, bilinear, one resampling.
 
     Grid cell (i, j) covers model-input pixels [i*ph, (i+1)*ph) × [j*pw, (j+1)*pw);
     pixels outside the model input (cropped away) get 0 (see Geometry.valid_mask).
     """
-    import cv2
-
     grid_map = np.asarray(grid_map, dtype=np.float32)
     ph, pw = layout.patch_size
     m_in = geometry.input_to_original()  # input -> original
@@ -171,17 +191,14 @@ def grid_to_image(grid_map: np.ndarray, layout: TokenLayout, geometry: Geometry)
     g = np.array([[1 / pw, 0, 0.5 / pw - 0.5], [0, 1 / ph, 0.5 / ph - 0.5]])
     full = np.vstack([a, [0, 0, 1]])
     original_to_grid = (np.vstack([g, [0, 0, 1]]) @ full)[:2]
-    w, h = geometry.original_size
-    out = cv2.warpAffine(
-        grid_map,
-        original_to_grid.astype(np.float64),
-        (int(w), int(h)),
-        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-        borderMode=cv2.BORDER_REPLICATE,
-    )
-    # outside the grid's pixel extent (crop, pad, patch remainder) the model saw nothing
+    w, h = (int(v) for v in geometry.original_size)
+    if original_to_grid[0, 1] != 0 or original_to_grid[1, 0] != 0:
+        raise ValueError("grid_to_image: the geometry has rotation or shear; only scale + offset per axis")
+    # grid coordinate of every original column / row (cell centres at integers)
     gx = original_to_grid[0, 0] * np.arange(w) + original_to_grid[0, 2]
     gy = original_to_grid[1, 1] * np.arange(h) + original_to_grid[1, 2]
+    out = _bilinear_separable(grid_map, gy, gx)
+    # outside the grid's pixel extent (crop, pad, patch remainder) the model saw nothing
     cols = (gx > -0.5 - 1e-6) & (gx < layout.grid[1] - 0.5 + 1e-6)
     rows = (gy > -0.5 - 1e-6) & (gy < layout.grid[0] - 0.5 + 1e-6)
     out[~(rows[:, None] & cols[None, :])] = 0.0

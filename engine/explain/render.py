@@ -1,6 +1,7 @@
 """Pictures of attention maps: colormap overlays, contact sheets, and saving them.
 
-Everything is RGB uint8 numpy (OpenCV works in BGR: converted at the boundary).
+Everything is RGB uint8 numpy, drawn with numpy and Pillow (no OpenCV: the colormaps
+are OpenCV's tables, stored in engine.explain.colormaps).
 Files are written atomically (temporary file in the same folder + os.replace), so a
 crash never leaves half a PNG where the GUI or a batch expects a whole one.
 """
@@ -10,12 +11,14 @@ import io
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engine.explain.maps import AttentionMaps
+from engine.media import morphology
 from engine.results import Detections
 
 COLORMAPS = ("jet", "inferno", "viridis", "magma", "turbo", "hot", "gray")
@@ -23,19 +26,15 @@ COLORMAPS = ("jet", "inferno", "viridis", "magma", "turbo", "hot", "gray")
 
 def colorize(values: np.ndarray, colormap: str = "jet") -> np.ndarray:
     """float map in [0, 1] (H, W) -> RGB uint8 (H, W, 3)."""
-    import cv2
+    from engine.explain.colormaps import table
 
     scaled = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float32)), 0.0, 1.0)
     gray = np.round(scaled * 255).astype(np.uint8)
     if colormap == "gray":
         return np.repeat(gray[..., None], 3, axis=-1)
-    codes = {
-        "jet": cv2.COLORMAP_JET, "inferno": cv2.COLORMAP_INFERNO, "viridis": cv2.COLORMAP_VIRIDIS,
-        "magma": cv2.COLORMAP_MAGMA, "turbo": cv2.COLORMAP_TURBO, "hot": cv2.COLORMAP_HOT,
-    }
-    if colormap not in codes:
+    if colormap not in COLORMAPS:
         raise ValueError(f"unknown colormap '{colormap}'; choose one of {', '.join(COLORMAPS)}")
-    return cv2.cvtColor(cv2.applyColorMap(gray, codes[colormap]), cv2.COLOR_BGR2RGB)
+    return table(colormap)[gray]
 
 
 def _rgb_array(image: Any) -> np.ndarray:
@@ -67,12 +66,10 @@ def overlay(image: Any, heatmap: np.ndarray, *, opacity: float = 0.5, colormap: 
         blended[~valid] = base[~valid]
     out = np.clip(np.round(blended), 0, 255).astype(np.uint8)
     if mask is not None and mask.any():
-        import cv2
-
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        out = np.ascontiguousarray(out)
+        if mask.shape != out.shape[:2]:
+            raise ValueError(f"mask {mask.shape} does not match image {out.shape[:2]}")
         thickness = max(1, round(min(out.shape[:2]) / 250))
-        cv2.drawContours(out, contours, -1, (255, 255, 255), thickness)
+        out[morphology.outline(mask, thickness)] = 255
     return out
 
 
@@ -83,8 +80,6 @@ def contact_sheet(head_maps: np.ndarray, *, tile: int = 96, gap: int = 4, colorm
     Each tile is normalised on its own (heads differ in scale by orders of magnitude);
     tiles keep the grid's aspect ratio.
     """
-    import cv2
-
     from engine.explain.methods import normalize01
 
     layers, heads, rows, cols = head_maps.shape
@@ -95,20 +90,67 @@ def contact_sheet(head_maps: np.ndarray, *, tile: int = 96, gap: int = 4, colorm
     height = label_h + layers * tile_h + (layers + 1) * gap
     width = label_w + heads * tile_w + (heads + 1) * gap
     sheet = np.full((height, width, 3), 24, dtype=np.uint8)
+    # nearest neighbour exactly as OpenCV's INTER_NEAREST: source floor(dst * (1 / (dst_size / src_size)))
+    pick_rows = np.minimum(np.floor(np.arange(tile_h) * (1.0 / (tile_h / rows))).astype(np.intp), rows - 1)
+    pick_cols = np.minimum(np.floor(np.arange(tile_w) * (1.0 / (tile_w / cols))).astype(np.intp), cols - 1)
+    texts: list[tuple[tuple[int, int], str]] = []  # (left, baseline), text
     for layer in range(layers):
         y = label_h + gap + layer * (tile_h + gap)
         if labels:
-            cv2.putText(sheet, f"L{layer}", (2, y + tile_h // 2 + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
-                        (220, 220, 220), 1, cv2.LINE_AA)
+            texts.append(((2, y + tile_h // 2 + 4), f"L{layer}"))
         for head in range(heads):
             x = label_w + gap + head * (tile_w + gap)
             values = normalize01(head_maps[layer, head])
-            tile_img = cv2.resize(colorize(values, colormap), (tile_w, tile_h), interpolation=cv2.INTER_NEAREST)
-            sheet[y:y + tile_h, x:x + tile_w] = tile_img
+            sheet[y:y + tile_h, x:x + tile_w] = colorize(values, colormap)[np.ix_(pick_rows, pick_cols)]
             if labels and layer == 0:
-                cv2.putText(sheet, f"h{head}", (x + 2, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
-                            (220, 220, 220), 1, cv2.LINE_AA)
+                texts.append(((x + 2, 12), f"h{head}"))
+    if texts:  # the labels sit in the margins, never on a tile: drawn once all tiles are in
+        sheet = _draw_texts(sheet, texts)
     return sheet
+
+
+def _label_font() -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=10)  # Pillow's scalable font (needs FreeType)
+    except (TypeError, ValueError, OSError, ImportError):
+        return ImageFont.load_default()
+
+
+def _draw_texts(picture: np.ndarray, texts: list[tuple[tuple[int, int], str]],
+                colour: tuple[int, int, int] = (220, 220, 220)) -> np.ndarray:
+    """Small antialiased labels, each placed by its left end on the baseline (as OpenCV's putText)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    canvas = Image.fromarray(picture)
+    draw = ImageDraw.Draw(canvas)
+    font = _label_font()
+    scalable = isinstance(font, ImageFont.FreeTypeFont)
+    for (x, baseline), text in texts:
+        if scalable:
+            draw.text((x, baseline), text, fill=colour, font=font, anchor="ls")
+        else:  # the bitmap fallback font places by its top-left corner
+            draw.text((x, baseline - 8), text, fill=colour, font=font)
+    return np.array(canvas)
+
+
+def _draw_shapes(picture: np.ndarray, rectangles: Sequence[tuple[Any, ...]] = (),
+                 circles: Sequence[tuple[Any, ...]] = (), thick: int = 1) -> np.ndarray:
+    """Outlined rectangles (x0, y0, x1, y1, colour) and circles (x, y, radius, colour), `thick`
+    pixels wide, on a copy of an RGB uint8 picture."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.fromarray(np.ascontiguousarray(picture, dtype=np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    out = thick // 2  # Pillow strokes grow inwards; OpenCV's straddle the edge: move out by half
+    for x0, y0, x1, y1, colour in rectangles:
+        box = (min(x0, x1) - out, min(y0, y1) - out, max(x0, x1) + out, max(y0, y1) + out)
+        draw.rectangle(box, outline=colour, width=thick)
+    for x, y, radius, colour in circles:
+        r = radius + out
+        draw.ellipse((x - r, y - r, x + r, y + r), outline=colour, width=thick)
+    return np.array(canvas)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -140,18 +182,15 @@ def mark_map(picture: np.ndarray, maps: AttentionMaps) -> np.ndarray:
     points = maps.params.get("artifact_points") or []
     if maps.box is None and not points:
         return picture
-    import cv2
-
-    picture = np.ascontiguousarray(picture)
     thick = max(1, min(picture.shape[:2]) // 250)
+    rectangles, circles = [], []
     if maps.box is not None:
         x0, y0, x1, y1 = (round(v) for v in maps.box)
-        cv2.rectangle(picture, (x0, y0), (x1, y1), (255, 255, 255), thick)
+        rectangles.append((x0, y0, x1, y1, (255, 255, 255)))
     if points and maps.layout is not None:
         radius = max(3, int(min(maps.image_size) / max(maps.layout.grid) / 2))
-        for x, y in points:
-            cv2.circle(picture, (round(x), round(y)), radius, (255, 0, 255), thick)
-    return picture
+        circles = [(round(x), round(y), radius, (255, 0, 255)) for x, y in points]
+    return _draw_shapes(picture, rectangles, circles, thick)
 
 
 def mask_record(maps: AttentionMaps) -> dict[str, Any]:
@@ -240,10 +279,8 @@ def save_maps(maps: AttentionMaps, image: Any, out_dir: str | os.PathLike, stem:
     for index, token in enumerate(maps.per_token):
         picture = overlay(image, token.heatmap, opacity=opacity, colormap=colormap, valid=maps.valid)
         if token.box is not None:
-            import cv2
-
             x0, y0, x1, y1 = (round(v) for v in token.box)
-            picture = np.ascontiguousarray(picture)
-            cv2.rectangle(picture, (x0, y0), (x1, y1), (255, 255, 255), max(1, min(picture.shape[:2]) // 250))
+            picture = _draw_shapes(picture, [(x0, y0, x1, y1, (255, 255, 255))],
+                                   thick=max(1, min(picture.shape[:2]) // 250))
         put(f"{base}.tok{index:02d}-{_slug(token.label)}.png", _png_bytes(picture))
     return written

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from engine.media import morphology
 from engine.media.image import ensure_not_input, write_image
 from engine.results import Detections, Segmentation
 
@@ -127,7 +128,7 @@ def draw_segmentation(
             colour_layer[inst.mask] = label_colour(inst.label_id)
             covered |= inst.mask
             if seg.kind != "semantic":
-                edges |= inst.mask & ~_erode(inst.mask, max(1, line // 2))
+                edges |= inst.mask & ~morphology.erode(inst.mask, max(1, line // 2))
             present.setdefault(inst.label_id, inst.label)
     elif seg.label_map is not None:
         for label_id in np.unique(seg.label_map):
@@ -143,13 +144,6 @@ def draw_segmentation(
     if legend and present:
         canvas = _with_legend(canvas, present)
     return canvas
-
-
-def _erode(mask: np.ndarray, steps: int) -> np.ndarray:
-    import cv2
-
-    kernel = np.ones((2 * steps + 1, 2 * steps + 1), np.uint8)
-    return cv2.erode(mask.astype(np.uint8), kernel).astype(bool)
 
 
 def _with_legend(canvas: Image.Image, present: dict[int, str]) -> Image.Image:
