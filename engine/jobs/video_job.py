@@ -37,6 +37,7 @@ from engine.jobs.handler_protocol import ItemResult, batch_of
 from engine.jobs.outputs import FrameInfo, FrameOutput, OutputPlan
 from engine.jobs.store import SegmentRecord
 from engine.jobs.video_result import VideoResult, mask_records
+from engine.media import resize
 from engine.media.image import LoadedImage, atomic_write_bytes
 from engine.media.video import (
     DecodedFrame,
@@ -639,10 +640,9 @@ def _loaded(d: DecodedFrame, path: str) -> LoadedImage:
 
 
 def _thumbnail(array: np.ndarray) -> np.ndarray:
-    import cv2
-
-    gray = cv2.cvtColor(array, cv2.COLOR_RGB2GRAY)
-    return cv2.resize(gray, (64, 36), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    """64x36 grey (ITU-R 601 luma, area-averaged) in [0, 1]: what scene changes compare."""
+    gray = np.asarray(Image.fromarray(np.ascontiguousarray(array)).convert("L"))
+    return resize.filtered(gray, (64, 36), "area").astype(np.float32) / 255.0
 
 
 def _as_rgb8(picture: Any) -> np.ndarray:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import Cancelled, InputError
+from engine.media import resize
 from engine.media.image import check_readable_file
 
 # Our codec names → FFmpeg encoders to try, best first.
@@ -555,13 +556,10 @@ def _source_packets(src, indices: list[int], start_s: float | None, end_s: float
 def resize_rgb(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize (W, H) with area/cubic interpolation; used for frames passed through
     unprocessed when the task changes the frame size (e.g. a ×4 restoration)."""
-    import cv2
-
     h, w = array.shape[:2]
     if (w, h) == size:
         return array
-    interp = cv2.INTER_AREA if size[0] < w else cv2.INTER_CUBIC
-    return cv2.resize(array, size, interpolation=interp)
+    return resize.filtered(array, size, "area" if size[0] < w else "bicubic")
 
 
 def even_size(array: np.ndarray) -> np.ndarray:

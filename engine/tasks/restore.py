@@ -29,6 +29,7 @@ import numpy as np
 
 from engine.errors import UnsupportedModelError
 from engine.events import CancelToken, ProgressCallback
+from engine.media import resize
 from engine.media.tiling import MIN_TILE, SizeRequirement, TileScheduler
 from engine.registry import Registry
 from engine.results import RestoredImage
@@ -481,9 +482,8 @@ def _probe_scale(caller: _TileCaller, spec: RestorerSpec) -> int:
 
 
 def resize_alpha(alpha: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
-    """Resize an alpha plane (uint8/uint16) with Lanczos; the dtype is kept."""
+    """Resize an alpha plane (uint8/uint16) with Lanczos (Pillow's: 3 lobes); the dtype is
+    kept."""
     if (alpha.shape[1], alpha.shape[0]) == tuple(size_wh):
         return alpha
-    import cv2
-
-    return cv2.resize(alpha, size_wh, interpolation=cv2.INTER_LANCZOS4)
+    return resize.filtered(alpha, size_wh, "lanczos")

@@ -2,7 +2,6 @@
 of transformers' post_process_semantic_segmentation, without the full-size logit stack."""
 from __future__ import annotations
 
-import sys
 import tracemalloc
 
 import numpy as np
@@ -60,9 +59,9 @@ def test_random_logits_equal_torch_upsampling(size):
     assert_matches(upsampled_argmax(logits, size), logits, size)
 
 
-def test_block_paths_and_numpy_fallback_agree(monkeypatch):
+def test_block_paths_agree(monkeypatch):
     """Small blocks (sparse ones from the regions, dense ones from the noise), classes
-    resized a few at a time, and without OpenCV: the same labels."""
+    resized a few at a time, dense blocks on one thread or several: the same labels."""
     logits = np.concatenate([regions(21, 40, 30, seed=2),
                              np.random.default_rng(3).standard_normal((21, 40, 30),
                                                                       ).astype(np.float32)],
@@ -75,20 +74,21 @@ def test_block_paths_and_numpy_fallback_agree(monkeypatch):
     monkeypatch.setattr(label_upsample, "DENSE_VALUES", 7 * 199 * 4)  # 4 classes at a time
     monkeypatch.setattr(label_upsample, "_boundary_share", lambda low: 0.0)  # block by block
     results.append(upsampled_argmax(logits, size))
-    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 -> ImportError: numpy
-    results.append(upsampled_argmax(logits, size))
+    monkeypatch.setattr(label_upsample, "_boundary_share", lambda low: 1.0)  # all dense
+    monkeypatch.setattr(label_upsample, "DENSE_BLOCK_VALUES", 199 * 21 * 5)  # 5-row blocks
+    for threads in ("1", "2"):
+        monkeypatch.setenv("OCULA_ONNX_THREADS", threads)
+        results.append(upsampled_argmax(logits, size))
     for got in results:
         np.testing.assert_array_equal(got[clear], want[clear])
 
 
 def test_ties_keep_the_first_class_across_class_groups(monkeypatch):
     """Two identical class planes: argmax's rule (the first) holds across class groups
-    (with numpy's arithmetic, which is the same for every class; OpenCV's SIMD paths for
-    3- and 2-channel groups may differ in the last bit, which is what TIE allows for)."""
+    (numpy's arithmetic is the same for every class)."""
     noise = np.random.default_rng(4).standard_normal((5, 12, 9)).astype(np.float32)
     logits = np.concatenate([noise, noise], axis=0)  # class k and k+5 always tie
     monkeypatch.setattr(label_upsample, "DENSE_VALUES", 40 * 31 * 3)  # groups straddle the twin
-    monkeypatch.setitem(sys.modules, "cv2", None)
     got = upsampled_argmax(logits, (40, 31))
     assert got.max() < 5  # (torch's own kernel does not keep this rule at exact ties)
     np.testing.assert_array_equal(got, upsampled_argmax(noise, (40, 31)))

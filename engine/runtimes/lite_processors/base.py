@@ -184,15 +184,12 @@ class LiteImageProcessor:
 
 
 def _lookup(chw: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """(C, H, W) uint8 -> float32 table[c][value], per plane with OpenCV's LUT (SIMD:
-    ~6x numpy's fancy indexing on a 800x800 image)."""
-    import cv2
-
+    """(C, H, W) uint8 -> float32 table[c][value], a plane at a time with np.take into the
+    output (4 ms for an 800x1066 RGB image on Zen 3, where OpenCV's LUT with its plane
+    split took 11 ms and fancy indexing 5 ms)."""
     out = np.empty(chw.shape, dtype=np.float32)
-    hwc = np.ascontiguousarray(chw.transpose(1, 2, 0))  # a view of the decoded image: no copy
-    planes = cv2.split(hwc) if hwc.shape[2] > 1 else [hwc[:, :, 0]]
-    for c, plane in enumerate(planes):
-        cv2.LUT(plane, table[c], dst=out[c])
+    for c in range(chw.shape[0]):
+        np.take(table[c], chw[c], out=out[c])
     return out
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.errors import CatalogError, UsageError
+from engine.media import resize
 from engine.results import Detections
 from engine.tasks.detect import DetectOptions, DetectorFamily, finish, to_numpy
 from engine.tasks.detect import class_filter as class_ids_for  # decode() has an arg class_filter
@@ -84,16 +85,16 @@ def letterbox_geometry(source_size: tuple[int, int], input_size: tuple[int, int]
 def letterbox(
     rgb: np.ndarray, input_size: tuple[int, int], *, pad_value: int = PAD_VALUE
 ) -> tuple[np.ndarray, Letterbox]:
-    """Resize (H, W, 3) uint8 keeping aspect and pad to `input_size` (width, height)."""
-    import cv2
-
+    """Resize (H, W, 3) uint8 keeping aspect and pad to `input_size` (width, height);
+    the resize is bilinear by Ultralytics' rule (OpenCV's INTER_LINEAR: half-pixel, no
+    antialiasing), which YOLO models are trained with."""
     h, w = rgb.shape[:2]
     geo = letterbox_geometry((w, h), input_size)
     new_w, new_h = round(w * geo.scale), round(h * geo.scale)
     resized = (
         rgb
         if (new_w, new_h) == (w, h)
-        else cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        else resize.linear(rgb, (new_w, new_h))
     )
     in_w, in_h = input_size
     canvas = np.full((in_h, in_w, 3), pad_value, dtype=np.uint8)

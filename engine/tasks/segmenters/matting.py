@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from engine.errors import UsageError
+from engine.media import resize
 from engine.results import Segmentation
 from engine.tasks.segment import SegmenterFamily, SegmentOptions, nth_output, to_numpy
 
@@ -65,13 +66,12 @@ def matting_input(images: list[Image.Image], spec: MattingSpec) -> np.ndarray:
 
 
 def matte_to_original(raw: np.ndarray, size: tuple[int, int], activation: str) -> np.ndarray:
-    """(h, w) network matte -> (H, W) float32 in [0, 1] at the original size (bilinear)."""
-    import cv2
-
+    """(h, w) network matte -> (H, W) float32 in [0, 1] at the original size (bilinear,
+    half-pixel: OpenCV's INTER_LINEAR, as the matting models' reference code resizes)."""
     values = raw.astype(np.float32)
     if activation == "sigmoid":
         values = 1.0 / (1.0 + np.exp(-values))
-    resized = cv2.resize(values, size, interpolation=cv2.INTER_LINEAR)
+    resized = resize.linear(values, size)
     return np.clip(resized, 0.0, 1.0).astype(np.float32)
 
 
