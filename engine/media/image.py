@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.errors import InputError
+from engine.media import image16
 from engine.paths import make_temp_file
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
@@ -189,6 +190,8 @@ def _is_16bit_colour(img: Image.Image) -> bool:
     return False
 
 
+TIFF_TILE_WIDTH = 322  # the tag of a tiled (not stripped) TIFF
+
 # EXIF orientation -> the same transform as ImageOps.exif_transpose, on a numpy array
 _ORIENT = {
     2: lambda a: a[:, ::-1],
@@ -203,26 +206,22 @@ _ORIENT = {
 
 def _read_16bit_colour(raw: Path | bytes, img: Image.Image, limit: int,
                        label: Any = None) -> LoadedImage:
-    """Decode a 16-bit RGB(A) PNG/TIFF at full depth with OpenCV (Pillow has no 16-bit
-    colour mode); the EXIF orientation is read by Pillow and applied to the array.
+    """Decode a 16-bit RGB(A) PNG/TIFF at full depth with FFmpeg's codecs (Pillow has no
+    16-bit colour mode); the EXIF orientation is read by Pillow and applied to the array.
     `raw`: the file, or its bytes (`label` names it then)."""
-    import cv2
-
     path = raw if isinstance(raw, Path) else None
     label = label if label is not None else path
-    encoded = (np.frombuffer(raw, dtype=np.uint8) if isinstance(raw, (bytes, bytearray))
-               else np.fromfile(raw, dtype=np.uint8))
-    try:
-        arr = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
-    except cv2.error:  # e.g. above OpenCV's own pixel limit
-        arr = None
-    if (arr is None or arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4)
-            or arr.shape[:2] != (img.size[1], img.size[0])):
+    tiled = img.format == "TIFF" and TIFF_TILE_WIDTH in getattr(img, "tag_v2", {})
+    arr = None if tiled else image16.decode(
+        bytes(raw) if isinstance(raw, (bytes, bytearray)) else raw.read_bytes())
+    if arr is None or arr.shape[:2] != (img.size[1], img.size[0]):
         loaded = from_pil(img, path=path, pixel_limit=limit)
-        loaded.notes.append("16-bit colour image read at 8 bits (OpenCV could not decode it)")
+        why = "a tiled TIFF, which FFmpeg's decoder mis-assembles" if tiled else \
+            "FFmpeg could not decode it"
+        loaded.notes.append(f"16-bit colour image read at 8 bits ({why})")
         return loaded
     alpha = np.ascontiguousarray(arr[..., 3]) if arr.shape[2] == 4 else None
-    rgb = arr[..., 2::-1]  # BGR(A) -> RGB
+    rgb = arr[..., :3]
     orientation = _orientation(img)
     turn = _ORIENT.get(orientation)
     if turn is not None:
@@ -361,25 +360,17 @@ def _to8(arr: np.ndarray) -> np.ndarray:
 
 
 class _Png16:
-    """16-bit RGB(A) PNG/TIFF through OpenCV: Pillow cannot write 16-bit colour."""
+    """16-bit RGB(A) PNG/TIFF through FFmpeg's codecs: Pillow cannot write 16-bit colour."""
 
     def __init__(self, array: np.ndarray) -> None:
         self.array = array
         self.mode = "RGB;16"
 
     def save(self, target: str) -> None:
-        import cv2
-
-        arr = self.array
-        if arr.ndim == 3 and arr.shape[2] == 3:
-            arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
-        elif arr.ndim == 3 and arr.shape[2] == 4:
-            arr = cv2.cvtColor(arr, cv2.COLOR_RGBA2BGRA)
-        ext = Path(target).suffix
-        ok, buf = cv2.imencode(ext, arr)
-        if not ok:
-            raise InputError(f"{target}: OpenCV could not encode a 16-bit image.")
-        Path(target).write_bytes(buf.tobytes())
+        try:
+            image16.write(target, self.array)
+        except Exception as exc:  # noqa: BLE001 - FFmpeg's errors vary by version
+            raise InputError(f"{target}: could not encode a 16-bit image ({exc}).") from exc
 
 
 def _array_to_pil(array: np.ndarray, alpha: np.ndarray | None, fmt: str):

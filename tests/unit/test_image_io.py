@@ -104,12 +104,53 @@ def test_write_16bit_png_keeps_depth(tmp_path):
     arr = (np.arange(4 * 5 * 3, dtype=np.uint16).reshape(4, 5, 3) * 1000)
     out = write_image(tmp_path / "o.png", arr)
     back = read_image(out)
-    # 16-bit colour read back through OpenCV to check exact values
-    import cv2
+    assert back.size == (5, 4) and back.bit_depth == 16
+    np.testing.assert_array_equal(back.array, arr)
+    cv2 = pytest.importorskip("cv2")  # an independent decoder (libpng) agrees
     raw = cv2.cvtColor(cv2.imread(str(out), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
     assert raw.dtype == np.uint16
     np.testing.assert_array_equal(raw, arr)
-    assert back.size == (5, 4)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+@pytest.mark.parametrize("channels", [3, 4])
+def test_16bit_colour_roundtrips_exactly_and_other_decoders_agree(tmp_path, suffix, channels):
+    """Written and read by FFmpeg's codecs (Pillow has no 16-bit colour): every sample
+    kept, alpha included; libpng/libtiff (through OpenCV, when installed) read the same
+    samples, and read what they write the same way back."""
+    rng = np.random.default_rng(channels)
+    arr = rng.integers(0, 65536, (37, 53, channels), dtype=np.uint16)
+    rgb, alpha = arr[..., :3], (arr[..., 3] if channels == 4 else None)
+    back = read_image(write_image(tmp_path / f"o{suffix}", rgb, alpha=alpha))
+    assert back.bit_depth == 16 and back.notes == []
+    np.testing.assert_array_equal(back.array, rgb)
+    if alpha is not None:
+        np.testing.assert_array_equal(back.alpha, alpha)
+    cv2 = pytest.importorskip("cv2")
+    order = [2, 1, 0, 3][:channels]  # OpenCV's BGR(A)
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / f"o{suffix}"),
+                                             cv2.IMREAD_UNCHANGED)[..., order], arr)
+    cv2.imwrite(str(tmp_path / f"cv{suffix}"), arr[..., order])
+    theirs = read_image(tmp_path / f"cv{suffix}")
+    assert theirs.bit_depth == 16
+    np.testing.assert_array_equal(theirs.array, rgb)
+
+
+def test_16bit_tiffs_from_other_writers(tmp_path):
+    """Deflate with the horizontal predictor (what image editors write) is read at 16
+    bits; a tiled TIFF, which FFmpeg's decoder cannot assemble, is read at 8 bits and
+    says so instead of returning wrong pixels."""
+    tifffile = pytest.importorskip("tifffile")
+    arr = np.random.default_rng(5).integers(0, 65536, (50, 70, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "zip.tif", arr, compression="zlib", predictor=2,
+                     photometric="rgb")
+    tifffile.imwrite(tmp_path / "tiled.tif", arr, tile=(16, 16), photometric="rgb")
+    stripped = read_image(tmp_path / "zip.tif")
+    assert stripped.bit_depth == 16
+    np.testing.assert_array_equal(stripped.array, arr)
+    tiled = read_image(tmp_path / "tiled.tif")
+    assert tiled.bit_depth == 8 and "tiled TIFF" in " ".join(tiled.notes)
+    np.testing.assert_allclose(np.asarray(tiled.rgb, dtype=float), arr / 257, atol=1)
 
 
 def test_write_with_alpha_and_jpeg_drops_it(tmp_path):
