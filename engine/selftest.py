@@ -355,7 +355,6 @@ def _versions() -> dict[str, str | None]:
         "av",
         "numpy",
         "pillow",
-        "opencv-python-headless",
         "PySide6",
     ):
         try:

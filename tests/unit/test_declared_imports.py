@@ -128,3 +128,22 @@ def test_every_third_party_import_is_declared_in_pyproject():
 def test_the_exceptions_are_still_imported():
     """NEVER_DEPENDENCIES names nothing the code has stopped importing."""
     assert set(NEVER_DEPENDENCIES) <= set(_third_party_imports())
+
+
+def test_the_app_does_not_import_what_only_the_tests_install():
+    """A distribution declared only in the `test` extra (oracles such as OpenCV, pycocotools,
+    scikit-image) is not there for a user: engine/ and desktop/ never import it."""
+    optional = _pyproject()["project"]["optional-dependencies"]
+    for_users = {_requirement_name(r) for r in _pyproject()["project"]["dependencies"]}
+    for name, requirements in optional.items():
+        if name != "test":
+            for_users |= {_requirement_name(r) for r in requirements}
+    test_only = {_requirement_name(r) for r in optional["test"]} - for_users
+    assert "opencv-python-headless" in test_only
+    providers = importlib.metadata.packages_distributions()
+    problems = [f"{module} ({places[0][0]}:{places[0][1]}) comes from "
+                f"{', '.join(sorted(dists & test_only))}, which only the tests install"
+                for module, places in sorted(_third_party_imports().items())
+                if (dists := {_canonical(d) for d in providers.get(module, [])}) & test_only
+                and not dists & for_users]
+    assert not problems, "\n".join(problems)
