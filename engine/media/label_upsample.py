@@ -17,7 +17,7 @@ source indices and weights (half-pixel centres, clamped at the border), and memo
 stays bounded by a block of rows. Where the corners disagree almost everywhere (random
 logits of an untrained model), pixels are blended densely in numpy, in cache-sized
 blocks of rows spread over the CPU's cores (150 classes, 128² -> 512² on two Zen 3
-cores: 95 ms, where one whole-image pass took 254 ms and OpenCV's resize 73 ms), a
+cores: 64 ms, where one whole-image pass took 254 ms and OpenCV's resize 67-73 ms), a
 group of classes at a time so that memory stays bounded there too.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ BLOCK_VALUES = 1 << 22  # floats per temporary (16 MB): bounds memory for any ph
 DENSE_FRACTION = 0.25  # above this share of undecided pixels, blend densely
 DENSE_VALUES = 1 << 25  # floats (128 MB) resized at once by a dense blend
 DENSE_BLOCK_VALUES = 1 << 20  # blended floats per dense block of rows (4 MB: stays in cache)
-CLASS_GROUP = 128  # classes blended together (a block's temporaries stay cache-sized)
+CLASS_GROUP = 256  # classes blended together (ADE20K's 150 at once: 25 % faster than 128 + 22)
 
 
 def upsampled_argmax(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -133,6 +133,8 @@ def _resized_argmax(hwc: np.ndarray, size: tuple[int, int], ys: tuple | None,
     for a in range(0, hwc.shape[2], step):
         part = _resize(hwc[:, :, a:a + step], size, ys, xs)
         index = part.argmax(axis=2)
+        if a == 0 and step >= hwc.shape[2]:
+            return index  # one group: no running best to keep
         value = np.take_along_axis(part, index[..., None], axis=2)[..., 0]
         if best is None:
             best, best_value = index + a, value
