@@ -375,8 +375,9 @@ def make_variant(card: ModelCard, precision: str, images: Sequence[Any], *,
                                      graph=main)
             graphs, origin, recipe_name = dict(source.graphs), "ocula", recipe.name
             for key, rel in graphs.items():
-                if recipe.converts(key):
-                    make_graph_variant(source.folder / rel, staging / rel, recipe,
+                part = recipe.part_for(key)
+                if part is not None:
+                    make_graph_variant(source.folder / rel, staging / rel, part,
                                        calibration=feeds.get(key, ()))
                 else:  # kept fp32 (e.g. a captioner's decoder): the source's own file
                     _link_or_copy(source.folder / rel, staging / rel)

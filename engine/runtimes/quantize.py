@@ -7,8 +7,9 @@ Five recipes, chosen per model family from one table (FAMILY_RECIPES), not by a 
 of conditions:
 
 * `dynamic-int8` (transformers: ViT/DeiT/DINOv2 encoders, DETR/YOLOS/Swin2SR
-  transformer parts, captioner encoders and decoders): onnxruntime's quantize_dynamic on
-  MatMul/Gemm weights (int8, per output channel), activations quantized per call. No
+  transformer parts, captioner encoders): onnxruntime's quantize_dynamic on MatMul
+  weights (int8, per output channel), activations quantized per call (its integer-op
+  registry has no Gemm: a linear layer exported as Gemm stays fp32 here). No
   calibration needed. Measured on the AMD EPYC (AVX-512 VNNI) this was written on, ViT-B/16
   224, 2 threads: QInt8 weights 107 ms (Pearson 0.99970 to fp32) against QUInt8's 135 ms
   (0.99972), so weights are signed int8; per-channel costs no time and gains accuracy.
@@ -16,8 +17,9 @@ of conditions:
   backbones): quantize_static in QDQ format, uint8 activations / int8 per-channel weights,
   activation ranges calibrated (MinMax) on feeds recorded while the fp32 graph ran the
   real task on the calibration images (`record_feeds`).
-* `dynamic-int8-encoder` (encoder + decoder captioners): `dynamic-int8` on the image
-  encoder's graph only; the decoder graphs are kept fp32 (see the recipe's comment).
+* `captioner-int8` (encoder + decoder captioners): `dynamic-int8` on the image encoder,
+  `weight-only-int8` on the text decoder graphs: 8-bit weights in blocks of 32 through
+  onnxruntime's MatMulNBits (engine.runtimes.weight_only; see the recipe's comment).
 * `static-conv-int8` (SegFormer): the static recipe on the convolutions only; the
   MatMuls stay fp32 (measured: see the recipe's comment).
 * `fp16`: onnxruntime's float16 conversion (onnxruntime.transformers.float16), inputs
@@ -43,6 +45,7 @@ import numpy as np
 
 from engine.errors import OculaError, UnsupportedModelError
 from engine.registry import Registry
+from engine.runtimes.weight_only import graphs_of, quantize_weights
 
 if TYPE_CHECKING:
     from engine.catalog.card import ModelCard
@@ -54,7 +57,7 @@ log = logging.getLogger("ocula.runtimes")
 QUANTIZED_OPS = frozenset({
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
     "ConvInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul", "QGemm",
-    "QAttention", "QLinearAdd", "QLinearMul",
+    "QAttention", "QLinearAdd", "QLinearMul", "MatMulNBits",
 })
 MAX_CALIBRATION_FEEDS = 64  # enough for MinMax ranges; bounded so memory stays small
 
@@ -69,26 +72,34 @@ class QuantRecipe:
 
     name: str
     precision: str  # int8 | fp16
-    method: str  # dynamic | static | fp16
+    method: str  # dynamic | static | weight-only | fp16 | parts
     summary: str
     per_channel: bool = True
     op_types: tuple[str, ...] = ()  # operators to quantize; () = onnxruntime's defaults
-    graph_prefix: str = ""  # only the graphs whose key starts with this ("" = every graph)
+    # method "parts": (graph-key prefix, recipe name) pairs, the first match converts a
+    # graph; a graph no prefix matches stays fp32
+    parts: tuple[tuple[str, str], ...] = ()
 
     @property
     def needs_calibration(self) -> bool:
-        return self.method == "static"
+        return self.method == "static" or any(RECIPES.get(name).needs_calibration
+                                              for _, name in self.parts)
 
-    def converts(self, graph_key: str) -> bool:
-        """Whether this recipe changes the graph `graph_key` (the others stay fp32)."""
-        return graph_key.startswith(self.graph_prefix)
+    def part_for(self, graph_key: str) -> QuantRecipe | None:
+        """The recipe that converts the graph `graph_key`, or None: it stays fp32."""
+        if self.method != "parts":
+            return self
+        for prefix, name in self.parts:
+            if graph_key.startswith(prefix):
+                return RECIPES.get(name)
+        return None
 
 
 RECIPES: Registry[str, QuantRecipe] = Registry("quantization recipe", missing=UnsupportedModelError)
 for _recipe in (
     QuantRecipe("dynamic-int8", "int8", "dynamic",
-                "dynamic int8: MatMul/Gemm weights int8 per channel, activations per call",
-                op_types=("MatMul", "Gemm")),
+                "dynamic int8: MatMul weights int8 per channel, activations per call",
+                op_types=("MatMul",)),
     QuantRecipe("static-qdq-int8", "int8", "static",
                 "static QDQ int8: uint8 activations calibrated on images, int8 weights per "
                 "channel", op_types=("Conv", "MatMul", "Gemm", "Add", "Mul", "Relu", "Clip",
@@ -101,14 +112,18 @@ for _recipe in (
     QuantRecipe("static-conv-int8", "int8", "static",
                 "static QDQ int8 of the convolutions: uint8 activations calibrated on images, "
                 "int8 weights per channel; MatMuls stay fp32", op_types=("Conv",)),
-    # Captioners (issue 13): on ViT-GPT2 (real-sized, Zen 3) int8 of both graphs took
-    # 575 ms a caption against fp32's 644 — the 69 ms the encoder's int8 saves; a cached
-    # decoder step is shape bookkeeping and memory traffic more than MatMul work, so its
-    # int8 buys no time and only moves tokens. The decoder stays fp32.
-    QuantRecipe("dynamic-int8-encoder", "int8", "dynamic",
-                "dynamic int8 of the image encoder (MatMul/Gemm weights int8 per channel); "
-                "the text decoder stays fp32", op_types=("MatMul", "Gemm"),
-                graph_prefix="encoder"),
+    # Text decoders (issue 13): a cached step is one token times every weight matrix, as
+    # fast as the weights can be read. quantize_dynamic skipped GPT-2's weights (its Conv1D
+    # layers export as Gemm, outside the integer-op registry), so "int8 of both graphs"
+    # had saved only the encoder's 69 ms. 8-bit blocks of 32 through MatMulNBits: ViT-GPT2's
+    # cached step 18.0 -> 10.6 ms (Zen 3); see engine.runtimes.weight_only.
+    QuantRecipe("weight-only-int8", "int8", "weight-only",
+                "int8 weights in blocks of 32 (onnxruntime MatMulNBits), activations int8 "
+                "per block at run time"),
+    QuantRecipe("captioner-int8", "int8", "parts",
+                "dynamic int8 of the image encoder (MatMul weights int8 per channel); "
+                "8-bit weights in blocks of 32 in the text decoder (MatMulNBits)",
+                parts=(("encoder", "dynamic-int8"), ("decoder", "weight-only-int8"))),
     QuantRecipe("fp16", "fp16", "fp16", "fp16 weights and compute, fp32 inputs and outputs"),
 ):
     RECIPES.register(_recipe.name, _recipe, where="engine.runtimes.quantize")
@@ -125,9 +140,9 @@ _STATIC = ("resnet", "convnext", "convnextv2", "mobilenet_v2", "mobilenet_v1", "
            "regnet", "sidecar:yolo", "output:yolov8", "output:yolov5", "output:image",
            "runtime:spandrel")
 _STATIC_CONV = ("segformer",)
-_ENCODER_ONLY = ("vision-encoder-decoder", "output:seq2seq", "gpt2")
+_CAPTIONERS = ("vision-encoder-decoder", "output:seq2seq", "gpt2")
 for _keys, _name in ((_DYNAMIC, "dynamic-int8"), (_STATIC, "static-qdq-int8"),
-                     (_STATIC_CONV, "static-conv-int8"), (_ENCODER_ONLY, "dynamic-int8-encoder")):
+                     (_STATIC_CONV, "static-conv-int8"), (_CAPTIONERS, "captioner-int8")):
     for _key in _keys:
         FAMILY_RECIPES.register(_key, _name, where="engine.runtimes.quantize")
 
@@ -176,7 +191,7 @@ def weight_census(path: Path) -> tuple[int, int]:
     model = onnx.load(str(path), load_external_data=False)
     sizes: dict[str, int] = {}
     conv = matmul = 0
-    for graph in _graphs(model.graph):
+    for graph in graphs_of(model.graph):
         for init in graph.initializer:
             sizes[init.name] = int(np.prod(init.dims)) if init.dims else 1
         for node in graph.node:
@@ -188,25 +203,12 @@ def weight_census(path: Path) -> tuple[int, int]:
     return conv, matmul
 
 
-def _graphs(graph: Any) -> Iterator[Any]:
-    import onnx
-
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _graphs(sub)
-
-
 def op_census(path: Path) -> Counter:
     """How many nodes of each operator type the graph holds, subgraphs included."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    return Counter(node.op_type for graph in _graphs(model.graph) for node in graph.node)
+    return Counter(node.op_type for graph in graphs_of(model.graph) for node in graph.node)
 
 
 def quantized_ops(path: Path) -> dict[str, int]:
@@ -226,6 +228,9 @@ def make_graph_variant(source: Path, target: Path, recipe: QuantRecipe, *,
             _to_fp16(source, target)
         elif recipe.method == "dynamic":
             _dynamic(source, target, recipe)
+        elif recipe.method == "weight-only":
+            with _quiet():
+                quantize_weights(source, target)
         elif recipe.method == "static":
             if not calibration:
                 raise QuantizationError(f"{source.name}: static quantization needs calibration "
