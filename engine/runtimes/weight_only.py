@@ -53,8 +53,8 @@ def _quantizer_module() -> Any:
         from engine.errors import MissingPackageError
 
         raise MissingPackageError(f"8-bit decoder weights need onnxruntime's MatMulNBits "
-                                  f"quantizer, which needs {exc.name or 'onnx-ir'} "
-                                  f"(pip install onnx-ir).") from exc
+                                  f"quantizer, which needs {exc.name or 'onnx-ir'} (the full "
+                                  f"build has it; or pip install onnx-ir).") from exc
     finally:
         for handler in root.handlers[:]:
             if handler not in handlers:
