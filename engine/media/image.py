@@ -212,12 +212,13 @@ def _read_16bit_colour(raw: Path | bytes, img: Image.Image, limit: int,
     path = raw if isinstance(raw, Path) else None
     label = label if label is not None else path
     tiled = img.format == "TIFF" and TIFF_TILE_WIDTH in getattr(img, "tag_v2", {})
-    arr = None if tiled else image16.decode(
-        bytes(raw) if isinstance(raw, (bytes, bytearray)) else raw.read_bytes())
+    data = bytes(raw) if isinstance(raw, (bytes, bytearray)) else raw.read_bytes()
+    arr = image16.decode_tiled_tiff(data) if tiled else image16.decode(data)
     if arr is None or arr.shape[:2] != (img.size[1], img.size[0]):
         loaded = from_pil(img, path=path, pixel_limit=limit)
-        why = "a tiled TIFF, which FFmpeg's decoder mis-assembles" if tiled else \
-            "FFmpeg could not decode it"
+        why = ("a tiled TIFF: FFmpeg's decoder mis-assembles tiles, and tifffile (pip "
+               "install 'ocula[large]') is not installed or could not read it") if tiled \
+            else "FFmpeg could not decode it"
         loaded.notes.append(f"16-bit colour image read at 8 bits ({why})")
         return loaded
     alpha = np.ascontiguousarray(arr[..., 3]) if arr.shape[2] == 4 else None

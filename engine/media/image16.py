@@ -50,6 +50,25 @@ def decode(data: bytes) -> np.ndarray | None:
         return None
 
 
+def decode_tiled_tiff(data: bytes) -> np.ndarray | None:
+    """(H, W, 3|4) uint16 of a tiled 16-bit TIFF's first page through tifffile (the
+    optional `large` extra), which FFmpeg's tiff decoder mis-assembles; None without
+    tifffile or when it cannot read the file."""
+    import io
+
+    try:
+        import tifffile
+    except ImportError:
+        return None
+    try:
+        arr = tifffile.imread(io.BytesIO(data), key=0)
+    except Exception:  # noqa: BLE001 - any unreadable file falls back to 8 bits
+        return None
+    if arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        return None
+    return np.ascontiguousarray(arr)
+
+
 def encode(array: np.ndarray, suffix: str) -> bytes:
     """A (H, W, 3|4) uint16 array as the bytes of a 16-bit PNG (suffix .png) or TIFF."""
     import av

@@ -136,18 +136,22 @@ def test_16bit_colour_roundtrips_exactly_and_other_decoders_agree(tmp_path, suff
     np.testing.assert_array_equal(theirs.array, rgb)
 
 
-def test_16bit_tiffs_from_other_writers(tmp_path):
+def test_16bit_tiffs_from_other_writers(tmp_path, monkeypatch):
     """Deflate with the horizontal predictor (what image editors write) is read at 16
-    bits; a tiled TIFF, which FFmpeg's decoder cannot assemble, is read at 8 bits and
-    says so instead of returning wrong pixels."""
+    bits by FFmpeg's decoder; a tiled TIFF, which that decoder mis-assembles, is read by
+    tifffile at 16 bits, and without tifffile at 8 bits with a note — never wrong pixels."""
+    import sys
+
     tifffile = pytest.importorskip("tifffile")
     arr = np.random.default_rng(5).integers(0, 65536, (50, 70, 3), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "zip.tif", arr, compression="zlib", predictor=2,
                      photometric="rgb")
     tifffile.imwrite(tmp_path / "tiled.tif", arr, tile=(16, 16), photometric="rgb")
-    stripped = read_image(tmp_path / "zip.tif")
-    assert stripped.bit_depth == 16
-    np.testing.assert_array_equal(stripped.array, arr)
+    for name in ("zip.tif", "tiled.tif"):
+        deep = read_image(tmp_path / name)
+        assert deep.bit_depth == 16 and deep.notes == [], name
+        np.testing.assert_array_equal(deep.array, arr)
+    monkeypatch.setitem(sys.modules, "tifffile", None)  # a Lite install
     tiled = read_image(tmp_path / "tiled.tif")
     assert tiled.bit_depth == 8 and "tiled TIFF" in " ".join(tiled.notes)
     np.testing.assert_allclose(np.asarray(tiled.rgb, dtype=float), arr / 257, atol=1)
