@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from engine.explain.maps import AttentionMaps
+from engine.exporters.overlay import label_font
 from engine.media import morphology
 from engine.results import Detections
 
@@ -109,15 +110,6 @@ def contact_sheet(head_maps: np.ndarray, *, tile: int = 96, gap: int = 4, colorm
     return sheet
 
 
-def _label_font() -> Any:
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=10)  # Pillow's scalable font (needs FreeType)
-    except (TypeError, ValueError, OSError, ImportError):
-        return ImageFont.load_default()
-
-
 def _draw_texts(picture: np.ndarray, texts: list[tuple[tuple[int, int], str]],
                 colour: tuple[int, int, int] = (220, 220, 220)) -> np.ndarray:
     """Small antialiased labels, each placed by its left end on the baseline (as OpenCV's putText)."""
@@ -125,7 +117,7 @@ def _draw_texts(picture: np.ndarray, texts: list[tuple[tuple[int, int], str]],
 
     canvas = Image.fromarray(picture)
     draw = ImageDraw.Draw(canvas)
-    font = _label_font()
+    font = label_font(10)
     scalable = isinstance(font, ImageFont.FreeTypeFont)
     for (x, baseline), text in texts:
         if scalable:

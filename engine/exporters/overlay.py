@@ -45,7 +45,8 @@ def text_colour(background: tuple[int, int, int]) -> tuple[int, int, int]:
 
 
 @lru_cache(maxsize=16)
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def label_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's scalable default font at `size` px (the bitmap font without FreeType)."""
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError):  # Pillow without FreeType: the small bitmap font
@@ -92,7 +93,7 @@ def draw_detections(
     canvas = _as_rgb(image).copy()
     draw = ImageDraw.Draw(canvas)
     line, font_size = _sizes(canvas)
-    font = _font(font_size)
+    font = label_font(font_size)
     for box in sorted(det.boxes, key=lambda b: b.score):  # best boxes drawn on top
         # labels without an id (open-vocabulary phrases): a colour from the text itself, stable
         # across runs (str hash() is salted per process)
@@ -149,7 +150,7 @@ def draw_segmentation(
 def _with_legend(canvas: Image.Image, present: dict[int, str]) -> Image.Image:
     """A legend column to the right: colour swatch and class name per label shown."""
     _, font_size = _sizes(canvas)
-    font = _font(font_size)
+    font = label_font(font_size)
     probe = ImageDraw.Draw(canvas)
     rows = sorted(present.items())
     text_w = max(probe.textbbox((0, 0), name, font=font)[2] for _, name in rows)
