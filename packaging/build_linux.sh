@@ -49,6 +49,8 @@ command -v Xvfb >/dev/null || apt_get xvfb
 command -v import >/dev/null || apt_get imagemagick
 command -v xwd >/dev/null || apt_get x11-apps
 command -v desktop-file-validate >/dev/null || apt_get desktop-file-utils
+# ICU tools that rebuild Qt's ICU data library with English and root only (slim_binaries.py)
+{ command -v icupkg || [ -x /usr/sbin/icupkg ]; } >/dev/null || apt_get icu-devtools
 
 # -- real-weight first-run models (MTCNN faces as ONNX), made from installed packages --------
 if [ ! -f resources/first-run/mtcnn/model.toml ]; then
