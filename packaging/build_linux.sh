@@ -5,16 +5,15 @@
 #   OCULA_VARIANT=lite|cpu|cuda ...     which variant (default: what the installed torch is;
 #                                       lite = no torch, ONNX Runtime only, a few hundred MB)
 #   SKIP_BUILD=1 packaging/build_linux.sh   re-run only the smoke tests + packaging
-#   SKIP_PACK=1 ...                     no tarball and no .deb
+#   SKIP_PACK=1 ...                     no tarball, .deb or AppImage
 # (The tarball renames the top folder, not symlink targets: ocula-cli -> ocula.)
 #
 # Steps: PyInstaller one-folder bundle (packaging/ocula.spec) -> the frozen app's
 # `--version`, `--self-test` (report JSON) and the GUI under Xvfb (start-up probe +
 # screenshot) -> tarball with a freedesktop .desktop entry, icon and install.sh, and a .deb
-# (packaging/linux/build_deb.sh; tests/integration/test_linux_packages.py installs it).
+# (packaging/linux/build_deb.sh; tests/integration/test_linux_packages.py installs it) and an
+# AppImage (packaging/linux/build_appimage.sh; the same test runs it).
 # Results: build/linux-smoke/ (result.json, self-test report, logs, screenshot).
-# No AppImage: appimagetool and the AppImage runtime are not in any registry we can
-# reach (PyPI, Debian); a CI with internet can wrap the same folder with appimagetool.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -51,6 +50,10 @@ command -v xwd >/dev/null || apt_get x11-apps
 command -v desktop-file-validate >/dev/null || apt_get desktop-file-utils
 # ICU tools that rebuild Qt's ICU data library with English and root only (slim_binaries.py)
 { command -v icupkg || [ -x /usr/sbin/icupkg ]; } >/dev/null || apt_get icu-devtools
+# the AppImage: mksquashfs, and the static libraries its runtime is linked from
+command -v mksquashfs >/dev/null || apt_get squashfs-tools
+[ -f "/usr/lib/$(gcc -print-multiarch 2>/dev/null)/libsquashfuse_ll.a" ] \
+  || apt_get libsquashfuse-dev libfuse3-dev libzstd-dev zlib1g-dev liblzma-dev liblz4-dev liblzo2-dev
 
 # -- real-weight first-run models (MTCNN faces as ONNX), made from installed packages --------
 if [ ! -f resources/first-run/mtcnn/model.toml ]; then
@@ -158,6 +161,25 @@ if [ -z "${SKIP_PACK:-}" ] && command -v dpkg-deb >/dev/null; then
   log "$DEB: $(du -h "$DEB" | cut -f1)"
 fi
 
+APPIMAGE=""; APPIMAGE_BYTES=0; APPIMAGE_OK=false; APPIMAGE_MODE=""
+if [ -n "${SKIP_PACK:-}" ]; then :
+elif ! command -v mksquashfs >/dev/null \
+    || [ ! -f "/usr/lib/$(gcc -print-multiarch 2>/dev/null)/libsquashfuse_ll.a" ]; then
+  log "no AppImage: needs squashfs-tools and libsquashfuse-dev libfuse3-dev libzstd-dev" \
+      "zlib1g-dev liblzma-dev liblz4-dev liblzo2-dev (apt), which could not be installed"
+else
+  log "AppImage"
+  APPIMAGE=$(packaging/linux/build_appimage.sh "$BUNDLE" "$VERSION" "$VARIANT" dist)
+  APPIMAGE_BYTES=$(stat -c %s "$APPIMAGE")
+  # run the file itself (FUSE mount), else unpacked to a temporary folder by its runtime
+  if [ "$("$APPIMAGE" --version 2>/dev/null | tail -1)" = "ocula $VERSION" ]; then
+    APPIMAGE_OK=true; APPIMAGE_MODE=fuse
+  elif [ "$("$APPIMAGE" --appimage-extract-and-run --version 2>&1 | tail -1)" = "ocula $VERSION" ]; then
+    APPIMAGE_OK=true; APPIMAGE_MODE=extract-and-run
+  fi
+  log "$APPIMAGE: $(du -h "$APPIMAGE" | cut -f1), runs: $APPIMAGE_OK ($APPIMAGE_MODE)"
+fi
+
 cat > "$SMOKE/result.json" <<EOF
 {
   "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
@@ -171,6 +193,10 @@ cat > "$SMOKE/result.json" <<EOF
   "tarball_runs": $TARBALL_OK,
   "deb": "$DEB",
   "deb_bytes": $DEB_BYTES,
+  "appimage": "$APPIMAGE",
+  "appimage_bytes": $APPIMAGE_BYTES,
+  "appimage_runs": $APPIMAGE_OK,
+  "appimage_mode": "$APPIMAGE_MODE",
   "version_output": "$VERSION_OUT",
   "version_ok": $VERSION_OK,
   "selftest_exit_code": $SELFTEST_RC,
@@ -182,4 +208,5 @@ cat > "$SMOKE/result.json" <<EOF
 }
 EOF
 cat "$SMOKE/result.json"
-$VERSION_OK && $SELFTEST_OK && $GUI_OK && { [ -n "${SKIP_PACK:-}" ] || $TARBALL_OK; }
+$VERSION_OK && $SELFTEST_OK && $GUI_OK && { [ -n "${SKIP_PACK:-}" ] || $TARBALL_OK; } \
+  && { [ -z "$APPIMAGE" ] || $APPIMAGE_OK; }

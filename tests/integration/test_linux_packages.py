@@ -82,6 +82,27 @@ def _screenshot(display: str, path: Path) -> None:
                    QT_QPA_PLATFORM="xcb"), check=True, timeout=60)
 
 
+def _first_run_faces(cli: list[str], first_run: Path, tmp_path: Path, env: dict) -> int:
+    """Import the shipped MTCNN and detect the astronaut's face with it, as a user would."""
+    from PIL import Image
+    from skimage import data as skdata
+
+    photos = tmp_path / "photos"
+    photos.mkdir(exist_ok=True)
+    Image.fromarray(skdata.astronaut()).save(photos / "astronaut.png")
+    imported = subprocess.run([*cli, "models", "import", str(first_run), "--json"],
+                              capture_output=True, text=True, env=env, timeout=120)
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    model_id = json.loads(imported.stdout)["id"]
+    out = tmp_path / "faces"
+    run = subprocess.run([*cli, "run", "detect", str(photos), "-m", model_id, "-o", str(out)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    record = json.loads(next(out.rglob("astronaut*.json")).read_text())
+    assert [b["label"] for b in record["boxes"]] == ["face"], record["boxes"]
+    return len(record["boxes"])
+
+
 def test_lite_deb_installs_runs_and_uninstalls(tmp_path):
     result, build_seconds = _build()
     deb = ROOT / result["deb"]
@@ -128,23 +149,8 @@ def test_lite_deb_installs_runs_and_uninstalls(tmp_path):
         # the real-weight model the Lite bundle ships for its first run: faces, offline
         first_run = Path("/opt/ocula/_internal/resources/first-run/mtcnn")
         if first_run.is_dir():
-            from skimage import data as skdata
-            from PIL import Image
-
-            photos = tmp_path / "photos"
-            photos.mkdir()
-            Image.fromarray(skdata.astronaut()).save(photos / "astronaut.png")
-            imported = subprocess.run(["/usr/bin/ocula-cli", "models", "import", str(first_run),
-                                       "--json"], capture_output=True, text=True, env=env, timeout=120)
-            assert imported.returncode == 0, imported.stdout + imported.stderr
-            model_id = json.loads(imported.stdout)["id"]
-            out = tmp_path / "faces"
-            run = subprocess.run(["/usr/bin/ocula-cli", "run", "detect", str(photos), "-m", model_id,
-                                  "-o", str(out)], capture_output=True, text=True, env=env, timeout=300)
-            assert run.returncode == 0, run.stdout + run.stderr
-            record = json.loads(next(out.rglob("astronaut*.json")).read_text())
-            assert [b["label"] for b in record["boxes"]] == ["face"], record["boxes"]
-            figures["first_run_faces_on_astronaut"] = len(record["boxes"])
+            figures["first_run_faces_on_astronaut"] = _first_run_faces(
+                ["/usr/bin/ocula-cli"], first_run, tmp_path, env)
 
         display = ":93"
         xvfb = _xvfb(display)
@@ -182,3 +188,71 @@ def test_lite_deb_installs_runs_and_uninstalls(tmp_path):
     assert not Path("/opt/ocula").exists()
     (SMOKE / "deb-test.json").write_text(json.dumps(figures, indent=2))
     print("\nLite .deb figures:", json.dumps(figures))
+
+
+def test_lite_appimage_runs_offline_as_one_file(tmp_path):
+    result, _ = _build()
+    assert result.get("appimage"), result  # build_linux.sh makes one when mksquashfs exists
+    image = ROOT / result["appimage"]
+    figures = {"appimage_bytes": image.stat().st_size, "mode": result["appimage_mode"]}
+    assert result["appimage_runs"], result
+
+    # a type-2 AppImage: the static runtime (no interpreter), the magic at offset 8, the
+    # squashfs right after the runtime's ELF image
+    sys.path.insert(0, str(ROOT / "packaging"))
+    from slim_binaries import elf_section_names
+
+    head = image.read_bytes()[:16]
+    assert head[:4] == b"\x7fELF" and head[8:11] == b"AI\x02", head
+    sections = elf_section_names(image)
+    assert ".interp" not in sections and {".upd_info", ".sha256_sig", ".digest_md5"} <= set(sections)
+    offset = int(subprocess.run([str(image), "--appimage-offset"], capture_output=True, text=True,
+                                check=True, timeout=60).stdout)
+    with open(image, "rb") as f:
+        f.seek(offset)
+        assert f.read(4) == b"hsqs"
+
+    # what the user's desktop sees: the AppDir's entry point, desktop entry and icon
+    subprocess.run([str(image), "--appimage-extract"], cwd=tmp_path, capture_output=True,
+                   check=True, timeout=300)
+    appdir = tmp_path / "squashfs-root"
+    assert os.readlink(appdir / "AppRun") == "usr/lib/ocula/ocula"
+    assert (appdir / ".DirIcon").resolve() == (appdir / "ocula.png").resolve()
+    desktop = (appdir / "ocula.desktop").read_text()
+    assert "Exec=ocula %F" in desktop and "MimeType=image/png;" in desktop, desktop
+    if shutil.which("desktop-file-validate"):
+        subprocess.run(["desktop-file-validate", str(appdir / "ocula.desktop")], check=True)
+
+    # run the one file, as a user does after chmod +x (FUSE mount; without FUSE, unpacked
+    # by its own runtime), offline, in a fresh home
+    cli = [str(image)] if result["appimage_mode"] == "fuse" else [str(image), "--appimage-extract-and-run"]
+    home = tmp_path / "home"
+    env = dict(os.environ, HOME=str(home), OCULA_HOME=str(home / "ocula"),
+               XDG_CONFIG_HOME=str(home / "config"), HF_HUB_OFFLINE="1")
+    env.pop("QT_QPA_PLATFORM", None)
+    report = tmp_path / "selftest.json"
+    started = time.perf_counter()
+    selftest = subprocess.run([*cli, "--self-test"], capture_output=True, text=True, timeout=600,
+                              env=dict(env, OCULA_SELFTEST_REPORT=str(report)))
+    figures["selftest_seconds"] = round(time.perf_counter() - started, 2)
+    assert selftest.returncode == 0, selftest.stdout + selftest.stderr
+    data = json.loads(report.read_text())
+    assert data["frozen"] and data["build"] == "lite" and data["passed"] == 5, data
+    first_run = appdir / "usr/lib/ocula/_internal/resources/first-run/mtcnn"
+    assert first_run.is_dir()
+    figures["first_run_faces_on_astronaut"] = _first_run_faces(cli, first_run, tmp_path, env)
+
+    display = ":94"
+    xvfb = _xvfb(display)
+    try:
+        started = time.perf_counter()
+        probe = subprocess.run(cli, capture_output=True, text=True, timeout=180,
+                               env=dict(env, DISPLAY=display, OCULA_STARTUP_PROBE="1"))
+        figures["cold_start_to_window_seconds"] = round(time.perf_counter() - started, 2)
+        shown = [ln for ln in probe.stdout.splitlines() if ln.startswith("OCULA_WINDOW_SHOWN")]
+        assert shown, probe.stdout + probe.stderr
+        figures["window_shown_seconds"] = float(shown[0].split()[1])
+    finally:
+        xvfb.terminate()
+    (SMOKE / "appimage-test.json").write_text(json.dumps(figures, indent=2))
+    print("\nLite AppImage figures:", json.dumps(figures))
