@@ -37,12 +37,14 @@ from engine.jobs.handler_protocol import ItemResult, batch_of
 from engine.jobs.outputs import FrameInfo, FrameOutput, OutputPlan
 from engine.jobs.store import SegmentRecord
 from engine.jobs.video_result import VideoResult, mask_records
+from engine.jobs.video_threads import lower_thread_priority, thread_nice
 from engine.media import resize
 from engine.media.image import LoadedImage, atomic_write_bytes
 from engine.media.video import (
     DecodedFrame,
     DecodeStats,
     EncodeSettings,
+    encoder_frame,
     SegmentWriter,
     VideoInfo,
     assemble_video,
@@ -110,7 +112,7 @@ class _Encoded:
     index: int
     pts: int | None
     time_s: float
-    picture: np.ndarray | None  # None when no video is written
+    picture: Any  # the encoder's frame (media.video.encoder_frame); None: no video written
     annotation: str | None  # one JSON line, or None for frames not processed
     starts_segment: bool
     state_before: dict[str, Any] = field(default_factory=dict)  # tracker etc. at the cut
@@ -218,7 +220,7 @@ class VideoPipeline:
         self.began = time.monotonic()
         self.paused_before = self.job.paused_s
         try:
-            self._infer(q_in, q_out, skip_below)
+            self._run_model_thread(q_in, q_out, skip_below)
             _put(q_out, _END, self._stop)
             encoder.join()
             if self.error is not None:
@@ -280,6 +282,7 @@ class VideoPipeline:
         self.model_s = 0.0
         self.threads_planned = False
         self.threads_applied: dict[str, Any] = {}
+        self.lowered: dict[str, int | None] = {}  # stage -> its thread's nice, once lowered
 
     def _plan_threads(self, group_frames: int, picture: np.ndarray | None) -> None:
         """After the first group: the model's cost is known, and the output size (a ×4
@@ -310,6 +313,7 @@ class VideoPipeline:
             for frame in decode_frames(self.item.path, start_s=self.start_s, end_s=self.end_s,
                                        after_pts=after_pts, first_index=first_index,
                                        stats=self.stats, threads=self.thread_plan.decode):
+                self._yield_if_cheaper("decode")
                 if not _put(q_in, frame, self._stop):
                     return
             _put(q_in, _END, self._stop)
@@ -320,7 +324,38 @@ class VideoPipeline:
                 _put(q_in, InputError(f"{self.item.path}: decoding failed "
                                       f"({getattr(exc, 'strerror', None) or exc}).") , self._stop)
 
-    # -- inference (calling thread) ---------------------------------------------------------
+    # -- inference (its own thread) -----------------------------------------------------------
+    def _run_model_thread(self, q_in: queue.Queue, q_out: queue.Queue, skip_below: int) -> None:
+        """`_infer` on a thread of its own, so that it may drop its priority (a thread can
+        lower its own but not raise it back; the caller's thread must keep its priority)."""
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self._infer(q_in, q_out, skip_below)
+            except BaseException as exc:  # noqa: BLE001 — re-raised on the caller's thread
+                failure.append(exc)
+
+        model = threading.Thread(target=work, name="ocula-video-model", daemon=True)
+        model.start()
+        try:
+            model.join()
+        except BaseException:  # e.g. Ctrl-C on the caller's thread: stop the model too
+            self._stop.set()
+            model.join(timeout=30)
+            raise
+        if failure:
+            raise failure[0]
+
+    def _yield_if_cheaper(self, stage: str) -> None:
+        """Once the plan shows `stage` is cheaper than the slowest stage, run its thread
+        below the job's priority: on a busy CPU the slowest stage (usually the encoder,
+        whose frame threads wait on its calling thread) then gets the cores first, and the
+        cheaper stages fill the time it leaves (video_threads.lower_thread_priority)."""
+        if stage in self.lowered or not self.thread_plan.yields(stage):
+            return
+        self.lowered[stage] = lower_thread_priority()
+
     def _infer(self, q_in: queue.Queue, q_out: queue.Queue, skip_below: int) -> None:
         pending: list[_Frame] = []
         selected_count = 0
@@ -398,7 +433,12 @@ class VideoPipeline:
             picture, line = self._render(f)
             if not self.threads_planned:
                 self._plan_threads(len(group), picture)
+                self._yield_if_cheaper("model")
             self.frames_processed += f.selected
+            if picture is not None and self.settings is not None:
+                # converted here, not on the encoder's thread: the encoder is usually the
+                # slowest stage, and the RGB -> YUV conversion would lengthen its turn
+                picture = encoder_frame(picture, self.settings)
             _put(q_out, _Encoded(f.decoded.index, f.decoded.pts, f.decoded.time_s, picture,
                                  line, f.starts_segment, state_before), self._stop)
             if self.error is not None:
@@ -493,6 +533,7 @@ class VideoPipeline:
                     if self._stop.is_set():
                         break
                     continue
+                self._yield_if_cheaper("encode")
                 if entry is _END:
                     if seg:
                         self._close_segment(writer, lines, seg, idx, self._state())
@@ -520,10 +561,11 @@ class VideoPipeline:
             if writer is not None and seg:
                 writer.abort()  # an unfinished segment is redone on resume
 
-    def _open_writer(self, idx: int, picture: np.ndarray | None) -> SegmentWriter | None:
+    def _open_writer(self, idx: int, picture: Any) -> SegmentWriter | None:
         if not self.video_output or self.settings is None:
             return None
-        h, w = picture.shape[:2] if picture is not None else (self.info.height, self.info.width)
+        h, w = ((picture.height, picture.width) if picture is not None
+                else (self.info.height, self.info.width))
         self.settings.width, self.settings.height = w, h
         self.settings.threads = self.thread_plan.encode
         writer = SegmentWriter(self._segment_path(idx), self.settings)
@@ -562,7 +604,8 @@ class VideoPipeline:
         written: list[Path] = []
         info: dict[str, Any] = {"frames": decoded_total, "processed_frames": self.frames_processed,
                                 "threads": dict(self.threads_applied,
-                                                plan=self.thread_plan.describe()),
+                                                plan=self.thread_plan.describe(),
+                                                nice=dict(self.lowered, job=thread_nice())),
                                 "resumed_from_frame": self.resumed_from,
                                 "bad_packets": self.stats.bad_packets}
         if self.video_output:

@@ -16,12 +16,22 @@ where cost is the stage's single-thread time per video frame, measured on the vi
 group of frames, run single-threaded) and cores are physical cores. The plan is derived,
 not tuned: on two cores with a cheap decoder and model and a dearer encoder it gives 1/1/auto,
 and the shares grow with the cores and with the other stages' costs.
+
+Priorities: threads alone do not stop the stages fighting. x264's frame threads wait on the
+thread that calls it, and when decode and model threads are runnable at the same priority
+the scheduler shares the cores evenly, so the slowest stage loses turns it cannot make up.
+On Linux each stage cheaper than the slowest therefore runs its thread at a lower priority
+(nice +10 over the job's, `lower_thread_priority`): the slowest stage gets the cores
+first and the cheaper ones fill the time it leaves. Only the stages' own threads change
+(a thread may lower its own priority but not raise it back); the caller's thread does not.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +44,7 @@ from engine.media.video import EncodeSettings, SegmentWriter, decode_frames, eve
 
 CALIBRATION_FRAMES = 8  # decoded (cheap) for the decoder's cost
 ENCODE_CALIBRATION_FRAMES = 4
+YIELD_NICE = 10  # how much lower than the job's priority the cheaper stages' threads run
 
 
 @dataclass
@@ -59,9 +70,39 @@ class ThreadPlan:
         def n(threads: int) -> str:
             return str(threads) if threads else "auto"
 
+        lower = [stage for stage in ("decode", "model", "encode") if self.yields(stage)]
         return (f"{self.cores} cores: decode {n(self.decode)} ({c.decode_ms:.1f} ms/frame), "
                 f"model {n(self.model)} ({c.model_ms:.1f} ms), encode {n(self.encode)} "
-                f"({c.encode_ms:.1f} ms)")
+                f"({c.encode_ms:.1f} ms)"
+                + (f"; lower priority: {', '.join(lower)}" if lower else ""))
+
+    def yields(self, stage: str) -> bool:
+        """Whether `stage` ("decode", "model" or "encode") is cheaper than the slowest stage
+        measured so far (a stage not measured yet, cost 0, does not yield)."""
+        costs = {"decode": self.costs.decode_ms, "model": self.costs.model_ms,
+                 "encode": self.costs.encode_ms}
+        return 0 < costs[stage] < max(costs.values())
+
+
+def thread_nice() -> int | None:
+    """The calling thread's nice value (Linux; None where threads have no nice of their own)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def lower_thread_priority(by: int = YIELD_NICE) -> int | None:
+    """Lower the calling thread's priority by `by` nice steps (Linux, where setpriority on a
+    thread id applies to that thread only) and return its nice value read back; None where
+    it is not done (macOS and Windows: setpriority there is per process, or absent)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
+    except OSError:
+        return None
+    return os.getpriority(os.PRIO_PROCESS, tid)
 
 
 def plan_threads(cores: int, costs: StageCosts) -> ThreadPlan:

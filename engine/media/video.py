@@ -326,6 +326,19 @@ def segment_time_base(tb: Fraction) -> Fraction:
     return Fraction(1, tb.denominator)
 
 
+def encoder_frame(array: np.ndarray, settings: EncodeSettings) -> Any:
+    """An RGB array as the encoder's input frame (`settings.pix_fmt`, the source's colour
+    space and range): the conversion `SegmentWriter.write` would do, for any thread."""
+    import av
+
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
+    colour = settings.colour
+    space = colour.get("colorspace")
+    return frame.reformat(format=settings.pix_fmt,
+                          dst_colorspace=space if space not in (None, 2) else None,
+                          dst_color_range=colour.get("color_range") or None)
+
+
 class SegmentWriter:
     """Encode frames into one segment file (MP4: exact time base, holds all our codecs).
 
@@ -365,15 +378,11 @@ class SegmentWriter:
         stream.options = _encoder_options(settings)
         self.stream = stream
 
-    def write(self, array: np.ndarray, pts: int | None) -> None:
-        import av
-
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
-        colour = self.settings.colour
-        space = colour.get("colorspace")
-        frame = frame.reformat(format=self.settings.pix_fmt,
-                               dst_colorspace=space if space not in (None, 2) else None,
-                               dst_color_range=colour.get("color_range") or None)
+    def write(self, picture: Any, pts: int | None) -> None:
+        """Encode one frame: an RGB array, or a frame from `encoder_frame` (converted
+        beforehand, e.g. on another thread, so the encoder's thread only encodes)."""
+        frame = picture if not isinstance(picture, np.ndarray) else encoder_frame(
+            picture, self.settings)
         out_pts = pts * self._scale if pts is not None else None
         if out_pts is not None and self.last_pts is not None and out_pts <= self.last_pts:
             out_pts = self.last_pts + 1  # a repeated timestamp must still move forward

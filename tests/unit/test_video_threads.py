@@ -3,6 +3,7 @@ the rule, and a real job that applies the counts it chose (read back from the co
 contexts, OpenCV, torch and the ONNX Runtime session) and puts the model's back after."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,7 +17,7 @@ from onnx import TensorProto, helper
 
 from engine.catalog.card import ModelCard, Source
 from engine.jobs import BaseHandler, ItemResult, JobSpec, register_handler, run_job
-from engine.jobs.video_threads import StageCosts, plan_threads
+from engine.jobs.video_threads import YIELD_NICE, StageCosts, plan_threads, thread_nice
 from engine.results import RestoredImage
 from engine.runtimes.base import Placement
 from engine.runtimes.onnx_backend import load_onnx
@@ -42,6 +43,13 @@ def test_the_slowest_stage_keeps_its_count_and_the_others_get_their_share():
     assert plan_threads(1, heavy).model == 1  # never more than the cores, never fewer than 1
     assert plan_threads(4, StageCosts()).encode == 1  # nothing measured: one thread each
     assert "encode auto" in two.describe()
+    # Priorities: the stages cheaper than the slowest run below it; unmeasured ones do not.
+    assert [s for s in ("decode", "model", "encode") if two.yields(s)] == ["decode", "model"]
+    assert [s for s in ("decode", "model", "encode") if plan.yields(s)] == ["decode", "encode"]
+    assert "lower priority: decode, model" in two.describe()
+    early = plan_threads(2, StageCosts(decode_ms=5.0, encode_ms=80.0))  # model not timed yet
+    assert early.yields("decode") and not early.yields("model")
+    assert not plan_threads(2, StageCosts()).yields("decode")
 
 
 def _scale_graph(path: Path) -> Path:
@@ -61,9 +69,11 @@ class ThreadsSeen(BaseHandler):
 
     runner: ClassVar[Any] = None
     seen: ClassVar[list[dict]] = []
+    nice: ClassVar[list[int | None]] = []
 
     def process_image(self, image, out):
         runner = type(self).runner
+        type(self).nice.append(thread_nice())
         type(self).seen.append({"opencv": cv2.getNumThreads(), "torch": torch.get_num_threads(),
                                 "onnxruntime": runner.intra_op_threads()})
         blurred = cv2.GaussianBlur(image.array, (5, 5), 0)
@@ -94,7 +104,8 @@ def test_a_video_job_applies_the_thread_counts_it_planned(tmp_path, store, onnx_
     torch_before = torch.get_num_threads()
     torch.set_num_threads(before["torch"])
     ort_before = onnx_runner.intra_op_threads()
-    ThreadsSeen.runner, ThreadsSeen.seen = onnx_runner, []
+    ThreadsSeen.runner, ThreadsSeen.seen, ThreadsSeen.nice = onnx_runner, [], []
+    job_nice = thread_nice()
     try:
         with handlers_restored():
             register_handler("restore", ThreadsSeen, replace=True)
@@ -123,6 +134,19 @@ def test_a_video_job_applies_the_thread_counts_it_planned(tmp_path, store, onnx_
         assert ThreadsSeen.seen[0]["opencv"] == 1 and ThreadsSeen.seen[0]["torch"] == 1
         for seen in ThreadsSeen.seen[4:]:
             assert seen == model_counts
+        # Linux: each stage cheaper than the slowest ran its own thread below the job's
+        # priority, read back from the threads; the caller's thread kept its priority.
+        if sys.platform.startswith("linux"):
+            nice = threads["nice"]
+            assert nice["job"] == job_nice == thread_nice()
+            for stage in ("decode", "model", "encode"):
+                if expected.yields(stage):
+                    assert nice[stage] == min(19, job_nice + YIELD_NICE), (stage, nice)
+                else:
+                    assert stage not in nice, (stage, nice)
+            assert ThreadsSeen.nice[0] == job_nice  # the first group: before the plan
+            assert ThreadsSeen.nice[-1] == nice.get("model", job_nice)
+            assert expected.yields("decode")  # decoding 320x240 is cheaper than encoding it
         # Put back afterwards, for the next job in this process.
         assert cv2.getNumThreads() == before["opencv"]
         assert torch.get_num_threads() == before["torch"]
