@@ -51,8 +51,9 @@ command -v desktop-file-validate >/dev/null || apt_get desktop-file-utils
 # ICU tools that rebuild Qt's ICU data library with English and root only (slim_binaries.py)
 { command -v icupkg || [ -x /usr/sbin/icupkg ]; } >/dev/null || apt_get icu-devtools
 # the AppImage: mksquashfs, and the static libraries its runtime is linked from
+SQUASHFUSE_A=/usr/lib/$(gcc -print-multiarch 2>/dev/null)/libsquashfuse_ll.a
 command -v mksquashfs >/dev/null || apt_get squashfs-tools
-[ -f "/usr/lib/$(gcc -print-multiarch 2>/dev/null)/libsquashfuse_ll.a" ] \
+[ -f "$SQUASHFUSE_A" ] \
   || apt_get libsquashfuse-dev libfuse3-dev libzstd-dev zlib1g-dev liblzma-dev liblz4-dev liblzo2-dev
 
 # -- real-weight first-run models (MTCNN faces as ONNX), made from installed packages --------
@@ -163,8 +164,7 @@ fi
 
 APPIMAGE=""; APPIMAGE_BYTES=0; APPIMAGE_OK=false; APPIMAGE_MODE=""
 if [ -n "${SKIP_PACK:-}" ]; then :
-elif ! command -v mksquashfs >/dev/null \
-    || [ ! -f "/usr/lib/$(gcc -print-multiarch 2>/dev/null)/libsquashfuse_ll.a" ]; then
+elif ! command -v mksquashfs >/dev/null || [ ! -f "$SQUASHFUSE_A" ]; then
   log "no AppImage: needs squashfs-tools and libsquashfuse-dev libfuse3-dev libzstd-dev" \
       "zlib1g-dev liblzma-dev liblz4-dev liblzo2-dev (apt), which could not be installed"
 else

@@ -37,8 +37,12 @@ _KEEP_LANGS = {"en"}
 _KEEP_NAMES = {"res_index", "root", "pool"}
 
 
-def elf_section_names(path: Path) -> list[str]:
-    """Section names of an ELF file; [] when it is not a 64-bit little-endian ELF."""
+_PROGBITS = 1  # sh_type of sections with file contents
+
+
+def elf_sections(path: Path) -> list[tuple[str, int, int, int, int]]:
+    """(name, type, address, file offset, size) of each section of a 64-bit little-endian
+    ELF file; [] for any other file."""
     with open(path, "rb") as f:
         head = f.read(64)
         if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
@@ -53,7 +57,13 @@ def elf_section_names(path: Path) -> list[str]:
         _, _, _, _, str_off, str_size = headers[shstrndx]
         f.seek(str_off)
         strings = f.read(str_size)
-    return [strings[h[0]:strings.index(b"\0", h[0])].decode("ascii", "replace") for h in headers]
+    return [(strings[name:strings.index(b"\0", name)].decode("ascii", "replace"), kind, addr,
+             offset, size) for name, kind, _, addr, offset, size in headers]
+
+
+def elf_section_names(path: Path) -> list[str]:
+    """Section names of an ELF file; [] when it is not a 64-bit little-endian ELF."""
+    return [section[0] for section in elf_sections(path)]
 
 
 def has_debug_info(path: Path) -> bool:
@@ -106,17 +116,12 @@ def _data_symbol(lib: Path) -> tuple[str, bytes]:
     if len(found) != 1:
         raise ValueError(f"{lib}: expected one icudtNN_dat symbol, nm says {found}")
     address, size, _, symbol = found[0]
-    sections = subprocess.run(["readelf", "-S", "-W", str(lib)], check=True,
-                              capture_output=True, text=True).stdout
     address, size = int(address, 16), int(size, 16)
-    for line in sections.splitlines():
-        fields = re.sub(r"^\s*\[\s*\d+\]\s*", "", line).split()
-        if len(fields) >= 5 and fields[1] == "PROGBITS":
-            sec_addr, sec_off, sec_size = (int(v, 16) for v in fields[2:5])
-            if sec_addr <= address and address + size <= sec_addr + sec_size:
-                with open(lib, "rb") as f:
-                    f.seek(sec_off + address - sec_addr)
-                    return symbol, f.read(size)
+    for _, kind, sec_addr, sec_off, sec_size in elf_sections(lib):
+        if kind == _PROGBITS and sec_addr <= address and address + size <= sec_addr + sec_size:
+            with open(lib, "rb") as f:
+                f.seek(sec_off + address - sec_addr)
+                return symbol, f.read(size)
     raise ValueError(f"{lib}: no section holds {symbol}")
 
 

@@ -82,6 +82,39 @@ def _screenshot(display: str, path: Path) -> None:
                    QT_QPA_PLATFORM="xcb"), check=True, timeout=60)
 
 
+def _fresh_home_env(tmp_path: Path) -> dict:
+    """The environment of a user with an empty home, offline."""
+    home = tmp_path / "home"
+    env = dict(os.environ, HOME=str(home), OCULA_HOME=str(home / "ocula"),
+               XDG_CONFIG_HOME=str(home / "config"), HF_HUB_OFFLINE="1")
+    env.pop("QT_QPA_PLATFORM", None)
+    return env
+
+
+def _frozen_selftest(cli: list[str], tmp_path: Path, env: dict) -> float:
+    """Run the frozen self-test; assert the five ONNX checks of a Lite build passed."""
+    report = tmp_path / "selftest.json"
+    started = time.perf_counter()
+    selftest = subprocess.run([*cli, "--self-test"], capture_output=True, text=True, timeout=600,
+                              env=dict(env, OCULA_SELFTEST_REPORT=str(report)))
+    seconds = round(time.perf_counter() - started, 2)
+    assert selftest.returncode == 0, selftest.stdout + selftest.stderr
+    data = json.loads(report.read_text())
+    assert data["frozen"] and data["build"] == "lite" and data["passed"] == 5, data
+    return seconds
+
+
+def _window_shown(cli: list[str], env: dict, display: str) -> tuple[float, float]:
+    """Start the app with the start-up probe: (wall seconds to exit, seconds to window shown)."""
+    started = time.perf_counter()
+    probe = subprocess.run(cli, capture_output=True, text=True, timeout=180,
+                           env=dict(env, DISPLAY=display, OCULA_STARTUP_PROBE="1"))
+    wall = round(time.perf_counter() - started, 2)
+    shown = [ln for ln in probe.stdout.splitlines() if ln.startswith("OCULA_WINDOW_SHOWN")]
+    assert shown, probe.stdout + probe.stderr
+    return wall, float(shown[0].split()[1])
+
+
 def _first_run_faces(cli: list[str], first_run: Path, tmp_path: Path, env: dict) -> int:
     """Import the shipped MTCNN and detect the astronaut's face with it, as a user would."""
     from PIL import Image
@@ -133,18 +166,9 @@ def test_lite_deb_installs_runs_and_uninstalls(tmp_path):
         if shutil.which("desktop-file-validate"):
             subprocess.run(["desktop-file-validate", "/usr/share/applications/org.ocula.Ocula.desktop"],
                            check=True)
-        home = tmp_path / "home"
-        env = dict(os.environ, HOME=str(home), OCULA_HOME=str(home / "ocula"),
-                   XDG_CONFIG_HOME=str(home / "config"), HF_HUB_OFFLINE="1")
-        env.pop("QT_QPA_PLATFORM", None)
-        report = tmp_path / "selftest.json"
-        started = time.perf_counter()
-        selftest = subprocess.run(["/usr/bin/ocula-cli", "--self-test"], capture_output=True, text=True,
-                                  timeout=600, env=dict(env, OCULA_SELFTEST_REPORT=str(report)))
-        figures["installed_selftest_seconds"] = round(time.perf_counter() - started, 2)
-        assert selftest.returncode == 0, selftest.stdout + selftest.stderr
-        data = json.loads(report.read_text())
-        assert data["frozen"] and data["build"] == "lite" and data["passed"] == 5, data
+        env = _fresh_home_env(tmp_path)
+        figures["installed_selftest_seconds"] = _frozen_selftest(["/usr/bin/ocula-cli"], tmp_path,
+                                                                 env)
 
         # the real-weight model the Lite bundle ships for its first run: faces, offline
         first_run = Path("/opt/ocula/_internal/resources/first-run/mtcnn")
@@ -155,13 +179,8 @@ def test_lite_deb_installs_runs_and_uninstalls(tmp_path):
         display = ":93"
         xvfb = _xvfb(display)
         try:
-            started = time.perf_counter()
-            probe = subprocess.run(["/usr/bin/ocula"], capture_output=True, text=True, timeout=180,
-                                   env=dict(env, DISPLAY=display, OCULA_STARTUP_PROBE="1"))
-            figures["cold_start_to_window_seconds"] = round(time.perf_counter() - started, 2)
-            shown = [ln for ln in probe.stdout.splitlines() if ln.startswith("OCULA_WINDOW_SHOWN")]
-            assert shown, probe.stdout + probe.stderr
-            figures["window_shown_seconds"] = float(shown[0].split()[1])
+            (figures["cold_start_to_window_seconds"],
+             figures["window_shown_seconds"]) = _window_shown(["/usr/bin/ocula"], env, display)
             app = subprocess.Popen(["/usr/bin/ocula"], env=dict(env, DISPLAY=display),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
@@ -226,18 +245,8 @@ def test_lite_appimage_runs_offline_as_one_file(tmp_path):
     # run the one file, as a user does after chmod +x (FUSE mount; without FUSE, unpacked
     # by its own runtime), offline, in a fresh home
     cli = [str(image)] if result["appimage_mode"] == "fuse" else [str(image), "--appimage-extract-and-run"]
-    home = tmp_path / "home"
-    env = dict(os.environ, HOME=str(home), OCULA_HOME=str(home / "ocula"),
-               XDG_CONFIG_HOME=str(home / "config"), HF_HUB_OFFLINE="1")
-    env.pop("QT_QPA_PLATFORM", None)
-    report = tmp_path / "selftest.json"
-    started = time.perf_counter()
-    selftest = subprocess.run([*cli, "--self-test"], capture_output=True, text=True, timeout=600,
-                              env=dict(env, OCULA_SELFTEST_REPORT=str(report)))
-    figures["selftest_seconds"] = round(time.perf_counter() - started, 2)
-    assert selftest.returncode == 0, selftest.stdout + selftest.stderr
-    data = json.loads(report.read_text())
-    assert data["frozen"] and data["build"] == "lite" and data["passed"] == 5, data
+    env = _fresh_home_env(tmp_path)
+    figures["selftest_seconds"] = _frozen_selftest(cli, tmp_path, env)
     first_run = appdir / "usr/lib/ocula/_internal/resources/first-run/mtcnn"
     assert first_run.is_dir()
     figures["first_run_faces_on_astronaut"] = _first_run_faces(cli, first_run, tmp_path, env)
@@ -245,13 +254,8 @@ def test_lite_appimage_runs_offline_as_one_file(tmp_path):
     display = ":94"
     xvfb = _xvfb(display)
     try:
-        started = time.perf_counter()
-        probe = subprocess.run(cli, capture_output=True, text=True, timeout=180,
-                               env=dict(env, DISPLAY=display, OCULA_STARTUP_PROBE="1"))
-        figures["cold_start_to_window_seconds"] = round(time.perf_counter() - started, 2)
-        shown = [ln for ln in probe.stdout.splitlines() if ln.startswith("OCULA_WINDOW_SHOWN")]
-        assert shown, probe.stdout + probe.stderr
-        figures["window_shown_seconds"] = float(shown[0].split()[1])
+        (figures["cold_start_to_window_seconds"],
+         figures["window_shown_seconds"]) = _window_shown(cli, env, display)
     finally:
         xvfb.terminate()
     (SMOKE / "appimage-test.json").write_text(json.dumps(figures, indent=2))

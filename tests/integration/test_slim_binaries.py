@@ -88,7 +88,7 @@ def _probe(lib_dir: Path, version: str) -> dict:
 
 @pytest.fixture(scope="module")
 def icu_pair(tmp_path_factory):
-    for tool in ("icupkg", "genccode", "gcc", "nm", "readelf"):
+    for tool in ("icupkg", "genccode", "gcc", "nm"):
         if shutil.which(tool) is None and shutil.which(tool, path="/usr/sbin") is None:
             pytest.fail(f"{tool} is missing: tests/run.sh installs icu-devtools and binutils")
     lib = _qt_lib_dir()
